@@ -1,0 +1,43 @@
+# zerotune: `make run` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-all e2e lint format bench clean
+
+help:  ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv (if missing) and install zerotune with dev extras; reruns when pyproject.toml changes
+
+run: $(STAMP)  ## Run the default experiment (digits, offline); pass more with ARGS="NAME --trainer.max_epochs 3"
+	$(PY) -m experiments.run $(ARGS)
+
+test: $(STAMP)  ## Run the test suite (fast tests and the e2e browser tests when a browser is present)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: $(STAMP)  ## Run every test, slow ones included
+	$(PY) -m pytest -q -m "not gpu" $(ARGS)
+
+lint: $(STAMP)  ## ruff check and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)  ## Apply ruff fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(STAMP)  ## Throughput benchmark against plain PyTorch loops (writes docs/benchmark.md)
+	$(PY) -m experiments.bench $(ARGS)
+
+clean:  ## Remove runs/, caches and the virtual environment
+	rm -rf runs .pytest_cache .ruff_cache $(VENV)

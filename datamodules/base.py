@@ -1,0 +1,266 @@
+"""In-memory datamodule base: each split is one tensor, batches are gathered by index on the training device.
+
+Small datasets (digits, MNIST, CIFAR-10, tabular) fit in memory many times over. Decoding them once into one
+tensor per split and gathering batches by index removes the per-sample Python work and worker processes that
+dominate the run time of small models in the classic ``Dataset`` + ``DataLoader`` loop. Images stay ``uint8``
+until a batch is gathered; normalization and augmentation then run on the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from datamodules.augment import random_crop_flip
+
+
+@dataclass
+class Split:
+    """One split held in memory.
+
+    Attributes:
+        x: Samples, ``(N, *sample_shape)``; ``uint8`` for images (scaled to [0, 1] per batch), float otherwise.
+        y: Targets, ``(N,)`` int64 class indices or ``(N,)`` float32 regression targets.
+    """
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
+
+
+class BatchLoader:
+    """Iterates over a :class:`Split` in batches gathered by index; an iterable Lightning accepts as a dataloader.
+
+    Each epoch's order is a permutation drawn from ``seed + epoch``, so a run is reproducible and a resumed run
+    sees the same batches. Under DDP every rank takes a disjoint, equally sized shard of that permutation.
+
+    Args:
+        split: The data, already on the target device.
+        batch_size: Samples per batch.
+        shuffle: Draw a new permutation each epoch (training) or keep file order (evaluation).
+        drop_last: Drop the final short batch.
+        transform: Called on each gathered ``x`` batch (normalization, augmentation); gets a generator for its
+            randomness so augmentation is reproducible too.
+        seed: Base seed of the permutations and augmentation.
+        rank: This process's rank.
+        world_size: Number of processes sharing the epoch.
+        epoch_fn: Returns the current epoch (the trainer's), so permutations follow resumed runs.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        transform=None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch_fn=None,
+    ) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.transform = transform
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch_fn = epoch_fn or (lambda: 0)
+        self._own_epoch = 0
+
+    def _num_samples(self) -> int:
+        n = len(self.split)
+        if self.world_size == 1:
+            return n
+        # Every rank gets the same count so collective ops stay in step: pad by wrapping (as DistributedSampler).
+        return -(-n // self.world_size)
+
+    def __len__(self) -> int:
+        n = self._num_samples()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def indices(self, epoch: int) -> Tensor:
+        """This rank's sample indices for ``epoch``, on the split's device, shape ``(num_samples,)``."""
+        n = len(self.split)
+        device = self.split.x.device
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            total = self._num_samples() * self.world_size
+            if total > n:
+                order = torch.cat([order, order[: total - n]])
+            order = order[self.rank : total : self.world_size]
+        return order.to(device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch = self.epoch_fn()
+        order = self.indices(epoch)
+        gen = None
+        if self.transform is not None:
+            gen = torch.Generator(device=self.split.x.device)
+            gen.manual_seed((self.seed + 1) * 1_000_003 + epoch * 97 + self.rank)
+        stop = len(self) * self.batch_size if self.drop_last else len(order)
+        for start in range(0, stop, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.split.x.index_select(0, idx)
+            y = self.split.y.index_select(0, idx)
+            if self.transform is not None:
+                x = self.transform(x, gen)
+            yield x, y
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Base for datasets that fit in memory; subclasses fill ``self.splits`` in :meth:`setup`.
+
+    Subclasses implement :meth:`load_splits` returning ``{"train": Split, "val": Split, "test": Split}`` and set
+    ``num_classes`` and ``input_shape`` (read by the launcher to configure the model). Image subclasses store
+    ``uint8`` tensors and pass ``mean``/``std`` for per-channel normalization.
+
+    Args:
+        batch_size: Training batch size.
+        eval_batch_size: Validation/test batch size (defaults to 4x ``batch_size``; no gradients are kept).
+        seed: Seed of the split, the epoch permutations and the augmentation.
+        on_device: Move each split once to the training device (GPU included) when it fits; otherwise batches
+            are gathered on the CPU and Lightning transfers them.
+        augment: Random crop with padding and horizontal flip on training batches (image datasets that use it).
+        crop_padding: Padding of the random crop, in pixels; 0 disables the crop.
+        hflip: Random horizontal flip (off for digits, where mirroring changes the class).
+    """
+
+    num_classes: int = 0
+    input_shape: tuple[int, ...] = ()
+    #: Per-channel mean/std of uint8 image data scaled to [0, 1]; ``None`` for data already standardized.
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    #: Human-readable class names, for dashboards.
+    class_names: list[str] | None = None
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        on_device: bool = True,
+        augment: bool = False,
+        crop_padding: int = 0,
+        hflip: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 4 * batch_size
+        self.seed = seed
+        self.on_device = on_device
+        self.augment = augment
+        self.crop_padding = crop_padding
+        self.hflip = hflip
+        self.splits: dict[str, Split] = {}
+        self._device_splits: dict[str, Split] = {}
+
+    def load_splits(self) -> dict[str, Split]:
+        """Read the data and return the three splits (called once, in :meth:`setup`)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.load_splits()
+
+    # -- batch transforms ------------------------------------------------------------------------------------------
+    def normalize(self, x: Tensor) -> Tensor:
+        """``uint8`` images ``(N, C, H, W)`` -> standardized float32; float data passes through."""
+        if x.dtype != torch.uint8:
+            return x
+        x = x.float().div_(255.0)
+        if self.mean is not None and self.std is not None:
+            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x
+
+    def train_transform(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        if self.augment and x.dim() == 4:
+            x = random_crop_flip(x, self.crop_padding, self.hflip, gen)
+        return self.normalize(x)
+
+    def eval_transform(self, x: Tensor, gen: torch.Generator | None = None) -> Tensor:
+        return self.normalize(x)
+
+    # -- loaders ---------------------------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        if self.on_device and trainer is not None:
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _split_on_device(self, name: str) -> Split:
+        if name not in self.splits:
+            self.setup()
+        device = self._device()
+        cached = self._device_splits.get(name)
+        if cached is None or cached.x.device != device:
+            cached = self.splits[name].to(device)
+            self._device_splits[name] = cached
+        return cached
+
+    def _loader(self, name: str, train: bool) -> BatchLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return BatchLoader(
+            self._split_on_device(name),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=False,
+            transform=self.train_transform if train else self.eval_transform,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+        )
+
+    def train_dataloader(self) -> BatchLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> BatchLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> BatchLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> BatchLoader:
+        return self._loader("test", train=False)
+
+    def teardown(self, stage: str) -> None:
+        self._device_splits.clear()
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[Tensor]:
+    """Deterministic random partition of ``range(n)`` into parts with the given fractions (the last takes the rest).
+
+    Raises:
+        ValueError: if a part would be empty.
+    """
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=g)
+    parts, start = [], 0
+    for i, frac in enumerate(fractions):
+        size = n - start if i == len(fractions) - 1 else int(round(frac * n))
+        parts.append(order[start : start + size])
+        start += size
+    if any(len(p) == 0 for p in parts):
+        raise ValueError(f"{n} rows are too few for split fractions {list(fractions)}: a split would be empty")
+    return parts

@@ -1,0 +1,70 @@
+"""End-of-run bookkeeping: hparams with ``hp_metric`` for TensorBoard, and the short summary printed to the user."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items() if hasattr(d, "items") else []:
+        key = f"{prefix}{k}"
+        if hasattr(v, "items"):
+            out.update(_flat(v, key + "/"))
+        elif isinstance(v, bool | int | float | str) or v is None:
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def log_hparams(trainer: L.Trainer, model: L.LightningModule, test_metrics: dict[str, float]) -> float | None:
+    """Write the hparams event with ``hp_metric`` (best monitored value) and the test metrics as its metrics.
+
+    Lightning writes no hparams event when ``default_hp_metric=False``, so the call is made here, explicitly,
+    once the best value is known. Returns the best monitored value.
+    """
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_score if ckpt is not None else None
+    best_value = float(best) if best is not None else None
+    logger = trainer.logger
+    if logger is None:
+        return best_value
+    params = _flat(dict(model.hparams), "model/")
+    dm = getattr(trainer, "datamodule", None)
+    if dm is not None and getattr(dm, "hparams", None):
+        params.update(_flat(dict(dm.hparams), "data/"))
+    metrics = {"hp_metric": best_value if best_value is not None else float("nan")}
+    metrics.update(test_metrics)
+    logger.log_hyperparams(params, metrics)
+    logger.finalize("success")
+    return best_value
+
+
+def finish_run(trainer: L.Trainer, model: L.LightningModule, test_metrics: dict[str, float]) -> None:
+    """Log hparams and print the summary: test metrics, best checkpoint, run folder and how to open it."""
+    best_value = log_hparams(trainer, model, test_metrics)
+    ckpt = trainer.checkpoint_callback
+    run_dir = Path(trainer.log_dir) if trainer.log_dir and trainer.logger else None
+    lines = ["", "=" * 72]
+    if test_metrics:
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items()))
+        lines.append(f"test       {shown}")
+    if ckpt is not None and ckpt.best_model_path:
+        score = f" ({ckpt.monitor}={best_value:.4f})" if best_value is not None else ""
+        lines.append(f"best ckpt  {ckpt.best_model_path}{score}")
+    for extra in getattr(trainer, "zerotune_summary", []):
+        lines.append(extra)
+    if run_dir is not None:
+        lines.append(f"run        {run_dir}")
+        lines.append(
+            f"tensorboard  {shlex.quote(sys.executable)} -m tensorboard.main --logdir {shlex.quote(str(run_dir))}"
+            " --host 127.0.0.1"
+        )
+    lines.append("=" * 72)
+    print("\n".join(lines))
