@@ -41,7 +41,7 @@ class AtomicSaveConfig(SaveConfigCallback):
             path = Path(log_dir) / self.config_filename
             # A resumed run keeps the config it was started with.
             if self.overwrite or not path.exists():
-                atomic_write_text(path, self.parser.dump(self.config, skip_none=False))
+                atomic_write_text(path, self.parser.dump(self.config, skip_unset=False))
         self.already_saved = trainer.strategy.broadcast(True)
 
 
@@ -117,16 +117,28 @@ class ZeroTuneCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def make_logger(self, cfg: Namespace) -> TensorBoardLogger:
-        """TensorBoard logger writing into this run's own folder (allocated now, reused by DDP worker ranks)."""
+        """TensorBoard logger writing into this run's own folder.
+
+        Only global rank 0 allocates a folder. Worker ranks started by Lightning's DDP launcher inherit the version
+        through the environment; elsewhere (torchrun, SLURM) they never write logs, and checkpoint folders are
+        broadcast from rank 0 by Lightning.
+        """
         root = Path(cfg.runs_dir)
-        version_env = os.environ.get(RUN_VERSION_ENV)
-        if version_env is not None:
-            version = int(version_env)
-            self.run_dir = root / cfg.name / f"version_{version}"
-        else:
+        if _is_global_zero():
             self.run_dir, version = allocate_run_dir(root, cfg.name)
             os.environ[RUN_VERSION_ENV] = str(version)
+        else:
+            version = int(os.environ.get(RUN_VERSION_ENV, 0))
+            self.run_dir = root / cfg.name / f"version_{version}"
         return TensorBoardLogger(save_dir=str(root), name=cfg.name, version=version, default_hp_metric=False)
+
+
+def _is_global_zero() -> bool:
+    """Whether this process is global rank 0, from the launcher's environment (torchrun, SLURM, Lightning's DDP)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var]) == 0
+    return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
 
 
 def _import(class_path: str) -> type:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -50,6 +51,8 @@ class _DropNoise(logging.Filter):
 
 def quiet() -> None:
     """Install the filters above (idempotent)."""
+    # jsonargparse's deprecation notices are about how Lightning calls it, nothing a user can act on.
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     for name in (
         "lightning.pytorch",
         "lightning.fabric",

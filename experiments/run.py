@@ -10,17 +10,26 @@ Extra options:
     --runs_dir DIR    root folder of all runs (default ``runs``)
     --name NAME       run name (folder under the runs root); defaults to the experiment or config file name
     --print_config    print the fully resolved config and exit
+    --model.help CLASS   every argument of a model class, e.g. ``--model.help lightning_models.SmallCNN``
+                         (likewise ``--data.help datamodules.DigitsDataModule``)
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+
+from jsonargparse import DefaultHelpFormatter
 
 from experiments import console
 
 DEFAULT_EXPERIMENT = "digits_cnn"
 USAGE_ERROR = 2
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help layout, keeping the line breaks of the description above."""
 
 
 def experiment_names() -> dict[str, str]:
@@ -105,10 +114,15 @@ def run(args: list[str]) -> int:
     from experiments.cli import ZeroTuneCLI
     from experiments.summary import finish_run
 
-    # The arguments are passed explicitly; clearing argv keeps LightningCLI from warning that both are set.
-    sys.argv[1:] = []
-    with console.user_errors(config=True):
-        cli = ZeroTuneCLI(args=args, run=False)
+    # The arguments are passed explicitly; hiding argv keeps LightningCLI from warning that both are set.
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        with console.user_errors(config=True):
+            cli = ZeroTuneCLI(
+                args=args, run=False, parser_kwargs={"description": __doc__, "formatter_class": _HelpFormatter}
+            )
+    finally:
+        sys.argv = argv
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     with console.user_errors():
         trainer.fit(model, datamodule=dm)

@@ -1,0 +1,44 @@
+"""Shared fixtures: every test that runs the launcher writes into its own temporary runs folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Tests run the launcher in-process and in subprocesses; both must import the project from this checkout.
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    """A fresh runs root for one test."""
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+def run_launcher(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``python -m experiments.run ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from experiments.run import main
+
+    try:
+        code = main(args)
+    except SystemExit as exc:  # jsonargparse exits on parse errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+TINY = [
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.limit_test_batches",
+    "2",
+]
