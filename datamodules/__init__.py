@@ -2,5 +2,27 @@
 
 from datamodules.base import BatchLoader, InMemoryDataModule, Split
 from datamodules.digits import DigitsDataModule
+from datamodules.image_folder import ImageFolderDataModule
+from datamodules.tabular import BreastCancerDataModule, CSVDataModule, DiabetesDataModule, TabularDataModule
+from datamodules.vision import (
+    CIFAR10DataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    TorchvisionImageDataModule,
+)
 
-__all__ = ["BatchLoader", "DigitsDataModule", "InMemoryDataModule", "Split"]
+__all__ = [
+    "BatchLoader",
+    "BreastCancerDataModule",
+    "CIFAR10DataModule",
+    "CSVDataModule",
+    "DiabetesDataModule",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "ImageFolderDataModule",
+    "InMemoryDataModule",
+    "MNISTDataModule",
+    "Split",
+    "TabularDataModule",
+    "TorchvisionImageDataModule",
+]

@@ -1,0 +1,131 @@
+"""Tiny datasets written in exactly the on-disk formats torchvision reads, so the real readers run in tests.
+
+Every image carries a class-dependent bright blob (position per class, colour per class for RGB) over faint noise,
+so a small model learns the classes within a few epochs. All functions are deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+MNIST_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def blob_images(labels: np.ndarray, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
+    """``(N, size, size, channels)`` uint8 images: a Gaussian blob at a class-dependent spot on a ring, plus noise.
+
+    For RGB images the blob colour depends on the class too.
+    """
+    n = len(labels)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle = 2 * math.pi * labels / 10.0
+    radius = size * 0.28
+    cy = size / 2 + radius * np.sin(angle) + rng.uniform(-1, 1, n)
+    cx = size / 2 + radius * np.cos(angle) + rng.uniform(-1, 1, n)
+    sigma = size / 9
+    blob = np.exp(-((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2) / (2 * sigma**2))  # (N, S, S)
+    if channels == 1:
+        colour = np.ones((n, 1), dtype=np.float32)
+    else:
+        hue = labels[:, None] / 10.0 + np.array([0.0, 1 / 3, 2 / 3])
+        colour = 0.55 + 0.45 * np.cos(2 * math.pi * hue)  # (N, 3), distinct per class
+    img = 230 * blob[..., None] * colour[:, None, None, :] + rng.uniform(0, 25, (n, size, size, channels))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _labels(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Balanced labels 0-9 in random order."""
+    return rng.permutation(np.arange(n) % 10)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array in the IDX format (big-endian header: magic ``0x08`` type and rank, then the dims)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_mnist(root: str | Path, n_train: int = 200, n_test: int = 50, fashion: bool = False, seed: int = 0) -> Path:
+    """Write MNIST (or Fashion-MNIST) IDX files under ``root/MNIST/raw`` (``root/FashionMNIST/raw``).
+
+    torchvision reads the uncompressed files (it gunzips the downloaded ``.gz`` archives), so that is what is
+    written: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+    ``t10k-labels-idx1-ubyte``.
+
+    Returns:
+        The ``raw`` folder.
+    """
+    rng = np.random.default_rng(seed)
+    raw = Path(root) / ("FashionMNIST" if fashion else "MNIST") / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for train, n in ((True, n_train), (False, n_test)):
+        labels = _labels(n, rng)
+        images = blob_images(labels, 28, 1, rng)[..., 0]  # (N, 28, 28)
+        image_file, label_file = MNIST_FILES[train]
+        write_idx(raw / image_file, images)
+        write_idx(raw / label_file, labels.astype(np.uint8))
+    return raw
+
+
+def _write_pickle(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def write_cifar10(root: str | Path, n_per_batch: int = 40, n_test: int | None = None, seed: int = 0) -> Path:
+    """Write CIFAR-10's python pickles under ``root/cifar-10-batches-py``.
+
+    Five training batches of ``n_per_batch`` images, a ``test_batch`` of ``n_test`` (default ``n_per_batch``) and
+    ``batches.meta``, each a dict as in the official archive: ``data`` ``(N, 3072)`` uint8 rows in CHW order and
+    ``labels`` a list of ints.
+
+    Returns:
+        The ``cifar-10-batches-py`` folder.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" and n_test is not None else n_per_batch
+        labels = _labels(n, rng)
+        images = blob_images(labels, 32, 3, rng)  # (N, 32, 32, 3)
+        data = images.transpose(0, 3, 1, 2).reshape(n, 3072)
+        batch = {
+            "batch_label": name,
+            "labels": labels.tolist(),
+            "data": data,
+            "filenames": [f"{name}_{i:05d}.png" for i in range(n)],
+        }
+        _write_pickle(folder / name, batch)
+    _write_pickle(folder / "batches.meta", {"num_cases_per_batch": n_per_batch, "label_names": CIFAR10_CLASSES})
+    return folder
+
+
+def write_image_folder(
+    root: str | Path, classes: list[str], n_per_class: int = 6, size: int | tuple[int, int] = 24, seed: int = 0
+) -> Path:
+    """Write ``root/CLASS/img_XXX.png`` RGB images (``size`` pixels, or ``(width, height)``), one folder per class.
+
+    Returns:
+        ``root``.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    width, height = (size, size) if isinstance(size, int) else size
+    root = Path(root)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        labels = np.full(n_per_class, k % 10)
+        images = blob_images(labels, max(width, height), 3, rng)[:, :height, :width]
+        for i, img in enumerate(images):
+            Image.fromarray(np.ascontiguousarray(img)).save(root / name / f"img_{i:03d}.png")
+    return root
