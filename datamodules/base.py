@@ -171,6 +171,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.hflip = hflip
         self.splits: dict[str, Split] = {}
         self._device_splits: dict[str, Split] = {}
+        self._affine_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def load_splits(self) -> dict[str, Split]:
         """Read the data and return the three splits (called once, in :meth:`setup`)."""
@@ -182,15 +183,25 @@ class InMemoryDataModule(L.LightningDataModule):
 
     # -- batch transforms ------------------------------------------------------------------------------------------
     def normalize(self, x: Tensor) -> Tensor:
-        """``uint8`` images ``(N, C, H, W)`` -> standardized float32; float data passes through."""
+        """``uint8`` images ``(N, C, H, W)`` -> standardized float32; float data passes through.
+
+        ``(x / 255 - mean) / std`` is folded into one multiply-add with per-channel constants cached per device.
+        """
         if x.dtype != torch.uint8:
             return x
-        x = x.float().div_(255.0)
-        if self.mean is not None and self.std is not None:
-            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-            x = (x - mean) / std
-        return x
+        scale, shift = self._affine(x.device)
+        return torch.addcmul(shift, x.to(torch.float32), scale)
+
+    def _affine(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Per-channel ``scale``/``shift``, shape ``(1, C, 1, 1)``, such that ``x * scale + shift`` normalizes."""
+        cached = self._affine_cache.get(device)
+        if cached is None:
+            mean = torch.tensor(self.mean if self.mean is not None else (0.0,), dtype=torch.float64)
+            std = torch.tensor(self.std if self.std is not None else (1.0,), dtype=torch.float64)
+            scale, shift = 1.0 / (255.0 * std), -mean / std
+            cached = tuple(t.to(device, torch.float32).view(1, -1, 1, 1) for t in (scale, shift))
+            self._affine_cache[device] = cached
+        return cached
 
     def train_transform(self, x: Tensor, gen: torch.Generator) -> Tensor:
         if self.augment and x.dim() == 4:

@@ -1,0 +1,114 @@
+"""Every named experiment config runs through the real launcher on tiny data, in-process.
+
+Configs are discovered with a glob (``_*.yaml`` are shared defaults, not experiments), so a new config is covered
+the moment it is added. Datasets that are read from ``data_dir`` get small fake files in the real on-disk formats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import run_launcher
+from fakedata import write_cifar10, write_mnist
+
+from experiments.cli import CONFIG_DIR
+
+CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_"))
+
+#: Keep every run to a couple of small batches; ONNX export and dashboards have tests of their own.
+FAST = [
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.limit_test_batches",
+    "1",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--data.batch_size",
+    "4",
+    "--data.eval_batch_size",
+    "8",
+    "--onnx.enabled",
+    "false",
+    "--dashboards.enabled",
+    "false",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for this module: its tensors are tiny, and with two threads on a busy CPU the pool's
+    synchronization makes each small op up to a hundred times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder with fake MNIST, Fashion-MNIST and CIFAR-10 files for every config that reads ``data_dir``."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root, n_train=60, n_test=20)
+    write_mnist(root, n_train=60, n_test=20, fashion=True)
+    write_cifar10(root, n_per_batch=12, n_test=20)
+    return root
+
+
+def datamodule_class(config: Path) -> type:
+    """The datamodule class a config names under ``data.class_path``."""
+    class_path = yaml.safe_load(config.read_text())["data"]["class_path"]
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def takes_data_dir(cls: type) -> bool:
+    """Whether the class (or a base whose ``__init__`` it forwards to) accepts a ``data_dir`` argument."""
+    return any("data_dir" in inspect.signature(c.__init__).parameters for c in cls.__mro__ if "__init__" in vars(c))
+
+
+def test_configs_are_discovered() -> None:
+    names = {p.stem for p in CONFIGS}
+    assert {"mnist_mlp", "mnist_cnn", "mnist_cnn_classic", "cifar10_lenet", "cifar10_resnet18"} <= names
+    assert {"tabular_regression", "binary_mlp", "digits_backprop"} <= names
+    for path in CONFIGS:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# ") and len(first) > 10, f"{path.name}: first line must be a '# description'"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_experiment_runs_on_tiny_data(
+    config: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    args = [config.stem, "--runs_dir", str(runs), *FAST]
+    if takes_data_dir(datamodule_class(config)):
+        args += ["--data.data_dir", str(data_dir), "--data.download", "false"]
+    code, out, err = run_launcher(args, capsys)
+    assert code == 0, f"{config.stem} failed:\n{err[-3000:]}"
+
+    run = runs / config.stem / "version_0"
+    assert (run / "config.yaml").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["class_path"] == yaml.safe_load(config.read_text())["model"]["class_path"]
+    ckpts = {p.name for p in (run / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts
+    assert any(name.startswith("best-") for name in ckpts), ckpts
+
+    # The end-of-run summary prints the test metrics of the best checkpoint as "test  key=value ...".
+    line = next((ln for ln in out.splitlines() if ln.startswith("test ")), None)
+    assert line is not None, f"no test metrics in the output of {config.stem}:\n{out[-2000:]}"
+    metrics = {k: float(v) for k, v in re.findall(r"(test/\w+)=(\S+)", line)}
+    assert "test/loss" in metrics and len(metrics) >= 2, metrics
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
