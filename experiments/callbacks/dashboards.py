@@ -1,0 +1,304 @@
+"""TensorBoard dashboards beyond scalars: confusion matrix and misclassified images, or predicted-vs-true scatter.
+
+:class:`Dashboards` reads the model's validation outputs through a forward hook (no second forward pass), so it
+costs one figure per chosen epoch. Figures are drawn off-screen with matplotlib's Agg canvas, never pyplot, so
+no display and no global backend switch are needed. :class:`SafeTensorBoardLogger` logs the model graph without
+ever failing a run.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch import Tensor
+
+#: Warnings torch.jit.trace raises for every Lightning model while TensorBoard draws its graph; nothing to act on.
+_GRAPH_NOISE = (
+    r".*torch\.jit\.trace.* is deprecated.*",
+    r".*Use `Metric\.updated_called` instead.*",
+    r".*Converting a tensor to a Python .* might cause the trace to be incorrect.*",
+)
+
+
+class SafeTensorBoardLogger(TensorBoardLogger):
+    """TensorBoard logger whose graph logging (``log_graph=True``, traced with ``torch.jit.trace``) never fails a run.
+
+    A model the tracer cannot handle gets one warning naming the reason; the run goes on without the graph. The
+    graph is drawn once per logger: Lightning asks again at the start of every ``fit`` and ``test``.
+    """
+
+    @rank_zero_only
+    def log_graph(self, model: L.LightningModule, input_array: Tensor | None = None) -> None:
+        if getattr(self, "_graph_attempted", False):
+            return
+        self._graph_attempted = True
+        try:
+            with warnings.catch_warnings():
+                for pattern in _GRAPH_NOISE:
+                    warnings.filterwarnings("ignore", message=pattern)
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                super().log_graph(model, input_array)
+        except Exception as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            rank_zero_warn(f"model graph not logged to TensorBoard ({type(model).__name__}): {reason}")
+
+
+class Dashboards(Callback):
+    """Validation figures in TensorBoard's Images tab, every ``every_n_epochs`` epochs and after the last one.
+
+    * Classifiers (integer targets): ``val/confusion_matrix``, and for image inputs ``val/misclassified``: a grid
+      of up to ``max_images`` wrong predictions titled with true and predicted class names
+      (``datamodule.class_names``).
+    * Regressors (float targets): ``val/pred_vs_true``, a scatter with the identity line and R2.
+
+    Predictions come from ``pl_module.predict_output`` when the module has it (argmax or sign of the logit
+    otherwise). Does nothing without a TensorBoard logger and during the sanity check.
+
+    Args:
+        enabled: Draw the figures at all.
+        every_n_epochs: Draw every N-th validation epoch (the last epoch is always drawn).
+        max_images: Misclassified images shown in the grid.
+        max_points: Points drawn in the regression scatter (a random subset beyond that).
+    """
+
+    def __init__(
+        self, enabled: bool = True, every_n_epochs: int = 1, max_images: int = 16, max_points: int = 2000
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"dashboards.every_n_epochs must be >= 1, got {every_n_epochs}")
+        if max_images < 0:
+            raise ValueError(f"dashboards.max_images must be >= 0, got {max_images}")
+        self.enabled = enabled
+        self.every_n_epochs = every_n_epochs
+        self.max_images = max_images
+        self.max_points = max_points
+        self._active = False
+        self._hook: Any = None
+        self._last_output: Tensor | None = None
+        self._targets: list[Tensor] = []
+        self._preds: list[Tensor] = []
+        self._wrong: list[tuple[Tensor, int, int]] = []
+
+    # -- collecting ------------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset()
+        self._active = self._should_draw(trainer)
+        if self._active:
+            self._hook = pl_module.register_forward_hook(self._capture)
+
+    def _capture(self, module: Any, args: Any, output: Any) -> None:
+        if isinstance(output, Tensor):
+            self._last_output = output.detach()
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._active or not (isinstance(batch, list | tuple) and len(batch) >= 2):
+            return
+        x, y = batch[0], batch[1]
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            return
+        output, self._last_output = self._last_output, None
+        if output is None or output.shape[0] != y.shape[0]:
+            # validation_step did not call the module itself: one extra forward for this batch.
+            with torch.no_grad():
+                output = pl_module(x)
+        pred = _predict(pl_module, output, classify=not y.is_floating_point())
+        self._targets.append(y.detach().cpu())
+        self._preds.append(pred.detach().cpu())
+        if not y.is_floating_point() and _is_image(x) and len(self._wrong) < self.max_images:
+            pred_flat, y_flat = pred.view(-1), y.view(-1)
+            for i in torch.nonzero(pred_flat != y_flat).view(-1)[: self.max_images - len(self._wrong)].tolist():
+                self._wrong.append((x[i].detach().float().cpu(), int(y_flat[i]), int(pred_flat[i])))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if not self._active or not self._targets:
+            self._reset()
+            return
+        targets, preds = torch.cat(self._targets), torch.cat(self._preds)
+        if trainer.world_size > 1:
+            # Every rank holds an equally sized shard (the loaders pad); all ranks must join the gather.
+            targets = pl_module.all_gather(targets.to(pl_module.device)).reshape(-1, *targets.shape[1:]).cpu()
+            preds = pl_module.all_gather(preds.to(pl_module.device)).reshape(-1, *preds.shape[1:]).cpu()
+        writer = _tensorboard(trainer)
+        if trainer.is_global_zero and writer is not None:
+            step, epoch = trainer.global_step, trainer.current_epoch
+            if targets.is_floating_point():
+                writer.add_image("val/pred_vs_true", self._scatter(preds, targets, epoch), step, dataformats="HWC")
+            else:
+                names = _class_names(trainer, pl_module, targets, preds)
+                image = _confusion_figure(targets.view(-1), preds.view(-1), names, epoch)
+                writer.add_image("val/confusion_matrix", image, step, dataformats="HWC")
+                if self._wrong:
+                    grid = _misclassified_figure(self._wrong, names, _mean_std(trainer), epoch)
+                    writer.add_image("val/misclassified", grid, step, dataformats="HWC")
+        self._reset()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._hook is not None:  # an interrupted epoch never reached on_validation_epoch_end
+            self._hook.remove()
+            self._hook = None
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def _should_draw(self, trainer: L.Trainer) -> bool:
+        if not self.enabled or trainer.sanity_checking or _tensorboard(trainer) is None:
+            return False
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
+        return epoch % self.every_n_epochs == 0 or last
+
+    def _reset(self) -> None:
+        self._targets, self._preds, self._wrong = [], [], []
+        self._last_output = None
+
+    def _scatter(self, preds: Tensor, targets: Tensor, epoch: int) -> np.ndarray:
+        p, t = preds.float().reshape(-1), targets.float().reshape(-1)
+        ss_res = float(((p - t) ** 2).sum())
+        ss_tot = float(((t - t.mean()) ** 2).sum())
+        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+        if p.numel() > self.max_points:
+            keep = torch.randperm(p.numel(), generator=torch.Generator().manual_seed(0))[: self.max_points]
+            p, t = p[keep], t[keep]
+        fig, ax = _figure(5, 5)
+        ax.scatter(t.numpy(), p.numpy(), s=8, alpha=0.5, edgecolors="none")
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="prediction = truth")
+        ax.set_xlabel("true")
+        ax.set_ylabel("predicted")
+        ax.set_title(f"validation, epoch {epoch}: R2 = {r2:.3f}")
+        ax.legend(loc="upper left")
+        return _render(fig)
+
+
+# -- figures (module level: plain functions of tensors, reusable and testable) ---------------------------------------
+def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=80, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=nrows == 1 and ncols == 1)
+
+
+def _render(fig: Any) -> np.ndarray:
+    """Draw ``fig`` off-screen; returns ``(H, W, 3)`` uint8 RGB."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def confusion_matrix(targets: Tensor, preds: Tensor, num_classes: int) -> Tensor:
+    """``(num_classes, num_classes)`` counts; row = true class, column = predicted class."""
+    index = targets.long() * num_classes + preds.long()
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def _confusion_figure(targets: Tensor, preds: Tensor, names: list[str], epoch: int) -> np.ndarray:
+    n = len(names)
+    cm = confusion_matrix(targets, preds, n)
+    acc = float(cm.diag().sum()) / max(1, int(cm.sum()))
+    side = min(12.0, max(4.5, 0.45 * n + 2.5))
+    fig, ax = _figure(side, side)
+    ax.imshow(cm.numpy(), cmap="Blues")
+    if n <= 20:
+        peak = max(1, int(cm.max()))
+        for i in range(n):
+            for j in range(n):
+                count = int(cm[i, j])
+                if count:
+                    color = "white" if count > peak / 2 else "black"
+                    ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+    ticks = range(n) if n <= 40 else []
+    ax.set_xticks(list(ticks), [names[i] for i in ticks], rotation=45 if max(map(len, names)) > 2 else 0)
+    ax.set_yticks(list(ticks), [names[i] for i in ticks])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"validation, epoch {epoch}: accuracy {acc:.3f} ({int(cm.sum())} samples)")
+    return _render(fig)
+
+
+def _misclassified_figure(
+    wrong: list[tuple[Tensor, int, int]], names: list[str], mean_std: tuple[Tensor, Tensor] | None, epoch: int
+) -> np.ndarray:
+    cols = min(8, len(wrong))
+    rows = math.ceil(len(wrong) / cols)
+    fig, axes = _figure(1.5 * cols, 1.7 * rows + 0.4, rows, cols)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, true, pred) in zip(axes.flat, wrong, strict=False):
+        ax.imshow(_displayable(image, mean_std), cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
+        ax.set_title(f"true {_name(names, true)}\npred {_name(names, pred)}", fontsize=8, color="#b00020")
+    fig.suptitle(f"misclassified validation images, epoch {epoch}", fontsize=9)
+    return _render(fig)
+
+
+def _displayable(image: Tensor, mean_std: tuple[Tensor, Tensor] | None) -> np.ndarray:
+    """``(C, H, W)`` normalized image -> ``(H, W)`` or ``(H, W, 3)`` in [0, 1]: undo the datamodule's normalization,
+    or stretch to the image's own range when its statistics are unknown."""
+    if mean_std is not None and mean_std[0].numel() == image.shape[0]:
+        mean, std = mean_std
+        image = image * std.view(-1, 1, 1) + mean.view(-1, 1, 1)
+    else:
+        lo, hi = image.min(), image.max()
+        image = (image - lo) / (hi - lo) if hi > lo else image * 0
+    image = image.clamp(0, 1)
+    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+
+
+def _tensorboard(trainer: L.Trainer) -> Any:
+    """The SummaryWriter of the trainer's first TensorBoard logger, or ``None``."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def _predict(pl_module: L.LightningModule, output: Tensor, classify: bool) -> Tensor:
+    predict = getattr(pl_module, "predict_output", None)
+    if callable(predict):
+        return predict(output)
+    if not classify:
+        return output
+    if output.dim() == 2 and output.shape[1] > 1:
+        return output.argmax(dim=1)
+    return (output.reshape(output.shape[0]) > 0).long()
+
+
+def _is_image(x: Tensor) -> bool:
+    return x.dim() == 4 and x.shape[1] in (1, 3)
+
+
+def _class_names(trainer: L.Trainer, pl_module: L.LightningModule, targets: Tensor, preds: Tensor) -> list[str]:
+    dm = getattr(trainer, "datamodule", None)
+    names = list(getattr(dm, "class_names", None) or [])
+    n = max(len(names), int(getattr(pl_module, "num_classes", 0)), int(targets.max()) + 1, int(preds.max()) + 1)
+    return [names[i] if i < len(names) else str(i) for i in range(n)]
+
+
+def _name(names: list[str], index: int) -> str:
+    return names[index] if 0 <= index < len(names) else str(index)
+
+
+def _mean_std(trainer: L.Trainer) -> tuple[Tensor, Tensor] | None:
+    dm = getattr(trainer, "datamodule", None)
+    mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
+    if mean is None or std is None:
+        return None
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)

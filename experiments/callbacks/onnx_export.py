@@ -1,0 +1,340 @@
+"""Export the best checkpoint to ONNX at the end of fit and check it against PyTorch with onnxruntime.
+
+The callback works in any Lightning project: it needs only a run folder (the first logger's ``log_dir``, else
+``default_root_dir``), an optional checkpoint callback and, for the parity check, a validation dataloader (or
+``example_input_array``). Export never fails a run: every error ends in one :class:`ONNXExportWarning` that
+names the reason, and checkpoints are untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import onnx
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from experiments.files import atomic_path
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class ONNXExportWarning(UserWarning):
+    """The model could not be exported, or its ONNX outputs differ from PyTorch's."""
+
+
+@dataclass
+class ONNXExportResult:
+    """What :class:`ONNXExport` did; also kept as ``ONNXExport.result``.
+
+    Attributes:
+        path: The ONNX file (``None`` if export failed).
+        source: Where the weights came from (the best checkpoint's file name, or ``current weights``).
+        seconds: Wall time of the export (tracing, conversion, optimization, save).
+        max_abs_diff: Largest ``|onnx - torch|`` over every output element and checked batch size.
+        batch_sizes: Batch sizes run through onnxruntime.
+        ok: Exported, valid, and within tolerance at every batch size.
+        problem: Why ``ok`` is false, one line.
+    """
+
+    path: Path | None = None
+    source: str = ""
+    seconds: float = 0.0
+    max_abs_diff: float | None = None
+    batch_sizes: list[int] = field(default_factory=list)
+    ok: bool = False
+    problem: str = ""
+
+
+def export_onnx(model: nn.Module, example: Tensor, path: str | Path, opset: int = 20, optimize: bool = True) -> None:
+    """Export ``model`` to one self-contained ONNX file with the torch.export-based exporter.
+
+    The input is named ``input`` and the output ``output``; axis 0 of both is the dynamic ``batch`` axis. The file
+    is written atomically. ``model`` must already be in eval mode on the CPU (BatchNorm in train mode cannot run
+    a batch of one, and dropout would make the graph random).
+
+    Args:
+        model: The network; its ``forward`` takes one tensor.
+        example: An input batch with at least 2 samples (torch.export specializes sizes 0 and 1).
+        path: Destination ``.onnx`` file.
+        opset: ONNX opset version.
+        optimize: Run the ONNX optimizer (constant folding, BatchNorm folded into Conv: a smaller, clearer graph).
+
+    Raises:
+        Exception: whatever the exporter raises; see :func:`failure_reason` for a one-line summary.
+    """
+    with _quiet_exporter(), atomic_path(path) as tmp:
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            # A named string axis becomes a dynamic dimension called "batch" in the ONNX graph.
+            dynamic_shapes=({0: "batch"},),
+            opset_version=opset,
+            optimize=optimize,
+            report=False,
+            verbose=False,
+        )
+        # Each node records the Python stack that created it, absolute source paths included: not something to
+        # ship inside a model file. The module path (namespace) stays, Netron shows it per node.
+        for node in program.model.graph.all_nodes():
+            node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
+        # Weights inside the .onnx file: one file to copy, serve with Netron, or load in onnxruntime.
+        program.save(str(tmp), external_data=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+        # The temporary file is private (mode 0600); the model is meant to be shared like the other run files.
+        os.chmod(tmp, 0o644)
+
+
+def onnx_parity(path: str | Path, model: nn.Module, x: Tensor, batch_sizes: Sequence[int]) -> dict[int, float]:
+    """Run the ONNX file with onnxruntime and ``model`` with PyTorch on the first ``n`` rows of ``x`` for each size.
+
+    ``x`` is repeated along the batch axis when it has fewer rows than a requested size.
+
+    Returns:
+        ``{batch size: max |onnx - torch|}`` over all output elements.
+
+    Raises:
+        Exception: onnxruntime's error when it rejects an input (e.g. a batch axis frozen at export).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the exporter's graphs trigger harmless optimizer notices
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    need = max(batch_sizes)
+    if x.shape[0] < need:
+        x = x.repeat(-(-need // x.shape[0]), *([1] * (x.dim() - 1)))
+    diffs: dict[int, float] = {}
+    with torch.inference_mode():
+        for n in batch_sizes:
+            xb = x[:n]
+            expected = _tensors(model(xb))
+            got = session.run(None, {session.get_inputs()[0].name: xb.numpy()})
+            diffs[n] = max(
+                float((torch.from_numpy(g).to(e.dtype) - e).abs().max()) if e.numel() else 0.0
+                for e, g in zip(expected, got, strict=True)
+            )
+    return diffs
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line saying why an export failed: the unsupported op, or the root error and where it was raised."""
+    root = err
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = _ANSI.sub("", str(root)).strip()
+    op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", text)
+    if op:
+        return f"operator {op.group(1)} has no ONNX translation"
+    first = text.splitlines()[0] if text else type(root).__name__
+    where = re.search(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+), in (\w+)', text)
+    location = f" (raised at {Path(where.group(1)).name}:{where.group(2)} in {where.group(3)})" if where else ""
+    return f"{type(root).__name__}: {first}{location}"
+
+
+class ONNXExport(Callback):
+    """At the end of fit, export the best checkpoint to ``<run dir>/model.onnx`` and check it with onnxruntime.
+
+    Rank 0 loads the best checkpoint's weights into a copy of the module (current weights, with a note, when
+    there is no checkpoint), exports it with a dynamic batch axis, validates the file with ``onnx.checker`` and
+    compares onnxruntime with PyTorch on the first validation batch at the full batch and each size in
+    ``batch_sizes``. The maximum difference is logged as ``onnx/max_abs_diff`` and added to the run summary
+    (``trainer.zerotune_summary``). Nothing is written under ``fast_dev_run``.
+
+    Args:
+        enabled: Export at all.
+        filename: File name inside the run folder (the logger's ``log_dir``).
+        opset: ONNX opset version.
+        atol: Largest accepted ``|onnx - torch|``; above it one warning is raised.
+        batch_sizes: Batch sizes checked besides the full validation batch (the batch axis must really be dynamic).
+        optimize: Optimize the ONNX graph (folds BatchNorm and constants; slower export, clearer graph).
+    """
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        filename: str = "model.onnx",
+        opset: int = 20,
+        atol: float = 1e-4,
+        batch_sizes: list[int] = [1, 7],  # noqa: B006
+        optimize: bool = True,
+    ) -> None:
+        if atol < 0:
+            raise ValueError(f"onnx.atol must be >= 0, got {atol}")
+        if not batch_sizes or min(batch_sizes) < 1:
+            raise ValueError(f"onnx.batch_sizes must be positive integers, got {batch_sizes}")
+        if not filename or Path(filename).name != filename:
+            raise ValueError(f"onnx.filename must be a plain file name such as model.onnx, got {filename!r}")
+        self.enabled = enabled
+        self.filename = filename
+        self.opset = opset
+        self.atol = atol
+        self.batch_sizes = list(batch_sizes)
+        self.optimize = optimize
+        self.result: ONNXExportResult | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or trainer.fast_dev_run or trainer.interrupted or not trainer.is_global_zero:
+            return
+        result = ONNXExportResult()
+        self.result = result
+        try:
+            self._export(trainer, pl_module, result)
+        except Exception as err:  # export must never cost the run its checkpoints or its test
+            result.problem = f"ONNX export of {type(pl_module).__name__} failed: {failure_reason(err)}"
+        if result.problem:
+            rank_zero_warn(
+                f"{result.problem}. Checkpoints are unaffected; pass --onnx.enabled false to skip the export.",
+                category=ONNXExportWarning,
+            )
+        try:
+            self._report(trainer, result)
+        except Exception as err:  # a logger that fails here must not fail the finished run either
+            rank_zero_warn(f"ONNX export result not logged: {err}", category=ONNXExportWarning)
+
+    # -- steps -----------------------------------------------------------------------------------------------------
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, result: ONNXExportResult) -> None:
+        model, result.source = self._best_model(trainer, pl_module)
+        x = _validation_input(trainer, pl_module)
+        # torch.export specializes sizes 0 and 1, so trace with two samples to keep the batch axis symbolic.
+        example = x[:2] if x.shape[0] >= 2 else x.repeat(2, *([1] * (x.dim() - 1)))
+        path = run_dir(trainer) / self.filename
+        start = time.perf_counter()
+        export_onnx(model, example, path, opset=self.opset, optimize=self.optimize)
+        result.seconds = time.perf_counter() - start
+        result.path = path
+        sizes = sorted({*self.batch_sizes, int(x.shape[0])})
+        result.batch_sizes = sizes
+        try:
+            diffs = onnx_parity(path, model, x, sizes)
+        except Exception as err:
+            result.problem = (
+                f"onnxruntime could not run {path.name} at batch sizes {sizes}: {failure_reason(err)}. "
+                "Is the batch axis fixed by the model (a reshape with a literal batch size)?"
+            )
+            return
+        result.max_abs_diff = max(diffs.values())
+        worst = max(diffs, key=diffs.get)
+        if result.max_abs_diff > self.atol:
+            result.problem = (
+                f"ONNX output of {path.name} differs from PyTorch by {result.max_abs_diff:.3g} (batch {worst}), "
+                f"more than onnx.atol={self.atol:g}"
+            )
+        else:
+            result.ok = True
+
+    def _best_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[nn.Module, str]:
+        """A CPU float32 eval-mode copy holding the best checkpoint's weights, and where they came from."""
+        model = copy.deepcopy(pl_module).cpu().float().eval()
+        ckpt = trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        if best and Path(best).is_file():
+            # The run's own checkpoint, written moments ago; Lightning checkpoints also hold hyperparameters and
+            # loop state that the weights_only unpickler rejects.
+            state = torch.load(best, map_location="cpu", weights_only=False)
+            model.load_state_dict(state["state_dict"])
+            return model, f"best checkpoint {Path(best).name}"
+        return model, "current weights (no best checkpoint)"
+
+    def _report(self, trainer: L.Trainer, result: ONNXExportResult) -> None:
+        if result.max_abs_diff is not None:
+            for logger in trainer.loggers:
+                logger.log_metrics({"onnx/max_abs_diff": result.max_abs_diff}, step=trainer.global_step)
+        if result.path is None:
+            line = f"onnx       not exported: {result.problem}"
+        else:
+            sizes = "/".join(map(str, result.batch_sizes))
+            if result.max_abs_diff is None:
+                check = "not checked"
+            else:
+                verdict = "ok" if result.ok else "FAILED"
+                check = (
+                    f"max |onnx - torch| = {result.max_abs_diff:.2g} at batch {sizes} ({verdict}, atol {self.atol:g})"
+                )
+            line = f"onnx       {result.path} ({result.source}, opset {self.opset}, {result.seconds:.1f} s): {check}"
+        summary = getattr(trainer, "zerotune_summary", None)
+        if summary is None:
+            summary = []
+            trainer.zerotune_summary = summary
+        summary.append(line)
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """``trainer.log_dir`` without its broadcast: this runs on rank 0 alone, where a collective call would hang."""
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        return Path(getattr(logger, "log_dir", None) or logger.save_dir or trainer.default_root_dir)
+    return Path(trainer.default_root_dir)
+
+
+def _validation_input(trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
+    """The first validation batch's inputs as the model sees them (normalized), on the CPU, as float32.
+
+    Falls back to ``pl_module.example_input_array`` when there is no validation data or the batch is not a tensor
+    or a ``(x, y)`` pair.
+    """
+    x = None
+    loader = None
+    dm = getattr(trainer, "datamodule", None)
+    with contextlib.suppress(Exception):
+        loader = dm.val_dataloader() if dm is not None else trainer.val_dataloaders
+    if isinstance(loader, list | tuple):
+        loader = loader[0] if loader else None
+    if loader is not None:
+        with contextlib.suppress(StopIteration, TypeError):
+            batch = next(iter(loader))
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+    if not isinstance(x, Tensor):
+        x = pl_module.example_input_array
+    if not isinstance(x, Tensor):
+        raise ValueError("no validation batch and no example_input_array to trace the model with")
+    x = x.detach().cpu()
+    return x.float() if x.is_floating_point() else x
+
+
+def _tensors(output: Any) -> list[Tensor]:
+    """The output's tensors in the order the exporter flattens them."""
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    return [t for item in output for t in _tensors(item)]
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's own warnings, logging and prints: a failure is reported once, by the caller."""
+    loggers = [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if name.split(".")[0] in ("torch", "onnxscript", "onnx_ir")
+    ]
+    previous = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, was in zip(loggers, previous, strict=True):
+            lg.disabled = was
