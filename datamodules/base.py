@@ -77,7 +77,10 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.epoch_fn = epoch_fn or (lambda: 0)
-        self._own_epoch = 0
+        # Position in the current epoch, saved in checkpoints so a run resumed mid-epoch continues the same order.
+        self._epoch = 0
+        self._yielded = 0
+        self._resume_from: dict[str, int] | None = None
 
     def _num_samples(self) -> int:
         n = len(self.split)
@@ -106,6 +109,14 @@ class BatchLoader:
             order = order[self.rank : total : self.world_size]
         return order.to(device)
 
+    def state_dict(self) -> dict[str, int]:
+        """Epoch and batches served so far; Lightning stores it in checkpoints (mid-epoch resume)."""
+        return {"epoch": self._epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue the saved epoch where it stopped on the next iteration."""
+        self._resume_from = dict(state)
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self.epoch_fn()
         order = self.indices(epoch)
@@ -113,14 +124,22 @@ class BatchLoader:
         if self.transform is not None:
             gen = torch.Generator(device=self.split.x.device)
             gen.manual_seed((self.seed + 1) * 1_000_003 + epoch * 97 + self.rank)
+        skip = 0
+        if self._resume_from is not None and self._resume_from.get("epoch") == epoch:
+            skip = int(self._resume_from.get("batches", 0))
+        self._resume_from = None
+        self._epoch, self._yielded = epoch, 0
         stop = len(self) * self.batch_size if self.drop_last else len(order)
-        for start in range(0, stop, self.batch_size):
+        for i, start in enumerate(range(0, stop, self.batch_size)):
             idx = order[start : start + self.batch_size]
             x = self.split.x.index_select(0, idx)
             y = self.split.y.index_select(0, idx)
             if self.transform is not None:
+                # Skipped batches still draw their augmentation, so the generator is where it was.
                 x = self.transform(x, gen)
-            yield x, y
+            self._yielded = i + 1
+            if i >= skip:
+                yield x, y
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -160,6 +179,8 @@ class InMemoryDataModule(L.LightningDataModule):
         hflip: bool = False,
     ) -> None:
         super().__init__()
+        # Collects the arguments of every __init__ in the subclass chain (shown in TensorBoard's HParams tab).
+        self.save_hyperparameters()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size

@@ -193,6 +193,8 @@ class MNISTDataModule(TorchvisionImageDataModule):
 
     dataset_cls = torchvision.datasets.MNIST
     input_shape = (1, 28, 28)
+    #: Size of the official training split (before validation is carved out).
+    official_train_size: ClassVar[int] = 60_000
     default_mean = (0.1307,)
     default_std = (0.3081,)
     #: Whether a mirrored image keeps its class (not for digits).
@@ -264,6 +266,7 @@ class CIFAR10DataModule(TorchvisionImageDataModule):
 
     dataset_cls = torchvision.datasets.CIFAR10
     input_shape = (3, 32, 32)
+    official_train_size: ClassVar[int] = 50_000
     # torchvision reads the names from batches.meta; these are the official ones until then.
     class_names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     default_mean = (0.4914, 0.4822, 0.4465)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Tests run the launcher in-process and in subprocesses; both must import the project from this checkout.
 sys.path.insert(0, str(ROOT))
+# The suite's tensors are tiny: one intra-op thread per process avoids thread-pool contention between the test
+# process and the launchers and DDP workers it starts (inherited through the environment), which otherwise makes
+# small ops many times slower on two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

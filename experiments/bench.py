@@ -1,0 +1,389 @@
+"""Throughput benchmark: zerotune against the plain PyTorch loops it replaces, in one process.
+
+For each benchmarked experiment the same model trains on the same (synthetic, correctly shaped) data for the same
+number of steps in three ways:
+
+(a) ``tutorial``: the classic loop, a ``Dataset`` that turns each sample into a PIL image, per-sample torchvision
+    transforms (``ToTensor``, ``Normalize``, and ``RandomCrop``/``RandomHorizontalFlip`` where the recipe augments) and
+    a ``DataLoader`` with worker processes;
+(b) ``hand``: the best hand-written loop, the whole split as one ``uint8`` tensor on the device, batches gathered by
+    index, normalized and augmented as a batch, the loss written to TensorBoard every ``log_every_n_steps`` steps;
+(c) ``zerotune``: the experiment's own config through :class:`~experiments.cli.ZeroTuneCLI` and the Lightning
+    Trainer, with its default logging, progress bar and callbacks.
+
+Steady-state samples/s are timed after warm-up steps. It also times the launcher's startup (command to first
+training step), the default experiment's time to accuracy, and ONNX Runtime against PyTorch eager inference.
+
+Usage: ``python -m experiments.bench [--models mnist_mlp cifar10_lenet] [--seconds 4] [--out docs/benchmark.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+
+BENCH_EXPERIMENTS = ["mnist_mlp", "mnist_cnn", "cifar10_lenet", "cifar10_resnet18"]
+WARMUP = 5
+
+
+@dataclass
+class Case:
+    """What one experiment config says about the model and the data, read from its YAML."""
+
+    name: str
+    model_cls: type
+    model_args: dict
+    data_cls: type
+    data_args: dict
+
+    @classmethod
+    def from_config(cls, name: str) -> Case:
+        from experiments.cli import CONFIG_DIR, _import
+
+        cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+        m, d = cfg["model"], cfg["data"]
+        return cls(name, _import(m["class_path"]), dict(m.get("init_args") or {}),
+                   _import(d["class_path"]), dict(d.get("init_args") or {}))
+
+    def datamodule(self):
+        return self.data_cls(**self.data_args)
+
+    def model(self, dm) -> torch.nn.Module:
+        return self.model_cls(num_classes=dm.num_classes, input_shape=dm.input_shape, **self.model_args)
+
+
+def synthetic_split(dm, n: int, seed: int = 0):
+    """``n`` random uint8 images of the datamodule's shape with random labels."""
+    from datamodules.base import Split
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, *dm.input_shape), dtype=torch.uint8, generator=g)
+    return Split(x, torch.randint(0, dm.num_classes, (n,), generator=g))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class _Timer:
+    """Wall time of steps ``WARMUP .. WARMUP + steps`` (device synchronized at both ends)."""
+
+    def __init__(self, steps: int, device: torch.device) -> None:
+        self.steps, self.device, self.start, self.seconds = steps, device, 0.0, float("nan")
+
+    def tick(self, step: int) -> bool:
+        """Call before each step; returns False once the timed steps are done."""
+        if step == WARMUP:
+            _sync(self.device)
+            self.start = time.perf_counter()
+        elif step == WARMUP + self.steps:
+            _sync(self.device)
+            self.seconds = time.perf_counter() - self.start
+            return False
+        return True
+
+
+def run_tutorial(case: Case, split, steps: int, device: torch.device, workers: int) -> float:
+    """(a) per-sample PIL + torchvision transforms + DataLoader; returns seconds for ``steps`` steps."""
+    from PIL import Image
+    from torchvision import transforms
+
+    dm = case.datamodule()
+    tf = []
+    if dm.augment and dm.crop_padding:
+        tf.append(transforms.RandomCrop(dm.input_shape[-1], padding=dm.crop_padding))
+    if dm.augment and dm.hflip:
+        tf.append(transforms.RandomHorizontalFlip())
+    tf += [transforms.ToTensor(), transforms.Normalize(dm.mean, dm.std)]
+    transform = transforms.Compose(tf)
+    # Channels-last numpy arrays, as torchvision's MNIST/CIFAR datasets hold them.
+    images = split.x.permute(0, 2, 3, 1).squeeze(-1).numpy()
+    labels = split.y.tolist()
+
+    class TutorialDataset(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(labels)
+
+        def __getitem__(self, i: int):
+            return transform(Image.fromarray(images[i])), labels[i]
+
+    loader = torch.utils.data.DataLoader(TutorialDataset(), batch_size=dm.batch_size, shuffle=True,
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=workers > 0)
+    model = case.model(dm).to(device).train()
+    opt = model.build_optimizer()
+    timer, step = _Timer(steps, device), 0
+    while True:
+        for x, y in loader:
+            if not timer.tick(step):
+                return timer.seconds
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = model.compute_loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+
+
+def run_hand(case: Case, split, steps: int, device: torch.device, logdir: str) -> float:
+    """(b) the best hand-written loop over in-memory batches; returns seconds for ``steps`` steps."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from datamodules.base import BatchLoader
+
+    dm = case.datamodule()
+    model = case.model(dm).to(device).train()
+    opt = model.build_optimizer()
+    loader = BatchLoader(split.to(device), dm.batch_size, shuffle=True, transform=dm.train_transform)
+    writer = SummaryWriter(logdir)
+    timer, step = _Timer(steps, device), 0
+    while True:
+        for x, y in loader:
+            if not timer.tick(step):
+                writer.close()
+                return timer.seconds
+            loss = model.compute_loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % 10 == 0:
+                writer.add_scalar("train/loss", loss.item(), step)
+            step += 1
+
+
+def run_zerotune(case: Case, split, steps: int, device: torch.device, runs_dir: str) -> float:
+    """(c) the experiment through zerotune's CLI and Trainer with default callbacks; returns seconds."""
+    import lightning as L
+
+    from experiments.cli import CONFIG_DIR, ZeroTuneCLI
+
+    class StepTimer(L.Callback):
+        def __init__(self) -> None:
+            self.timer = _Timer(steps, device)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if not self.timer.tick(trainer.global_step):
+                trainer.should_stop = True
+
+    args = ["--config", str(CONFIG_DIR / f"{case.name}.yaml"), "--name", case.name, "--runs_dir", runs_dir,
+            "--trainer.max_steps", str(WARMUP + steps + 1), "--trainer.limit_val_batches", "0",
+            "--trainer.num_sanity_val_steps", "0", "--trainer.accelerator", device.type]
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        cli = ZeroTuneCLI(args=args, run=False)
+    finally:
+        sys.argv = argv
+    timer = StepTimer()
+    cli.trainer.callbacks.append(timer)
+    # Synthetic data stands in for the files: nothing to download or read.
+    cli.datamodule.prepare_data = lambda: None
+    cli.datamodule.splits = {"train": split, "val": split, "test": split}
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return timer.timer.seconds
+
+
+class FirstStepProbe(L.Callback):
+    """Prints the wall-clock time of the first training step (read by :func:`time_startup`)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == 0:
+            print(f"FIRST_STEP {time.time()}", flush=True)
+
+
+class AccuracyProbe(L.Callback):
+    """Prints seconds from fit start until ``val/acc`` first reaches ``target``, and the whole fit's seconds."""
+
+    def __init__(self, target: float = 0.97) -> None:
+        self.target, self.start, self.reached = target, 0.0, False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # After the epoch's metrics are computed and published to callback_metrics.
+        acc = trainer.callback_metrics.get("val/acc")
+        if not trainer.sanity_checking and not self.reached and acc is not None and float(acc) >= self.target:
+            self.reached = True
+            print(f"REACHED {time.perf_counter() - self.start}", flush=True)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        print(f"FIT {time.perf_counter() - self.start}", flush=True)
+
+
+def _launch(args: list[str]) -> tuple[float, str]:
+    """Run the launcher in a subprocess; returns (start time, stdout)."""
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    if proc.returncode != 0:
+        raise RuntimeError(f"experiments.run {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return start, proc.stdout
+
+
+def _marks(out: str) -> dict[str, float]:
+    # Progress-bar output shares stdout, so the marks are found anywhere in a line.
+    marks = {key: float(value) for key, value in re.findall(r"\b(FIRST_STEP|REACHED|FIT) ([0-9.eE+-]+)", out)}
+    test_acc = re.findall(r"test/acc=([0-9.]+)", out)
+    if test_acc:
+        marks["test_acc"] = float(test_acc[-1])
+    return marks
+
+
+def time_startup(runs_dir: str) -> float:
+    """Seconds from starting ``python -m experiments.run`` to its first training step (default experiment)."""
+    start, out = _launch(["--runs_dir", runs_dir, "--trainer.max_steps", "1", "--test_after_fit", "false",
+                          "--trainer.callbacks+=experiments.bench.FirstStepProbe"])
+    return _marks(out)["FIRST_STEP"] - start
+
+
+def time_to_accuracy(runs_dir: str, target: float = 0.97) -> dict[str, float]:
+    """The default experiment, whole: seconds to ``target`` val accuracy, fit seconds, test accuracy, wall seconds."""
+    start, out = _launch(["--runs_dir", runs_dir, "--trainer.callbacks+=experiments.bench.AccuracyProbe",
+                          f"--trainer.callbacks.init_args.target={target}"])
+    marks = _marks(out)
+    marks["wall"] = time.time() - start
+    return marks
+
+
+def onnx_inference(case: Case, workdir: str, seconds: float) -> dict[int, tuple[float, float]]:
+    """Samples/s of PyTorch eager and ONNX Runtime inference at batch 1 and 256: ``{batch: (torch, ort)}``."""
+    import onnxruntime as ort
+
+    from experiments.callbacks.onnx_export import export_onnx
+
+    dm = case.datamodule()
+    model = case.model(dm).eval()
+    path = Path(workdir) / f"{case.name}.onnx"
+    export_onnx(model, torch.zeros(2, *dm.input_shape), path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    results = {}
+    for batch in (1, 256):
+        x = torch.randn(batch, *dm.input_shape)
+        with torch.inference_mode():
+            eager = _rate(lambda x=x: model(x), batch, seconds / 4)
+        feed = {name: x.numpy()}
+        results[batch] = (eager, _rate(lambda feed=feed: session.run(None, feed), batch, seconds / 4))
+    return results
+
+
+def _rate(fn, batch: int, seconds: float) -> float:
+    """Samples/s of ``fn`` called repeatedly for about ``seconds`` after two warm-up calls."""
+    fn(), fn()
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or calls < 3:
+        fn()
+        calls += 1
+    return calls * batch / elapsed
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _calibrate(case: Case, split, device: torch.device, seconds: float) -> int:
+    """Steps that take about ``seconds`` in the hand loop (at least 10)."""
+    probe = 5
+    elapsed = run_hand(case, split, probe, device, tempfile.mkdtemp())
+    return max(10, int(seconds / max(elapsed / probe, 1e-6)))
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=BENCH_EXPERIMENTS, help="experiment configs to benchmark")
+    parser.add_argument("--seconds", type=float, default=4.0, help="target timed seconds per loop and model")
+    parser.add_argument("--samples", type=int, default=4096, help="synthetic training samples per model")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the tutorial loop")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="docs/benchmark.md", help="Markdown file for the results ('' to skip)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["startup", "accuracy", "onnx"],
+                        help="parts to leave out")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    from experiments.console import quiet
+
+    quiet()
+    work = tempfile.mkdtemp(prefix="zerotune-bench-")
+    lines = [f"Measured on: {_machine(device)}, device `{device}`.", "",
+             "| experiment | batch | steps | (a) tutorial samples/s | (b) hand loop samples/s "
+             "| (c) zerotune samples/s | (c)/(a) | (c)/(b) | s per epoch (a / b / c) | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for name in args.models:
+        case = Case.from_config(name)
+        dm = case.datamodule()
+        split = synthetic_split(dm, args.samples)
+        steps = _calibrate(case, split, device, args.seconds)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        secs = {
+            "a": run_tutorial(case, split, steps, device, args.workers),
+            "b": run_hand(case, split, steps, device, f"{work}/hand-{name}"),
+            "c": run_zerotune(case, split, steps, device, f"{work}/runs"),
+        }
+        rate = {k: steps * dm.batch_size / v for k, v in secs.items()}
+        # Epoch time projected for the real training split (official training set minus validation).
+        official = getattr(dm, "official_train_size", None)
+        n_train = int(official * (1 - dm.val_size)) if official and dm.val_size < 1 else args.samples
+        epoch = " / ".join(f"{n_train / rate[k]:.1f}" for k in "abc")
+        mem = (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else _peak_rss_mb()
+        row = (f"| {name} | {dm.batch_size} | {steps} | {rate['a']:.0f} | {rate['b']:.0f} | {rate['c']:.0f} "
+               f"| {rate['c'] / rate['a']:.2f}x | {rate['c'] / rate['b']:.2f}x | {epoch} | {mem:.0f} |")
+        lines.append(row)
+        print(row, flush=True)
+    if "startup" not in args.skip:
+        lines += ["", f"Startup, `python -m experiments.run` to the first training step: {time_startup(work):.1f} s."]
+        print(lines[-1], flush=True)
+    if "accuracy" not in args.skip:
+        t = time_to_accuracy(work)
+        lines += ["", f"Default experiment (digits_cnn): val/acc >= 0.97 after {t.get('REACHED', float('nan')):.1f} s "
+                  f"of training; fit {t['FIT']:.1f} s; whole command {t['wall']:.1f} s; "
+                  f"test accuracy {t.get('test_acc', float('nan')):.4f}."]
+        print(lines[-1], flush=True)
+    if "onnx" not in args.skip:
+        lines += ["", "| model | batch | PyTorch eager samples/s | ONNX Runtime samples/s | ORT / eager |",
+                  "|---|---|---|---|---|"]
+        print("\n".join(lines[-3:]), flush=True)
+        for name in args.models:
+            for batch, (eager, ort_rate) in onnx_inference(Case.from_config(name), work, args.seconds).items():
+                lines.append(f"| {name} | {batch} | {eager:.0f} | {ort_rate:.0f} | {ort_rate / eager:.2f}x |")
+                print(lines[-1], flush=True)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("# Benchmark\n\nGenerated by `python -m experiments.bench` (`make bench`).\n\n"
+                       + "\n".join(lines) + "\n")
+        print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

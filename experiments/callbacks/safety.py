@@ -1,0 +1,461 @@
+"""Faults during training end with a usable run: a resumable checkpoint, a marked run folder and one clear message.
+
+* A NaN or infinite loss stops training at once and names the step; checkpoints are never overwritten with
+  non-finite weights, so the last good one stays.
+* Ctrl+C (SIGINT) finishes the current batch, then saves a resumable ``last.ckpt`` (a second Ctrl+C stops at
+  once). SIGTERM (a scheduler's timeout, ``kill``) does the same through Lightning's own SIGTERM handling.
+* An exception in a callback or the model saves a checkpoint too (single process), names where it came from,
+  and marks the run failed.
+* Every run folder has a ``status.json`` (``running``, ``interrupted``, ``failed``, ``completed``) with the reason
+  and the command that resumes it; checkpoints are written atomically by :class:`AtomicCheckpointIO`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
+
+from datamodules.errors import DataError
+from experiments.files import atomic_path, atomic_write_text
+from lightning_models.checkpoints import check_compatible, load_checkpoint, load_state_dict_file
+
+STATUS_FILE = "status.json"
+#: Exit codes: a failed run, and the shell's ``128 + signal`` for interrupted ones.
+EXIT_FAILED = 1
+_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+#: Errors the user fixes in their data or paths; the launcher prints them as usage errors (exit code 2).
+_USER_ERRORS = (DataError, FileNotFoundError, NotADirectoryError)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss (or the weights about to be saved) became NaN or infinite."""
+
+
+class TrainingStopped(Exception):
+    """Raised by :func:`fit_guarded` once a stopped fit has been reported; carries the :class:`Outcome`."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); the previous file at that path is intact."""
+
+
+# -- run status ------------------------------------------------------------------------------------------------------
+def resume_command(run_dir: str | os.PathLike) -> str:
+    """The shell command that continues the run in ``run_dir``."""
+    return f"{shlex.quote(sys.executable)} -m experiments.run --resume {shlex.quote(str(run_dir))}"
+
+
+def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> None:
+    """Write ``run_dir/status.json`` atomically: ``state`` plus ``fields`` and the time; never raises on a full disk."""
+    record = {"state": state, **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(record, indent=2, default=str) + "\n")
+    except OSError as err:
+        print(f"warning: could not write {Path(run_dir) / STATUS_FILE}: {err.strerror or err}", file=sys.stderr)
+
+
+# -- atomic checkpoint files -----------------------------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint I/O that writes to a temporary file and renames it, and reads through the safe loader.
+
+    A crash, a kill or a full disk mid-write leaves the previous checkpoint untouched instead of a truncated file.
+    Loading uses :func:`lightning_models.checkpoints.load_checkpoint`: ``weights_only`` unless the user trusts the
+    file, and one clear error naming the file when it is unreadable.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise CheckpointWriteError(err.errno, f"could not write checkpoint '{path}': {reason}") from err
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        trust = None if weights_only is None else not weights_only
+        return load_checkpoint(path, trust=trust, map_location=map_location if map_location is not None else "cpu")
+
+
+# -- the callback ----------------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """How a fit that did not complete ended, for the launcher to report.
+
+    Attributes:
+        state: ``interrupted`` or ``failed``.
+        message: One line saying what happened and where.
+        hint: One line saying what to do next (e.g. the resume command), or ``""``.
+        exit_code: The process exit code to end with.
+        exception: The exception, when it is a bug whose traceback the user needs.
+    """
+
+    state: str
+    message: str
+    hint: str
+    exit_code: int
+    exception: BaseException | None = None
+
+
+class FaultGuard(L.Callback):
+    """Stop on non-finite losses, save a resumable checkpoint on interrupts and errors, and mark the run folder.
+
+    Args:
+        check_finite: Stop as soon as the training loss is NaN or infinite, and never write a checkpoint whose
+            weights are not finite.
+        check_every_n_steps: Check the collected losses every N steps, at every epoch end and before every
+            checkpoint; the failing step is named exactly either way. Checking in groups spares a GPU a
+            synchronization per step; training goes on for at most N-1 steps past the failure, and nothing is
+            saved from them.
+        save_on_interrupt: Save ``checkpoints/last.ckpt`` when interrupted (SIGINT/SIGTERM) or when a callback or
+            the model raises, so the run can be resumed with ``--resume``.
+    """
+
+    def __init__(self, check_finite: bool = True, check_every_n_steps: int = 8, save_on_interrupt: bool = True) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(f"safety.check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        self.check_finite = check_finite
+        self.check_every_n_steps = check_every_n_steps
+        self.save_on_interrupt = save_on_interrupt
+        #: Set when a fit ends early; read by the launcher.
+        self.outcome: Outcome | None = None
+        self._pending: list[tuple[int, int, int, Tensor]] = []  # (global step, epoch, batch index, loss)
+        self._step = (0, 0, 0)
+        self._stop_signal: int | None = None
+        self._previous_sigint: Callable | int | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Check a checkpoint to resume from fits the model, before Lightning's strict load fails with a dump."""
+        path = trainer.ckpt_path
+        if stage == "fit" and path and Path(path).is_file():
+            check_compatible(pl_module, load_state_dict_file(path), source=path)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.outcome, self._pending, self._stop_signal = None, [], None
+        run_dir = _run_dir(trainer)
+        if run_dir is not None and trainer.is_global_zero:
+            write_status(run_dir, "running", pid=os.getpid(), resume=resume_command(run_dir))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Installed here, after Lightning has recorded the handlers it restores when the fit ends.
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_sigint()
+
+    def _restore_sigint(self) -> None:
+        # Also after an exception, where Lightning calls no teardown hook and leaves SIGINT ignored.
+        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now
+        self._stop_signal = signum
+        print("\ninterrupt: saving a checkpoint after this batch (Ctrl+C again to stop at once)", file=sys.stderr)
+
+    # -- per step ------------------------------------------------------------------------------------------------
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step = (trainer.global_step, trainer.current_epoch, batch_idx)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if self.check_finite and isinstance(loss, Tensor):
+            self._pending.append((*self._step, loss.detach()))
+            if len(self._pending) >= self.check_every_n_steps:
+                self._check_losses()
+        # Stop here, with this batch's step done: Lightning restores a checkpoint saved at this point as "batch
+        # completed", so a resumed run neither repeats nor skips a step.
+        requested = self._stop_signal is not None
+        if trainer.world_size > 1:  # every rank stops at the same batch, or collectives would hang
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if requested:
+            raise KeyboardInterrupt
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_losses()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Refuse to write weights that are not finite: the checkpoint on disk stays the last good one."""
+        if not self.check_finite:
+            return
+        self._check_losses()
+        state = checkpoint.get("state_dict", {})
+        floats = [(k, v) for k, v in state.items() if isinstance(v, Tensor) and v.is_floating_point()]
+        if not floats:
+            return
+        finite = torch.stack([torch.isfinite(v).all() for _, v in floats]).cpu()
+        if not bool(finite.all()):
+            bad = [k for (k, _), ok in zip(floats, finite.tolist(), strict=True) if not ok]
+            epoch, step = trainer.current_epoch, trainer.global_step
+            raise NonFiniteLossError(
+                f"weights became NaN or infinite by epoch {epoch}, global step {step} ({', '.join(bad[:3])}"
+                f"{' and more' if len(bad) > 3 else ''})"
+            )
+
+    def _check_losses(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        finite = torch.isfinite(torch.stack([p[3].float().reshape(()) for p in pending])).cpu()
+        if bool(finite.all()):
+            return
+        step, epoch, batch_idx, loss = pending[int((~finite).nonzero()[0])]
+        raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, batch {batch_idx} (global step {step})")
+
+    # -- faults --------------------------------------------------------------------------------------------------
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.outcome = None
+        try:
+            self._handle(trainer, exception)
+        finally:
+            self._restore_sigint()
+
+    def _handle(self, trainer: L.Trainer, exception: BaseException) -> None:
+        """Save what can be resumed, set :attr:`outcome` and mark the run folder."""
+        run_dir = _run_dir(trainer)
+        where = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        if isinstance(exception, _USER_ERRORS):
+            # The launcher prints these as usage errors; the folder still says why the run stopped.
+            if run_dir is not None and trainer.is_global_zero:
+                write_status(run_dir, "failed", reason=str(exception), **where)
+            return
+        signum = _signal_of(exception, self._stop_signal)
+        if signum is None and not isinstance(exception, NonFiniteLossError | CheckpointWriteError):
+            # Anything but an interrupt surfaces pending non-finite losses first: they are the likelier cause.
+            try:
+                self._check_losses()
+            except NonFiniteLossError as nan:
+                exception = nan
+        saved, save_error = None, None
+        if self._should_save(trainer, exception, signum):
+            path = _last_checkpoint_path(trainer)
+            try:
+                trainer.save_checkpoint(path, weights_only=False)
+                saved = path
+            except NonFiniteLossError as nan:
+                exception, signum = nan, None
+            except Exception as err:  # noqa: BLE001 - the original failure is what gets reported
+                save_error = err
+        self.outcome = self._describe(trainer, exception, signum, saved, save_error, run_dir)
+        if run_dir is not None and trainer.is_global_zero:
+            resume = resume_command(run_dir) if _resumable(run_dir) else None
+            write_status(
+                run_dir,
+                self.outcome.state,
+                reason=self.outcome.message,
+                checkpoint=str(saved) if saved else None,
+                resume=resume,
+                **where,
+            )
+
+    def _should_save(self, trainer: L.Trainer, exception: BaseException, signum: int | None) -> bool:
+        if not self.save_on_interrupt or trainer.sanity_checking or trainer.global_step == 0:
+            return False
+        if trainer.state.fn != "fit" or _last_checkpoint_path(trainer) is None:
+            return False
+        if isinstance(exception, NonFiniteLossError | CheckpointWriteError):
+            return False  # non-finite weights, or a disk that just refused a write
+        if isinstance(exception, OSError) and exception.errno in (errno.ENOSPC, errno.EDQUOT):
+            return False
+        # Signals reach every process; an error on one rank alone would leave the others waiting in the save.
+        return signum is not None or trainer.world_size == 1
+
+    def _describe(
+        self,
+        trainer: L.Trainer,
+        exception: BaseException,
+        signum: int | None,
+        saved: Path | None,
+        save_error: BaseException | None,
+        run_dir: Path | None,
+    ) -> Outcome:
+        at = f"epoch {trainer.current_epoch}, global step {trainer.global_step}"
+        resume = f"resume with: {resume_command(run_dir)}" if run_dir is not None else ""
+        kept = _kept_checkpoint(trainer)
+        if signum is not None:
+            name = signal.Signals(signum).name
+            if saved:
+                what = f"saved a resumable checkpoint to {saved}"
+            elif save_error is not None:
+                what = f"could not save a checkpoint ({save_error}); the last one is {kept or 'missing'}"
+            else:
+                what = f"the last checkpoint is {kept}" if kept else "no checkpoint had been saved yet"
+            hint = resume if (saved or kept) else "start it again: nothing was saved yet"
+            return Outcome("interrupted", f"{name} at {at}; {what}", hint, _SIGNAL_EXIT[signum])
+        if isinstance(exception, NonFiniteLossError):
+            keep = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been saved yet"
+            return Outcome(
+                "failed",
+                f"training stopped: {exception}. Checkpoints were not overwritten; {keep}",
+                "lower the learning rate (--model.lr), clip gradients (--trainer.gradient_clip_val 1.0) or check "
+                "the data for NaN/inf values",
+                EXIT_FAILED,
+            )
+        if isinstance(exception, OSError) and exception.errno in (errno.ENOSPC, errno.EDQUOT):
+            detail = exception.strerror or str(exception)
+            return Outcome(
+                "failed",
+                f"disk full at {at}: {detail}. The previous checkpoint files are intact"
+                + (f" (last: {kept})" if kept else ""),
+                f"free some space, then {resume}" if kept and resume else "free some space and start again",
+                EXIT_FAILED,
+            )
+        source = _where(exception)
+        what = f"saved a checkpoint to {saved}" if saved else f"the last checkpoint is {kept or 'missing'}"
+        return Outcome(
+            "failed",
+            f"{type(exception).__name__} in {source or 'training'} at {at}: {exception}; {what}",
+            f"after fixing it, {resume}" if (saved or kept) and resume else "",
+            EXIT_FAILED,
+            exception,
+        )
+
+
+# -- launcher helpers ------------------------------------------------------------------------------------------------
+def find_guard(trainer: L.Trainer) -> FaultGuard | None:
+    """The trainer's :class:`FaultGuard`, if it has one."""
+    return next((cb for cb in trainer.callbacks if isinstance(cb, FaultGuard)), None)
+
+
+def fit_guarded(trainer: L.Trainer, fit: Callable[[], Any]) -> None:
+    """Run ``fit()``; when the guard stopped it (interrupt, non-finite loss, error), print why and raise.
+
+    Usage errors (:class:`DataError`, missing files) propagate unchanged for the launcher to print.
+
+    Raises:
+        TrainingStopped: with the :class:`Outcome` (its ``exit_code`` is what the process should end with).
+    """
+    guard = find_guard(trainer)
+    try:
+        fit()
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        outcome = guard.outcome if guard is not None else None
+        if outcome is None or isinstance(err, _USER_ERRORS):
+            raise
+        if trainer.is_global_zero:
+            report(outcome)
+        raise TrainingStopped(outcome) from None
+
+
+def report(outcome: Outcome) -> None:
+    """Print an outcome: the traceback of a bug, then one line saying what happened and one saying what next."""
+    if outcome.exception is not None:
+        import traceback
+
+        traceback.print_exception(outcome.exception, file=sys.stderr)
+    label = "interrupted" if outcome.state == "interrupted" else "error"
+    print(f"{label}: {outcome.message}", file=sys.stderr)
+    if outcome.hint:
+        print(outcome.hint, file=sys.stderr)
+
+
+def mark_completed(trainer: L.Trainer, test_metrics: Mapping[str, float] | None = None) -> None:
+    """Mark the run folder completed (``status.json``), with the best checkpoint and the test metrics."""
+    run_dir = _run_dir(trainer)
+    if run_dir is None or not trainer.is_global_zero:
+        return
+    ckpt = trainer.checkpoint_callback
+    best = getattr(ckpt, "best_model_path", None) or None
+    metrics = {k: v for k, v in (test_metrics or {}).items() if math.isfinite(v)}
+    write_status(
+        run_dir,
+        "completed",
+        epoch=trainer.current_epoch,
+        global_step=trainer.global_step,
+        best_checkpoint=best,
+        test_metrics=metrics,
+    )
+
+
+# -- internals -------------------------------------------------------------------------------------------------------
+def _run_dir(trainer: L.Trainer) -> Path | None:
+    """The run folder: the logger's version folder (``None`` without a logger, e.g. ``fast_dev_run``)."""
+    if trainer.logger is None or trainer.log_dir is None:
+        return None
+    return Path(trainer.log_dir)
+
+
+def _last_checkpoint_path(trainer: L.Trainer) -> Path | None:
+    ckpt = trainer.checkpoint_callback
+    dirpath = getattr(ckpt, "dirpath", None)
+    if dirpath is None:
+        run_dir = _run_dir(trainer)
+        return run_dir / "checkpoints" / "last.ckpt" if run_dir is not None else None
+    name = getattr(ckpt, "CHECKPOINT_NAME_LAST", "last") + getattr(ckpt, "FILE_EXTENSION", ".ckpt")
+    return Path(dirpath) / name
+
+
+def _kept_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The checkpoint a resume would start from: ``last.ckpt``, else the best one, if on disk."""
+    last = _last_checkpoint_path(trainer)
+    if last is not None and last.is_file():
+        return last
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    return Path(best) if best and Path(best).is_file() else None
+
+
+def _resumable(run_dir: Path) -> bool:
+    return (run_dir / "checkpoints" / "last.ckpt").is_file() or any((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+def _signal_of(exception: BaseException, requested: int | None) -> int | None:
+    """The signal behind an interrupt: SIGTERM for Lightning's SIGTERMException, SIGINT for KeyboardInterrupt."""
+    if isinstance(exception, SIGTERMException):
+        return signal.SIGTERM
+    if isinstance(exception, KeyboardInterrupt):
+        return requested or signal.SIGINT
+    return None
+
+
+def _where(exception: BaseException) -> str:
+    """``Callback.hook`` (or model/datamodule method) the exception was raised in, from its traceback."""
+    where = ""
+    tb = exception.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, L.Callback | L.LightningModule | L.LightningDataModule) and not isinstance(
+            owner, FaultGuard
+        ):
+            kind = (
+                "callback"
+                if isinstance(owner, L.Callback)
+                else "model"
+                if isinstance(owner, L.LightningModule)
+                else "datamodule"
+            )
+            where = f"{kind} {type(owner).__name__}.{tb.tb_frame.f_code.co_name}"
+        tb = tb.tb_next
+    return where
