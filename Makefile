@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all e2e lint format bench clean
+.PHONY: help install run test test-all lint format bench transfer clean
 
 help:  ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ format: $(STAMP)  ## Apply ruff fixes and formatting
 
 bench: $(STAMP)  ## Throughput benchmark against plain PyTorch loops (writes docs/benchmark.md)
 	$(PY) -m experiments.bench $(ARGS)
+
+transfer: $(STAMP)  ## Offline transfer demo: digits 0-4 -> 5-9 from a few images per class, fine-tuned vs from scratch
+	$(PY) -m experiments.transfer $(ARGS)
 
 clean:  ## Remove runs/, caches and the virtual environment
 	rm -rf runs .pytest_cache .ruff_cache $(VENV)

@@ -41,7 +41,9 @@ class BatchLoader:
     """Iterates over a :class:`Split` in batches gathered by index; an iterable Lightning accepts as a dataloader.
 
     Each epoch's order is a permutation drawn from ``seed + epoch``, so a run is reproducible and a resumed run
-    sees the same batches. Under DDP every rank takes a disjoint, equally sized shard of that permutation.
+    sees the same batches. Under DDP every rank takes a disjoint shard of that permutation: equally sized for
+    training (padded by wrapping, as ``DistributedSampler``, so every rank takes the same number of steps), exact
+    for evaluation (``pad_shards=False``: no sample is counted twice, so gathered metrics cover the split exactly).
 
     Args:
         split: The data, already on the target device.
@@ -54,6 +56,8 @@ class BatchLoader:
         rank: This process's rank.
         world_size: Number of processes sharing the epoch.
         epoch_fn: Returns the current epoch (the trainer's), so permutations follow resumed runs.
+        pad_shards: Under DDP, pad the shards to equal size by repeating samples; without it their sizes differ
+            by at most one.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         epoch_fn=None,
+        pad_shards: bool = True,
     ) -> None:
         self.split = split
         self.batch_size = batch_size
@@ -77,6 +82,7 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.epoch_fn = epoch_fn or (lambda: 0)
+        self.pad_shards = pad_shards
         # Position in the current epoch, saved in checkpoints so a run resumed mid-epoch continues the same order.
         self._epoch = 0
         self._yielded = 0
@@ -86,6 +92,8 @@ class BatchLoader:
         n = len(self.split)
         if self.world_size == 1:
             return n
+        if not self.pad_shards:
+            return len(range(self.rank, n, self.world_size))
         # Every rank gets the same count so collective ops stay in step: pad by wrapping (as DistributedSampler).
         return -(-n // self.world_size)
 
@@ -102,7 +110,9 @@ class BatchLoader:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.pad_shards:
+            order = order[self.rank :: self.world_size]
+        elif self.world_size > 1:
             total = self._num_samples() * self.world_size
             if total > n:
                 order = torch.cat([order, order[: total - n]])
@@ -262,6 +272,8 @@ class InMemoryDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+            # Validation/test shards are not padded: a repeated sample would count twice in the DDP-synced metrics.
+            pad_shards=train,
         )
 
     def train_dataloader(self) -> BatchLoader:

@@ -7,15 +7,26 @@ model; every run gets its own ``RUNS_DIR/NAME/version_N`` folder, allocated atom
 from __future__ import annotations
 
 import os
+import sys
+import warnings
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins import CheckpointIO
 
+from experiments.callbacks import Dashboards, ONNXExport, SafeTensorBoardLogger
+from experiments.callbacks.checkpoint import ModelCheckpoint
+from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard
+from experiments.console import UsageError, explain_config_error, parser_options
 from experiments.files import atomic_write_text
+from lightning_models.checkpoints import TRUST_ENV, readable_checkpoint
+from lightning_models.finetune import FreezeSchedule
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULTS_FILE = CONFIG_DIR / "_defaults.yaml"
@@ -27,6 +38,12 @@ FORCED_CALLBACKS: dict[str, type] = {
     "checkpoint": ModelCheckpoint,
     "lr_monitor": LearningRateMonitor,
     "progress_bar": TQDMProgressBar,
+    "onnx": ONNXExport,
+    "dashboards": Dashboards,
+    # Off by default (unfreeze_at_epoch 0); --freeze.unfreeze_at_epoch N trains the head alone for N epochs.
+    "freeze": FreezeSchedule,
+    # NaN/inf loss stops the run; SIGINT/SIGTERM and errors save a resumable checkpoint; status.json in the run.
+    "safety": FaultGuard,
 }
 
 
@@ -39,9 +56,13 @@ class AtomicSaveConfig(SaveConfigCallback):
         log_dir = trainer.log_dir  # a collective call under DDP: every rank must make it
         if trainer.is_global_zero and log_dir is not None:
             path = Path(log_dir) / self.config_filename
-            # A resumed run keeps the config it was started with.
-            if self.overwrite or not path.exists():
-                atomic_write_text(path, self.parser.dump(self.config, skip_unset=False))
+            # A resumed run saves its effective config (the saved one plus the overrides given with --resume), so
+            # resuming again continues with the same settings; the file itself never asks to resume.
+            resuming = bool(self.config.get("resume"))
+            if self.overwrite or resuming or not path.exists():
+                config = self.config.clone()
+                config.resume = None
+                atomic_write_text(path, self.parser.dump(config, skip_unset=False))
         self.already_saved = trainer.strategy.broadcast(True)
 
 
@@ -75,8 +96,19 @@ class ZeroTuneCLI(LightningCLI):
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
         parser_kwargs.setdefault("default_config_files", [str(DEFAULTS_FILE)])
         parser_kwargs.setdefault("prog", "python -m experiments.run")
+        # Parse errors are raised, not printed with the full usage, so the launcher can condense them to one line.
+        parser_kwargs.setdefault("exit_on_error", False)
         self.run_dir: Path | None = None
+        #: Checkpoint the fit restores (from ``--resume`` or ``--ckpt_path``), resolved before the run folder exists.
+        self.ckpt_path: str | None = None
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            configs = [str(a) for flag, a in zip(args, args[1:], strict=False) if flag in ("--config", "-c")]
+            raise UsageError(explain_config_error(str(err), parser_options(parser), configs)) from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -94,6 +126,29 @@ class ZeroTuneCLI(LightningCLI):
             default=True,
             help="Test the best checkpoint on the test split after fitting.",
         )
+        parser.add_argument(
+            "--resume",
+            type=str | None,
+            default=None,
+            help="Continue the interrupted run in this folder (RUNS_DIR/NAME/version_N) from its "
+            "checkpoints/last.ckpt, in the same folder and TensorBoard run, with the config saved there; options "
+            "after it override that config (e.g. --trainer.max_epochs 20 to train longer).",
+        )
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="Start a new run from a checkpoint's full training state (weights, optimizer, scheduler, epoch): "
+            "a .ckpt file, or 'last' for the last.ckpt of the newest earlier run of this experiment. For weights "
+            "only, use --model.pretrained.",
+        )
+        parser.add_argument(
+            "--trust_checkpoint",
+            type=bool,
+            default=False,
+            help="Allow checkpoint/weights files that need arbitrary Python code to load (pickled objects beyond "
+            "tensors). Loading such a file runs whatever code its author put in it: only for files you trust.",
+        )
         for key, cls in FORCED_CALLBACKS.items():
             parser.add_lightning_class_args(cls, key)
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -101,20 +156,56 @@ class ZeroTuneCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
+        # Read by every checkpoint/weights load (resume, pretrained weights), which are weights-only unless trusted.
+        os.environ[TRUST_ENV] = "1" if cfg.get("trust_checkpoint") else "0"
         ckpt = cfg.checkpoint
         if ckpt.monitor == "auto":
             # The task class states which metric defines "best" (val/acc for classifiers, val/loss for regressors).
             model_cls = _import(cfg.model.class_path)
             ckpt.monitor = getattr(model_cls, "monitor", "val/loss")
             ckpt.mode = getattr(model_cls, "monitor_mode", "min")
+        self.ckpt_path = resolve_ckpt_path(cfg)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         cfg = self.config
-        if cfg.trainer.logger in (None, True) and not cfg.trainer.fast_dev_run:
-            kwargs["logger"] = self.make_logger(cfg)
-        elif cfg.trainer.fast_dev_run:
+        if cfg.trainer.fast_dev_run:
             kwargs["logger"] = False
-        return super().instantiate_trainer(**kwargs)
+        elif cfg.trainer.logger in (None, True):
+            kwargs["logger"] = self.make_logger(cfg)
+        elif cfg.trainer.logger is False:
+            # No TensorBoard, but checkpoints and config still go to the run's own folder, not the working directory.
+            self.make_logger(cfg)
+            kwargs.setdefault("default_root_dir", str(self.run_dir))
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            # Checkpoints are written to a temporary file and renamed: a crash or full disk never truncates one.
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        with warnings.catch_warnings():
+            # Said once, plainly, by _precision_note.
+            warnings.filterwarnings("ignore", message=r".*AMP with fp16 is not supported on CPU.*")
+            try:
+                trainer = super().instantiate_trainer(**kwargs)
+            except Exception:
+                # A rejected trainer setting leaves no empty run folder behind (a resumed run's folder stays).
+                fresh = self.run_dir is not None and not cfg.get("resume") and self.run_dir.is_dir()
+                if fresh and not any(self.run_dir.iterdir()):
+                    self.run_dir.rmdir()
+                raise
+        _precision_note(cfg, trainer)
+        return trainer
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        # Switching a feature off in the trainer drops its always-on callback too (Lightning refuses the pair).
+        unwanted: tuple[type, ...] = ()
+        if config.get("enable_progress_bar") is False:
+            unwanted += (ProgressBar,)
+        if config.get("enable_checkpointing") is False:
+            unwanted += (ModelCheckpoint,)
+        if config.get("logger") is False:
+            unwanted += (LearningRateMonitor,)
+        callbacks = [c for c in callbacks if not isinstance(c, unwanted)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def make_logger(self, cfg: Namespace) -> TensorBoardLogger:
         """TensorBoard logger writing into this run's own folder.
@@ -124,17 +215,70 @@ class ZeroTuneCLI(LightningCLI):
         broadcast from rank 0 by Lightning.
         """
         root = Path(cfg.runs_dir)
-        if _is_global_zero():
+        if cfg.get("resume"):
+            # The resumed run's own folder and TensorBoard run (its event files are appended to), on every rank.
+            self.run_dir = Path(cfg.resume)
+            root, version = self.run_dir.parent.parent, self.run_dir.name
+            cfg.name = self.run_dir.parent.name
+        elif _is_global_zero():
             self.run_dir, version = allocate_run_dir(root, cfg.name)
             os.environ[RUN_VERSION_ENV] = str(version)
         else:
             version = int(os.environ.get(RUN_VERSION_ENV, 0))
             self.run_dir = root / cfg.name / f"version_{version}"
-        return TensorBoardLogger(save_dir=str(root), name=cfg.name, version=version, default_hp_metric=False)
+        # log_graph draws the model from example_input_array; a model the tracer rejects only loses its graph.
+        return SafeTensorBoardLogger(
+            save_dir=str(root), name=cfg.name, version=version, default_hp_metric=False, log_graph=True
+        )
+
+
+def resolve_ckpt_path(cfg: Namespace) -> str | None:
+    """The checkpoint to restore: ``RUN/checkpoints/last.ckpt`` for ``--resume RUN``, or ``--ckpt_path``.
+
+    Raises:
+        FileNotFoundError: naming the missing checkpoint and what to pass instead.
+    """
+    if cfg.get("resume"):
+        path = Path(cfg.resume) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--resume {cfg.resume}: no checkpoints/last.ckpt in that run folder (it stopped before its first "
+                "checkpoint, or ran with checkpoint.save_last false); start it again instead"
+            )
+        # A damaged last.ckpt falls back to the newest readable checkpoint (the best one) rather than failing.
+        path, warning = readable_checkpoint(path, trust=bool(cfg.get("trust_checkpoint")))
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        return str(path)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last":
+        base = Path(cfg.runs_dir) / cfg.name
+        runs = [p for p in base.glob("version_*") if p.name[8:].isdigit() and (p / "checkpoints/last.ckpt").is_file()]
+        if not runs:
+            raise FileNotFoundError(f"--ckpt_path last: no earlier run in {base} has checkpoints/last.ckpt")
+        return str(max(runs, key=lambda p: int(p.name[8:])) / "checkpoints" / "last.ckpt")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"--ckpt_path: no such checkpoint file '{ckpt_path}'")
+    return ckpt_path
+
+
+def _precision_note(cfg: Namespace, trainer: Any) -> None:
+    """Say up front when fp16 mixed precision was asked for on the CPU, where Lightning uses bf16 instead."""
+    fp16 = str(cfg.trainer.precision) in ("16-mixed", "16")
+    if fp16 and isinstance(trainer.accelerator, CPUAccelerator) and trainer.is_global_zero:
+        print(
+            "note: precision 16-mixed (float16 autocast) needs a GPU; on the CPU this run uses bf16-mixed "
+            "(bfloat16 autocast) instead. Pass --trainer.precision bf16-mixed to say so, or 32-true for full "
+            "precision."
+        )
 
 
 def _is_global_zero() -> bool:
     """Whether this process is global rank 0, from the launcher's environment (torchrun, SLURM, Lightning's DDP)."""
+    # Worker processes started by Lightning inherit SLURM_PROCID from an interactive SLURM shell; their local rank
+    # says they are not rank 0.
+    if int(os.environ.get("LOCAL_RANK", 0)) != 0:
+        return False
     for var in ("RANK", "SLURM_PROCID"):
         if var in os.environ:
             return int(os.environ[var]) == 0

@@ -10,6 +10,9 @@ Extra options:
     --runs_dir DIR    root folder of all runs (default ``runs``)
     --name NAME       run name (folder under the runs root); defaults to the experiment or config file name
     --print_config    print the fully resolved config and exit
+    --resume RUN_DIR  continue an interrupted run (e.g. ``runs/digits_cnn/version_3``) in its own folder, from its
+                      last checkpoint, with the config saved there; options after it override that config
+    --ckpt_path last|PATH  start a new run from a checkpoint's full training state ('last': the newest run's)
     --model.help CLASS   every argument of a model class, e.g. ``--model.help lightning_models.SmallCNN``
                          (likewise ``--data.help datamodules.DigitsDataModule``)
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jsonargparse import DefaultHelpFormatter
@@ -65,6 +69,9 @@ def build_args(argv: list[str]) -> list[str]:
     name = None
     if args and not args[0].startswith("-"):
         name = args.pop(0)
+    resume = _option(args, "--resume")
+    if resume is not None:
+        return _resume_args(resume, name, args)
     has_config = any(a == "--config" or a.startswith("--config=") or a == "-c" for a in args)
     if name is None and not has_config:
         name = DEFAULT_EXPERIMENT
@@ -79,19 +86,41 @@ def build_args(argv: list[str]) -> list[str]:
             )
         prefix = ["--config", str(path), "--name", name]
     elif not any(a == "--name" or a.startswith("--name=") for a in args):
-        config_path = _config_arg(args)
+        config_path = _option(args, "--config", "-c")
         if config_path is not None:
             prefix = ["--name", Path(config_path).stem]
     return prefix + args
 
 
-def _config_arg(args: list[str]) -> str | None:
+def _option(args: list[str], flag: str, short: str | None = None) -> str | None:
+    """The value given to ``flag`` (``--flag VALUE`` or ``--flag=VALUE``), if any."""
     for i, a in enumerate(args):
-        if a in ("--config", "-c") and i + 1 < len(args):
+        if a in (flag, short) and i + 1 < len(args):
             return args[i + 1]
-        if a.startswith("--config="):
+        if a.startswith(f"{flag}="):
             return a.split("=", 1)[1]
     return None
+
+
+def _resume_args(run_dir: str, name: str | None, args: list[str]) -> list[str]:
+    """Arguments that continue the run in ``run_dir``: its saved config first, then the given overrides.
+
+    Raises:
+        UsageError: for an experiment name or ``--ckpt_path`` next to ``--resume``, or a folder that is no run.
+    """
+    if name is not None:
+        raise console.UsageError(
+            f"--resume continues a run with the config saved in its folder: leave out the experiment name '{name}'"
+        )
+    if _option(args, "--ckpt_path") is not None:
+        raise console.UsageError("--resume restores the run's own last checkpoint: leave out --ckpt_path")
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise console.UsageError(
+            f"--resume {run_dir}: no config.yaml there. Pass a run folder such as runs/digits_cnn/version_0 "
+            "(the 'run' line of a run's summary)."
+        )
+    return ["--config", str(config), *args]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,10 +136,40 @@ def main(argv: list[str] | None = None) -> int:
     except console.UsageError as err:
         console.error(str(err))
         return USAGE_ERROR
+    except KeyboardInterrupt:  # Ctrl+C before training started (once it has, the run saves and says how to resume)
+        print("\ninterrupted before training started: nothing to resume", file=sys.stderr)
+        return 130
+
+
+@dataclass
+class RunResult:
+    """What one launcher run produced.
+
+    Attributes:
+        run_dir: The run folder (``None`` without a logger, e.g. ``fast_dev_run``).
+        best_checkpoint: Path of the best checkpoint, if one was saved.
+        test_metrics: Test metrics of the best checkpoint (empty when testing was skipped).
+    """
+
+    run_dir: Path | None
+    best_checkpoint: str | None
+    test_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def run(args: list[str]) -> int:
-    """Parse ``args``, fit, test the best checkpoint and print the summary."""
+    """Parse ``args``, fit, test the best checkpoint and print the summary; returns the exit code."""
+    from experiments.callbacks.safety import TrainingStopped
+
+    try:
+        launch(args)
+    except TrainingStopped as stop:  # already reported: interrupted (130/143) or failed (1)
+        return stop.outcome.exit_code
+    return 0
+
+
+def launch(args: list[str]) -> RunResult:
+    """Parse ``args``, fit (resuming when asked), test the best checkpoint, print the summary; return the result."""
+    from experiments.callbacks.safety import fit_guarded, mark_completed
     from experiments.cli import ZeroTuneCLI
     from experiments.summary import finish_run
 
@@ -124,17 +183,39 @@ def run(args: list[str]) -> int:
     finally:
         sys.argv = argv
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    # Set on the trainer rather than passed to fit: the model sees it in setup() and does not load
+    # model.pretrained weights that the checkpoint replaces anyway.
+    trainer.ckpt_path = cli.ckpt_path
     with console.user_errors():
-        trainer.fit(model, datamodule=dm)
+        # An interrupt, a NaN loss or an error saves what can be resumed, marks the run and raises TrainingStopped.
+        fit_guarded(trainer, lambda: trainer.fit(model, datamodule=dm))
+    trainer.ckpt_path = None
     test_metrics: dict[str, float] = {}
     if cli.config.test_after_fit and not trainer.interrupted:
         ckpt = trainer.checkpoint_callback
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         results = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    _leave_process_group()
     if trainer.is_global_zero:
         finish_run(trainer, model, test_metrics)
-    return 0
+    mark_completed(trainer, test_metrics)
+    ckpt = trainer.checkpoint_callback
+    best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    return RunResult(cli.run_dir, best_path, test_metrics)
+
+
+def _leave_process_group() -> None:
+    """End this process's part in DDP once fit and test are done.
+
+    What follows (summary, status file) is rank 0's alone; without a process group, Lightning's collective calls
+    in there (``trainer.log_dir`` broadcasts) return at once instead of waiting for ranks that already finished.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ def log_hparams(trainer: L.Trainer, model: L.LightningModule, test_metrics: dict
     dm = getattr(trainer, "datamodule", None)
     if dm is not None and getattr(dm, "hparams", None):
         params.update(_flat(dict(dm.hparams), "data/"))
+    # LightningCLI's bookkeeping entries (_class_path, _instantiator) are not hyperparameters.
+    params = {k: v for k, v in params.items() if not k.rsplit("/", 1)[-1].startswith("_")}
     metrics = {"hp_metric": best_value if best_value is not None else float("nan")}
     metrics.update(test_metrics)
     logger.log_hyperparams(params, metrics)
@@ -66,5 +68,7 @@ def finish_run(trainer: L.Trainer, model: L.LightningModule, test_metrics: dict[
             f"tensorboard  {shlex.quote(sys.executable)} -m tensorboard.main --logdir {shlex.quote(str(run_dir))}"
             " --host 127.0.0.1"
         )
+        if any(run_dir.glob("*.onnx")):
+            lines.append(f"netron       {shlex.quote(sys.executable)} -m experiments.view {shlex.quote(str(run_dir))}")
     lines.append("=" * 72)
     print("\n".join(lines))

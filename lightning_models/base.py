@@ -10,12 +10,15 @@ Every architecture in this package subclasses one of the task bases below and on
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torchmetrics
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
@@ -42,7 +45,19 @@ class TaskModule(L.LightningModule):
         warmup_epochs: Linear warmup length for ``cosine``.
         step_size: Epochs between decays for ``step``.
         gamma: Decay factor for ``step``.
+        pretrained: Weights file to start from: a zerotune checkpoint or a plain PyTorch state_dict (e.g.
+            torchvision's). Loaded once, before the first fit/validate/test, never over a checkpoint being
+            resumed; keys are matched by :func:`~lightning_models.finetune.match_keys` and a report is printed.
+        pretrained_skip: Model key prefixes not taken from ``pretrained``, e.g. ``[head.]`` to start a new head
+            even when its shape matches.
+        backbone_lr_factor: Learning rate of ``self.backbone`` relative to ``lr`` (e.g. 0.1 when fine-tuning);
+            the backbone and the rest become separate optimizer parameter groups named ``backbone`` and ``head``.
+        compile: ``torch.compile`` the network's submodules in place when training starts (state_dict keys,
+            checkpoints and ONNX export are unaffected).
     """
+
+    #: Leading parts of pre-trained file keys renamed before matching, e.g. ``{"fc.": "head."}`` for torchvision.
+    pretrained_key_map: dict[str, str] = {}
 
     #: Metric the launcher's checkpoint callback monitors unless the config says otherwise, and its mode.
     monitor: str = "val/acc"
@@ -61,6 +76,10 @@ class TaskModule(L.LightningModule):
         warmup_epochs: float = 0.0,
         step_size: int = 10,
         gamma: float = 0.1,
+        pretrained: str | None = None,
+        pretrained_skip: list[str] | None = None,
+        backbone_lr_factor: float = 1.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -69,6 +88,8 @@ class TaskModule(L.LightningModule):
             raise ValueError(f"model.weight_decay must be >= 0, got {weight_decay}")
         if num_classes < 1:
             raise ValueError(f"model.num_classes must be >= 1, got {num_classes}")
+        if backbone_lr_factor <= 0:
+            raise ValueError(f"model.backbone_lr_factor must be positive, got {backbone_lr_factor}")
         # Collects the arguments of every __init__ in the subclass chain.
         self.save_hyperparameters()
         self.num_classes = int(num_classes)
@@ -78,6 +99,9 @@ class TaskModule(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # Set once pre-trained weights were applied or a checkpoint was loaded: either way they are not re-applied.
+        self._weights_initialized = False
+        self._compiled = False
 
     # -- to be provided by task subclasses -------------------------------------------------------------------------
     def make_metrics(self) -> torchmetrics.MetricCollection:
@@ -106,6 +130,8 @@ class TaskModule(L.LightningModule):
         x, y = batch
         output = self(x)
         loss = self.compute_loss(output, y)
+        if stage == "train" and not self._is_logging_step():
+            return loss
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(*self.metric_inputs(output.detach(), y))
         is_train = stage == "train"
@@ -123,6 +149,19 @@ class TaskModule(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=not is_train)
         return loss
 
+    def _is_logging_step(self) -> bool:
+        """Whether the trainer writes logs after this training step (every ``trainer.log_every_n_steps``).
+
+        Training steps are the hot loop: the loss is logged and the train metrics are updated only on the steps
+        whose values reach the logger, so the loop carries no per-step logging cost. The epoch's ``train/*``
+        metrics are therefore computed over every ``log_every_n_steps``-th batch, an unbiased sample.
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        connector = getattr(trainer, "_logger_connector", None)
+        return connector is None or bool(connector.should_update_logs)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self.shared_step(batch, "train")
 
@@ -136,22 +175,90 @@ class TaskModule(L.LightningModule):
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return self.predict_output(self(x))
 
+    # -- pre-trained weights, compilation, checkpoints ---------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Load ``pretrained`` weights once, before the first fit/validate/test of a model built from scratch.
+
+        Skipped when the trainer restores a checkpoint set through ``trainer.ckpt_path`` (the launcher's ``--resume``
+        and ``--ckpt_path``) and for models made by ``load_from_checkpoint``. With ``trainer.fit(ckpt_path=...)``
+        the weights are loaded here and then replaced by the checkpoint's.
+        """
+        pretrained = self.hparams.get("pretrained")
+        if pretrained and not self._weights_initialized and self.trainer.ckpt_path is None:
+            from lightning_models.finetune import load_pretrained
+
+            report = load_pretrained(
+                self, pretrained, skip=self.hparams.get("pretrained_skip") or (), renames=self.pretrained_key_map
+            )
+            self.pretrained_report = report
+            rank_zero_only(print)(str(report))
+            # A line of the launcher's end-of-run summary (see experiments/summary.py).
+            summary = getattr(self.trainer, "zerotune_summary", None)
+            if summary is None:
+                summary = self.trainer.zerotune_summary = []
+            summary.append(f"pretrained {report.summary()}")
+        self._weights_initialized = True
+
+    def on_train_start(self) -> None:
+        """Compile each submodule in place with ``compile: true`` (keys keep their names: no ``_orig_mod.``).
+
+        Done when training starts, after Lightning traced the model for TensorBoard's graph (tracing cannot go
+        through compiled code); validation and testing in the same fit then run compiled too. Models made by
+        ``load_from_checkpoint`` are eager: quick to export to ONNX or to run once.
+        """
+        if not self.hparams.get("compile") or self._compiled:
+            return
+        for child in self.children():
+            if not isinstance(child, torchmetrics.Metric | torchmetrics.MetricCollection):
+                child.compile()
+        self._compiled = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores model, optimizer, scheduler and loops; the random streams (dropout) are added here
+        # so that a resumed run draws exactly what the uninterrupted run would have drawn.
+        checkpoint["rng_states"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._weights_initialized = True
+        trainer = self._trainer
+        if trainer is not None and trainer.training and "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
+
     # -- optimization ----------------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
-        """Parameter groups for the optimizer; fine-tuning subclasses override this for per-group learning rates."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        """Optimizer parameter groups: one, or ``backbone`` at ``lr * backbone_lr_factor`` and ``head`` at ``lr``.
 
-    def configure_optimizers(self) -> Any:
+        All trainable parameters are included, also those a :class:`~lightning_models.finetune.FreezeSchedule`
+        freezes for the first epochs (they get no gradient, so the optimizer skips them until unfrozen).
+        """
+        factor = self.hparams.get("backbone_lr_factor", 1.0)
+        backbone = getattr(self, "backbone", None)
+        if factor == 1.0 or not isinstance(backbone, nn.Module):
+            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        in_backbone = {id(p) for p in backbone.parameters()}
+        body = [p for p in backbone.parameters() if p.requires_grad]
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in in_backbone]
+        groups = [
+            {"name": "backbone", "params": body, "lr": self.hparams.lr * factor},
+            {"name": "head", "params": rest},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer the hyperparameters name, over :meth:`param_groups` (no trainer needed)."""
         hp = self.hparams
         groups = self.param_groups()
         if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(
+            return torch.optim.SGD(
                 groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
             )
-        elif hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            opt = torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        return torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = self.build_optimizer()
         if hp.scheduler == "none":
             return opt
         if hp.scheduler == "step":
@@ -166,6 +273,29 @@ class TaskModule(L.LightningModule):
             warmup = int(hp.warmup_epochs * steps_per_epoch)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _rng_states() -> dict[str, Any]:
+    """Global random states (torch CPU and CUDA, Python, NumPy) as types a ``weights_only`` load accepts."""
+    np_state = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, *rest = states["python"]
+    random.setstate((version, tuple(rest[0]), rest[1]))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _warmup_cosine(warmup: int, total: int):

@@ -10,11 +10,9 @@ import importlib
 import inspect
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from conftest import run_launcher
 from fakedata import write_cifar10, write_mnist
@@ -44,16 +42,6 @@ FAST = [
     "--dashboards.enabled",
     "false",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """One intra-op thread for this module: its tensors are tiny, and with two threads on a busy CPU the pool's
-    synchronization makes each small op up to a hundred times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

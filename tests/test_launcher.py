@@ -126,3 +126,40 @@ def test_checkpoint_loads_back_with_identical_predictions(runs_dir: Path, capsys
         assert torch.equal(model(x), fresh(x))
     assert model.hparams.num_classes == 10 and tuple(model.hparams.input_shape) == (1, 8, 8)
     assert model.example_input_array.shape == (2, 1, 8, 8)
+
+
+def test_last_checkpoint_follows_every_epoch(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # "Best" by the highest val/loss is the first epoch, so Lightning alone would stop refreshing last.ckpt there.
+    args = ["digits_mlp", "--runs_dir", str(runs_dir), "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "1", "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "max",
+            "--test_after_fit", "false", "--onnx.enabled", "false"]
+    assert run_launcher(args, capsys)[0] == 0
+    ckpts = runs_dir / "digits_mlp" / "version_0" / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert [p.name for p in ckpts.glob("best-*")] == ["best-epoch000.ckpt"]
+
+
+@pytest.mark.parametrize(
+    ("switch", "absent"),
+    [("--trainer.enable_progress_bar", "progress"), ("--trainer.enable_checkpointing", "checkpoints"),
+     ("--trainer.logger", "events")],
+)
+def test_switching_off_a_builtin_feature_drops_its_callback(
+    switch: str, absent: str, runs_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["digits_mlp", "--runs_dir", str(runs_dir), switch, "false", "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+            "--onnx.enabled", "false"]
+    code, out, err = run_launcher(args, capsys)
+    assert code == 0, err
+    assert "test/acc=" in out
+    runs = list((runs_dir / "digits_mlp").glob("version_*")) if (runs_dir / "digits_mlp").exists() else []
+    if absent == "progress":
+        assert "Epoch 0:" not in out + err
+    elif absent == "checkpoints":
+        assert not any((r / "checkpoints").exists() for r in runs)
+    else:
+        assert not any(any(r.glob("events.out.tfevents*")) for r in runs)
+        # Without a logger the checkpoints still land in the run's own folder, never in the working directory.
+        assert [r.name for r in runs] == ["version_0"]
+        assert (runs[0] / "checkpoints" / "last.ckpt").is_file() and (runs[0] / "config.yaml").is_file()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,6 @@ from lightning_models import (
     ResNet18Classifier,
     SmallCNN,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """One intra-op thread for this module: its tensors are tiny, and with two threads on a busy CPU the pool's
-    synchronization makes each small op up to a hundred times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_trainer(**kwargs: Any) -> L.Trainer:

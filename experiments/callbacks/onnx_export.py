@@ -12,7 +12,6 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import re
 import time
 import warnings
@@ -100,8 +99,6 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | Path, opset: int 
         # Weights inside the .onnx file: one file to copy, serve with Netron, or load in onnxruntime.
         program.save(str(tmp), external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
-        # The temporary file is private (mode 0600); the model is meant to be shared like the other run files.
-        os.chmod(tmp, 0o644)
 
 
 def onnx_parity(path: str | Path, model: nn.Module, x: Tensor, batch_sizes: Sequence[int]) -> dict[int, float]:

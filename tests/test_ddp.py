@@ -1,0 +1,151 @@
+"""Scaling switches: DDP on two CPU processes, mixed precision on the CPU, torch.compile."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import ROOT, run_launcher
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules import DigitsDataModule
+from lightning_models import SmallCNN
+
+FAST = ["--onnx.enabled", "false", "--dashboards.enabled", "false", "--progress_bar.refresh_rate", "0"]
+
+
+def accuracy(model: SmallCNN, dm: DigitsDataModule, split: str) -> float:
+    """Single-process accuracy of ``model`` on the whole ``split``."""
+    dm.setup()
+    data = dm.splits[split]
+    model.eval()
+    with torch.no_grad():
+        pred = model(dm.normalize(data.x)).argmax(1)
+    return float(MulticlassAccuracy(model.num_classes, average="micro")(pred, data.y))
+
+
+def test_ddp_two_cpu_processes_log_global_metrics(runs_dir: Path) -> None:
+    marks = runs_dir / "ranks"
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        "digits_cnn",
+        "--runs_dir",
+        str(runs_dir),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "4",
+        # Frozen backbone in epoch 0, trained in epoch 1: DDP must keep syncing it once it gets gradients again.
+        "--freeze.unfreeze_at_epoch",
+        "1",
+        # 271 validation images: an odd count, which padded shards would have to repeat one of.
+        "--data.val_fraction",
+        "0.151",
+        "--trainer.callbacks+=tests.run_helpers.RankMarker",
+        f"--trainer.callbacks.out_dir={marks}",
+        *FAST,
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((marks / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["world_size"] for r in ranks} == {2}
+    assert ranks[0]["pid"] != ranks[1]["pid"]
+    assert [r["train_samples"] for r in ranks] == [2 * 4 * 64, 2 * 4 * 64]
+    assert ranks[0]["param_sum"] == ranks[1]["param_sum"]
+    dm = DigitsDataModule(val_fraction=0.151)
+    dm.setup()
+    assert len(dm.splits["val"]) == 271
+    # Validation shards are disjoint and not padded: together exactly the validation split.
+    assert ranks[0]["val_samples"] + ranks[1]["val_samples"] == len(dm.splits["val"])
+    # One run folder, written by rank 0 only.
+    run = runs_dir / "digits_cnn" / "version_0"
+    assert sorted(p.name for p in (runs_dir / "digits_cnn").iterdir()) == ["version_0"]
+    assert (run / "config.yaml").is_file()
+    # The logged val/acc and test/acc are those of the whole split: the same as one process evaluating the checkpoint
+    # (last.ckpt: the weights of the last validation; the best checkpoint: those tested).
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    last = SmallCNN.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert events.Scalars("val/acc")[-1].value == pytest.approx(accuracy(last, dm, "val"), abs=1e-6)
+    best = SmallCNN.load_from_checkpoint(next((run / "checkpoints").glob("best-*.ckpt")), map_location="cpu")
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(accuracy(best, dm, "test"), abs=1e-6)
+    assert "test       test/acc=" in proc.stdout and proc.stdout.count("best ckpt") == 1
+
+
+def test_bf16_mixed_on_cpu_trains(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["digits_cnn", "--runs_dir", str(runs_dir), "--trainer.accelerator", "cpu", *FAST]
+    code, out, err = run_launcher(
+        [*args, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5"],
+        capsys,
+    )
+    assert code == 0, err
+    ckpt = torch.load(runs_dir / "digits_cnn/version_0/checkpoints/last.ckpt", weights_only=True)
+    weights = ckpt["state_dict"]["backbone.0.weight"]
+    assert weights.dtype == torch.float32 and torch.isfinite(weights).all()  # autocast: fp32 weights
+    assert "test/acc=" in out
+
+
+def test_fp16_on_cpu_says_bf16_up_front(
+    runs_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from experiments.cli import ZeroTuneCLI
+    from experiments.run import build_args
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+
+    argv = [
+        "digits_cnn",
+        "--runs_dir",
+        str(runs_dir),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.precision",
+        "16-mixed",
+    ]
+    cli = ZeroTuneCLI(args=build_args([*argv, "--trainer.fast_dev_run", "true"]), run=False)
+    assert cli.trainer.precision == "bf16-mixed"
+    out, err = capsys.readouterr()
+    assert out.count("note: precision 16-mixed (float16 autocast) needs a GPU") == 1
+    assert "AMP with fp16 is not supported" not in err  # Lightning's own warning is replaced by the note
+
+
+@pytest.mark.slow
+def test_compile_keeps_keys_and_outputs(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = SmallCNN(num_classes=5, input_shape=(1, 8, 8), channels=[8, 16], compile=True)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=DigitsDataModule(classes=[0, 1, 2, 3, 4]))
+    plain_call = torch.nn.Sequential()._compiled_call_impl  # what an uncompiled module holds
+    assert model.backbone._compiled_call_impl is not plain_call and model.head._compiled_call_impl is not plain_call
+    path = tmp_path / "compiled.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert not any("_orig_mod" in k for k in state)
+    plain = SmallCNN.load_from_checkpoint(path)
+    assert plain.backbone._compiled_call_impl is plain_call  # compiled only when training starts
+    x = torch.randn(4, 1, 8, 8)
+    model.eval()
+    plain.eval()
+    torch.testing.assert_close(model(x), plain(x), rtol=1e-4, atol=1e-5)
