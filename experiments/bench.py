@@ -55,8 +55,13 @@ class Case:
 
         cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
         m, d = cfg["model"], cfg["data"]
-        return cls(name, _import(m["class_path"]), dict(m.get("init_args") or {}),
-                   _import(d["class_path"]), dict(d.get("init_args") or {}))
+        return cls(
+            name,
+            _import(m["class_path"]),
+            dict(m.get("init_args") or {}),
+            _import(d["class_path"]),
+            dict(d.get("init_args") or {}),
+        )
 
     def datamodule(self):
         return self.data_cls(**self.data_args)
@@ -121,9 +126,14 @@ def run_tutorial(case: Case, split, steps: int, device: torch.device, workers: i
         def __getitem__(self, i: int):
             return transform(Image.fromarray(images[i])), labels[i]
 
-    loader = torch.utils.data.DataLoader(TutorialDataset(), batch_size=dm.batch_size, shuffle=True,
-                                         num_workers=workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        TutorialDataset(),
+        batch_size=dm.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     model = case.model(dm).to(device).train()
     opt = model.build_optimizer()
     timer, step = _Timer(steps, device), 0
@@ -179,9 +189,22 @@ def run_zerotune(case: Case, split, steps: int, device: torch.device, runs_dir: 
             if not self.timer.tick(trainer.global_step):
                 trainer.should_stop = True
 
-    args = ["--config", str(CONFIG_DIR / f"{case.name}.yaml"), "--name", case.name, "--runs_dir", runs_dir,
-            "--trainer.max_steps", str(WARMUP + steps + 1), "--trainer.limit_val_batches", "0",
-            "--trainer.num_sanity_val_steps", "0", "--trainer.accelerator", device.type]
+    args = [
+        "--config",
+        str(CONFIG_DIR / f"{case.name}.yaml"),
+        "--name",
+        case.name,
+        "--runs_dir",
+        runs_dir,
+        "--trainer.max_steps",
+        str(WARMUP + steps + 1),
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.accelerator",
+        device.type,
+    ]
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         cli = ZeroTuneCLI(args=args, run=False)
@@ -227,8 +250,12 @@ class AccuracyProbe(L.Callback):
 def _launch(args: list[str]) -> tuple[float, str]:
     """Run the launcher in a subprocess; returns (start time, stdout)."""
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", *args], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"experiments.run {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     return start, proc.stdout
@@ -245,15 +272,30 @@ def _marks(out: str) -> dict[str, float]:
 
 def time_startup(runs_dir: str) -> float:
     """Seconds from starting ``python -m experiments.run`` to its first training step (default experiment)."""
-    start, out = _launch(["--runs_dir", runs_dir, "--trainer.max_steps", "1", "--test_after_fit", "false",
-                          "--trainer.callbacks+=experiments.bench.FirstStepProbe"])
+    start, out = _launch(
+        [
+            "--runs_dir",
+            runs_dir,
+            "--trainer.max_steps",
+            "1",
+            "--test_after_fit",
+            "false",
+            "--trainer.callbacks+=experiments.bench.FirstStepProbe",
+        ]
+    )
     return _marks(out)["FIRST_STEP"] - start
 
 
 def time_to_accuracy(runs_dir: str, target: float = 0.97) -> dict[str, float]:
     """The default experiment, whole: seconds to ``target`` val accuracy, fit seconds, test accuracy, wall seconds."""
-    start, out = _launch(["--runs_dir", runs_dir, "--trainer.callbacks+=experiments.bench.AccuracyProbe",
-                          f"--trainer.callbacks.init_args.target={target}"])
+    start, out = _launch(
+        [
+            "--runs_dir",
+            runs_dir,
+            "--trainer.callbacks+=experiments.bench.AccuracyProbe",
+            f"--trainer.callbacks.init_args.target={target}",
+        ]
+    )
     marks = _marks(out)
     marks["wall"] = time.time() - start
     return marks
@@ -309,33 +351,40 @@ def _machine(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:  # not Linux: keep platform's answer
         pass
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=BENCH_EXPERIMENTS, help="experiment configs to benchmark")
     parser.add_argument("--seconds", type=float, default=4.0, help="target timed seconds per loop and model")
     parser.add_argument("--samples", type=int, default=4096, help="synthetic training samples per model")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the tutorial loop")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="docs/benchmark.md", help="Markdown file for the results ('' to skip)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["startup", "accuracy", "onnx"],
-                        help="parts to leave out")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["startup", "accuracy", "onnx"], help="parts to leave out"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     from experiments.console import quiet
 
     quiet()
     work = tempfile.mkdtemp(prefix="zerotune-bench-")
-    lines = [f"Measured on: {_machine(device)}, device `{device}`.", "",
-             "| experiment | batch | steps | (a) tutorial samples/s | (b) hand loop samples/s "
-             "| (c) zerotune samples/s | (c)/(a) | (c)/(b) | s per epoch (a / b / c) | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured on: {_machine(device)}, device `{device}`.",
+        "",
+        "| experiment | batch | steps | (a) tutorial samples/s | (b) hand loop samples/s "
+        "| (c) zerotune samples/s | (c)/(a) | (c)/(b) | s per epoch (a / b / c) | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     print("\n".join(lines), flush=True)
     for name in args.models:
         case = Case.from_config(name)
@@ -355,8 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         n_train = int(official * (1 - dm.val_size)) if official and dm.val_size < 1 else args.samples
         epoch = " / ".join(f"{n_train / rate[k]:.1f}" for k in "abc")
         mem = (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else _peak_rss_mb()
-        row = (f"| {name} | {dm.batch_size} | {steps} | {rate['a']:.0f} | {rate['b']:.0f} | {rate['c']:.0f} "
-               f"| {rate['c'] / rate['a']:.2f}x | {rate['c'] / rate['b']:.2f}x | {epoch} | {mem:.0f} |")
+        row = (
+            f"| {name} | {dm.batch_size} | {steps} | {rate['a']:.0f} | {rate['b']:.0f} | {rate['c']:.0f} "
+            f"| {rate['c'] / rate['a']:.2f}x | {rate['c'] / rate['b']:.2f}x | {epoch} | {mem:.0f} |"
+        )
         lines.append(row)
         print(row, flush=True)
     if "startup" not in args.skip:
@@ -364,13 +415,19 @@ def main(argv: list[str] | None = None) -> int:
         print(lines[-1], flush=True)
     if "accuracy" not in args.skip:
         t = time_to_accuracy(work)
-        lines += ["", f"Default experiment (digits_cnn): val/acc >= 0.97 after {t.get('REACHED', float('nan')):.1f} s "
-                  f"of training; fit {t['FIT']:.1f} s; whole command {t['wall']:.1f} s; "
-                  f"test accuracy {t.get('test_acc', float('nan')):.4f}."]
+        lines += [
+            "",
+            f"Default experiment (digits_cnn): val/acc >= 0.97 after {t.get('REACHED', float('nan')):.1f} s "
+            f"of training; fit {t['FIT']:.1f} s; whole command {t['wall']:.1f} s; "
+            f"test accuracy {t.get('test_acc', float('nan')):.4f}.",
+        ]
         print(lines[-1], flush=True)
     if "onnx" not in args.skip:
-        lines += ["", "| model | batch | PyTorch eager samples/s | ONNX Runtime samples/s | ORT / eager |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| model | batch | PyTorch eager samples/s | ONNX Runtime samples/s | ORT / eager |",
+            "|---|---|---|---|---|",
+        ]
         print("\n".join(lines[-3:]), flush=True)
         for name in args.models:
             for batch, (eager, ort_rate) in onnx_inference(Case.from_config(name), work, args.seconds).items():
@@ -379,8 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# Benchmark\n\nGenerated by `python -m experiments.bench` (`make bench`).\n\n"
-                       + "\n".join(lines) + "\n")
+        out.write_text(
+            "# Benchmark\n\nGenerated by `python -m experiments.bench` (`make bench`).\n\n" + "\n".join(lines) + "\n"
+        )
         print(f"\nwritten to {out}")
     return 0
 

@@ -43,6 +43,8 @@ _NOISE_WARNINGS = (
     r".*Checkpoint directory .* exists and is not empty.*",
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecated; nothing for a user to do.
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    # `--ckpt_path` starts a new version folder by design; the summary names the checkpoint it started from.
+    r".*The dirpath has changed from .* won't be reloaded\. Only `best_model_path` will be reloaded.*",
 )
 
 

@@ -130,9 +130,25 @@ def test_checkpoint_loads_back_with_identical_predictions(runs_dir: Path, capsys
 
 def test_last_checkpoint_follows_every_epoch(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # "Best" by the highest val/loss is the first epoch, so Lightning alone would stop refreshing last.ckpt there.
-    args = ["digits_mlp", "--runs_dir", str(runs_dir), "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2",
-            "--trainer.limit_val_batches", "1", "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "max",
-            "--test_after_fit", "false", "--onnx.enabled", "false"]
+    args = [
+        "digits_mlp",
+        "--runs_dir",
+        str(runs_dir),
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--checkpoint.monitor",
+        "val/loss",
+        "--checkpoint.mode",
+        "max",
+        "--test_after_fit",
+        "false",
+        "--onnx.enabled",
+        "false",
+    ]
     assert run_launcher(args, capsys)[0] == 0
     ckpts = runs_dir / "digits_mlp" / "version_0" / "checkpoints"
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
@@ -141,15 +157,32 @@ def test_last_checkpoint_follows_every_epoch(runs_dir: Path, capsys: pytest.Capt
 
 @pytest.mark.parametrize(
     ("switch", "absent"),
-    [("--trainer.enable_progress_bar", "progress"), ("--trainer.enable_checkpointing", "checkpoints"),
-     ("--trainer.logger", "events")],
+    [
+        ("--trainer.enable_progress_bar", "progress"),
+        ("--trainer.enable_checkpointing", "checkpoints"),
+        ("--trainer.logger", "events"),
+    ],
 )
 def test_switching_off_a_builtin_feature_drops_its_callback(
     switch: str, absent: str, runs_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["digits_mlp", "--runs_dir", str(runs_dir), switch, "false", "--trainer.max_epochs", "1",
-            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
-            "--onnx.enabled", "false"]
+    args = [
+        "digits_mlp",
+        "--runs_dir",
+        str(runs_dir),
+        switch,
+        "false",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_test_batches",
+        "1",
+        "--onnx.enabled",
+        "false",
+    ]
     code, out, err = run_launcher(args, capsys)
     assert code == 0, err
     assert "test/acc=" in out
