@@ -1,7 +1,7 @@
 """Throughput benchmark: zerotune against the plain PyTorch loops it replaces, in one process.
 
 For each benchmarked experiment the same model trains on the same (synthetic, correctly shaped) data for the same
-number of steps in three ways:
+number of steps in three ways, plus a fourth that splits zerotune's cost from Lightning's:
 
 (a) ``tutorial``: the classic loop, a ``Dataset`` that turns each sample into a PIL image, per-sample torchvision
     transforms (``ToTensor``, ``Normalize``, and ``RandomCrop``/``RandomHorizontalFlip`` where the recipe augments) and
@@ -9,7 +9,9 @@ number of steps in three ways:
 (b) ``hand``: the best hand-written loop, the whole split as one ``uint8`` tensor on the device, batches gathered by
     index, normalized and augmented as a batch, the loss written to TensorBoard every ``log_every_n_steps`` steps;
 (c) ``zerotune``: the experiment's own config through :class:`~experiments.cli.ZeroTuneCLI` and the Lightning
-    Trainer, with its default logging, progress bar and callbacks.
+    Trainer, with its default logging, progress bar and callbacks;
+(L) ``bare Lightning``: the same LightningModule and datamodule in a plain ``lightning.Trainer`` with no logger,
+    progress bar, checkpoints or callbacks: (c)/(L) is what zerotune adds on top of Lightning's own loop.
 
 Steady-state samples/s are timed after warm-up steps. It also times the launcher's startup (command to first
 training step), the default experiment's time to accuracy, and ONNX Runtime against PyTorch eager inference.
@@ -20,6 +22,7 @@ Usage: ``python -m experiments.bench [--models mnist_mlp cifar10_lenet] [--secon
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,19 +179,53 @@ def run_hand(case: Case, split, steps: int, device: torch.device, logdir: str) -
             step += 1
 
 
+class StepTimer(L.Callback):
+    """Times training steps ``WARMUP .. WARMUP + steps`` of a Lightning fit, then stops it."""
+
+    def __init__(self, steps: int, device: torch.device) -> None:
+        self.timer = _Timer(steps, device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.timer.tick(trainer.global_step):
+            trainer.should_stop = True
+
+
+def _with_split(dm, split):
+    # Synthetic data stands in for the files: nothing to download or read.
+    dm.prepare_data = lambda: None
+    dm.splits = {"train": split, "val": split, "test": split}
+    return dm
+
+
+def run_lightning(case: Case, split, steps: int, device: torch.device) -> float:
+    """(L) the same LightningModule and datamodule in a bare Lightning ``Trainer``; returns seconds.
+
+    No logger, progress bar, checkpoints or callbacks beyond the step timer: Lightning's own share of (c).
+    """
+    dm = _with_split(case.datamodule(), split)
+    timer = StepTimer(steps, device)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        max_steps=WARMUP + steps + 1,
+        max_epochs=-1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(validation_step|smaller than the logging interval).*")
+        trainer.fit(case.model(dm), datamodule=dm)
+    return timer.timer.seconds
+
+
 def run_zerotune(case: Case, split, steps: int, device: torch.device, runs_dir: str) -> float:
     """(c) the experiment through zerotune's CLI and Trainer with default callbacks; returns seconds."""
-    import lightning as L
-
     from experiments.cli import CONFIG_DIR, ZeroTuneCLI
-
-    class StepTimer(L.Callback):
-        def __init__(self) -> None:
-            self.timer = _Timer(steps, device)
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            if not self.timer.tick(trainer.global_step):
-                trainer.should_stop = True
 
     args = [
         "--config",
@@ -198,6 +236,8 @@ def run_zerotune(case: Case, split, steps: int, device: torch.device, runs_dir: 
         runs_dir,
         "--trainer.max_steps",
         str(WARMUP + steps + 1),
+        "--trainer.max_epochs",
+        "-1",
         "--trainer.limit_val_batches",
         "0",
         "--trainer.num_sanity_val_steps",
@@ -210,12 +250,14 @@ def run_zerotune(case: Case, split, steps: int, device: torch.device, runs_dir: 
         cli = ZeroTuneCLI(args=args, run=False)
     finally:
         sys.argv = argv
-    timer = StepTimer()
+    timer = StepTimer(steps, device)
     cli.trainer.callbacks.append(timer)
-    # Synthetic data stands in for the files: nothing to download or read.
-    cli.datamodule.prepare_data = lambda: None
-    cli.datamodule.splits = {"train": split, "val": split, "test": split}
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    _with_split(cli.datamodule, split)
+    # The progress bar renders as usual, into the void: the benchmark's own table is the output worth reading.
+    with open(os.devnull, "w") as void, contextlib.redirect_stdout(void), warnings.catch_warnings():
+        # No validation in a throughput run, so the best-checkpoint metric never appears.
+        warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return timer.timer.seconds
 
 
@@ -224,7 +266,7 @@ class FirstStepProbe(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == 0:
-            print(f"FIRST_STEP {time.time()}", flush=True)
+            print(f"\nFIRST_STEP {time.time()}", flush=True)
 
 
 class AccuracyProbe(L.Callback):
@@ -241,10 +283,10 @@ class AccuracyProbe(L.Callback):
         acc = trainer.callback_metrics.get("val/acc")
         if not trainer.sanity_checking and not self.reached and acc is not None and float(acc) >= self.target:
             self.reached = True
-            print(f"REACHED {time.perf_counter() - self.start}", flush=True)
+            print(f"\nREACHED {time.perf_counter() - self.start}", flush=True)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        print(f"FIT {time.perf_counter() - self.start}", flush=True)
+        print(f"\nFIT {time.perf_counter() - self.start}", flush=True)
 
 
 def _launch(args: list[str]) -> tuple[float, str]:
@@ -262,8 +304,8 @@ def _launch(args: list[str]) -> tuple[float, str]:
 
 
 def _marks(out: str) -> dict[str, float]:
-    # Progress-bar output shares stdout, so the marks are found anywhere in a line.
-    marks = {key: float(value) for key, value in re.findall(r"\b(FIRST_STEP|REACHED|FIT) ([0-9.eE+-]+)", out)}
+    # Progress-bar output shares stdout: each mark starts a line of its own, after any cursor-up code.
+    marks = {key: float(value) for key, value in re.findall(r"(?:^|\n|\[A)(FIRST_STEP|REACHED|FIT) ([0-9.eE+-]+)", out)}
     test_acc = re.findall(r"test/acc=([0-9.]+)", out)
     if test_acc:
         marks["test_acc"] = float(test_acc[-1])
@@ -340,10 +382,10 @@ def _peak_rss_mb() -> float:
 
 
 def _calibrate(case: Case, split, device: torch.device, seconds: float) -> int:
-    """Steps that take about ``seconds`` in the hand loop (at least 10)."""
+    """Steps that take about ``seconds`` in the hand loop (at least 20)."""
     probe = 5
     elapsed = run_hand(case, split, probe, device, tempfile.mkdtemp())
-    return max(10, int(seconds / max(elapsed / probe, 1e-6)))
+    return max(20, int(seconds / max(elapsed / probe, 1e-6)))
 
 
 def _machine(device: torch.device) -> str:
@@ -365,7 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--models", nargs="+", default=BENCH_EXPERIMENTS, help="experiment configs to benchmark")
     parser.add_argument("--seconds", type=float, default=4.0, help="target timed seconds per loop and model")
-    parser.add_argument("--samples", type=int, default=4096, help="synthetic training samples per model")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="synthetic training samples per model (default: the size of the dataset's real training split, so "
+        "epoch-end work such as checkpoints weighs as much as in a real run)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the tutorial loop")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="docs/benchmark.md", help="Markdown file for the results ('' to skip)")
@@ -374,39 +422,47 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    # The launcher's default (--flush_denormal true), set for the whole process so all three loops run alike.
+    torch.set_flush_denormal(True)
     from experiments.console import quiet
 
     quiet()
     work = tempfile.mkdtemp(prefix="zerotune-bench-")
     lines = [
-        f"Measured on: {_machine(device)}, device `{device}`.",
+        f"Measured on: {_machine(device)}, device `{device}`; denormals flushed to zero in all loops (the launcher's "
+        "default). Peak RSS is the benchmark process's peak so far.",
         "",
-        "| experiment | batch | steps | (a) tutorial samples/s | (b) hand loop samples/s "
-        "| (c) zerotune samples/s | (c)/(a) | (c)/(b) | s per epoch (a / b / c) | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| experiment | batch | steps | (a) tutorial samples/s | (b) hand loop samples/s | (L) bare Lightning "
+        "samples/s | (c) zerotune samples/s | (c)/(a) | (c)/(b) | (c)/(L) | s per epoch (a / b / c) | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for name in args.models:
         case = Case.from_config(name)
         dm = case.datamodule()
-        split = synthetic_split(dm, args.samples)
+        # The real training split's size: the official training set minus the validation share.
+        official = getattr(dm, "official_train_size", None)
+        if args.samples or not official:
+            n_train = args.samples or 4096
+        else:
+            n_train = official - (int(official * dm.val_size) if dm.val_size < 1 else int(dm.val_size))
+        split = synthetic_split(dm, n_train)
         steps = _calibrate(case, split, device, args.seconds)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         secs = {
             "a": run_tutorial(case, split, steps, device, args.workers),
             "b": run_hand(case, split, steps, device, f"{work}/hand-{name}"),
+            "L": run_lightning(case, split, steps, device),
             "c": run_zerotune(case, split, steps, device, f"{work}/runs"),
         }
         rate = {k: steps * dm.batch_size / v for k, v in secs.items()}
-        # Epoch time projected for the real training split (official training set minus validation).
-        official = getattr(dm, "official_train_size", None)
-        n_train = int(official * (1 - dm.val_size)) if official and dm.val_size < 1 else args.samples
         epoch = " / ".join(f"{n_train / rate[k]:.1f}" for k in "abc")
         mem = (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else _peak_rss_mb()
         row = (
-            f"| {name} | {dm.batch_size} | {steps} | {rate['a']:.0f} | {rate['b']:.0f} | {rate['c']:.0f} "
-            f"| {rate['c'] / rate['a']:.2f}x | {rate['c'] / rate['b']:.2f}x | {epoch} | {mem:.0f} |"
+            f"| {name} | {dm.batch_size} | {steps} | {rate['a']:.0f} | {rate['b']:.0f} | {rate['L']:.0f} "
+            f"| {rate['c']:.0f} | {rate['c'] / rate['a']:.2f}x | {rate['c'] / rate['b']:.2f}x "
+            f"| {rate['c'] / rate['L']:.2f}x | {epoch} | {mem:.0f} |"
         )
         lines.append(row)
         print(row, flush=True)

@@ -13,6 +13,7 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
@@ -149,6 +150,14 @@ class ZeroTuneCLI(LightningCLI):
             help="Allow checkpoint/weights files that need arbitrary Python code to load (pickled objects beyond "
             "tensors). Loading such a file runs whatever code its author put in it: only for files you trust.",
         )
+        parser.add_argument(
+            "--flush_denormal",
+            type=bool,
+            default=True,
+            help="Flush denormal floats to zero on the CPU (torch.set_flush_denormal). Adam's tiny second moments "
+            "otherwise turn into denormals that make CPU training of small nets up to a third slower; values below "
+            "1.2e-38 become 0. No effect on GPUs.",
+        )
         for key, cls in FORCED_CALLBACKS.items():
             parser.add_lightning_class_args(cls, key)
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -158,6 +167,7 @@ class ZeroTuneCLI(LightningCLI):
         cfg = self.config
         # Read by every checkpoint/weights load (resume, pretrained weights), which are weights-only unless trusted.
         os.environ[TRUST_ENV] = "1" if cfg.get("trust_checkpoint") else "0"
+        torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
         ckpt = cfg.checkpoint
         if ckpt.monitor == "auto":
             # The task class states which metric defines "best" (val/acc for classifiers, val/loss for regressors).

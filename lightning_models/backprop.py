@@ -153,6 +153,7 @@ class HandBackpropMLP(ClassifierModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         self._step_schedulers("epoch")
 
     def _step_schedulers(self, interval: str) -> None:

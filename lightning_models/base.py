@@ -135,18 +135,13 @@ class TaskModule(L.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(*self.metric_inputs(output.detach(), y))
         is_train = stage == "train"
-        # Per-step train loss for the curves; epoch values for everything else. sync_dist only on epoch-level
-        # values, so DDP reduces them once per epoch, not per step.
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=is_train,
-            on_epoch=not is_train,
-            prog_bar=True,
-            sync_dist=not is_train,
-            batch_size=x.shape[0],
-        )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=not is_train)
+        if is_train:
+            # The per-step loss for the curves; the train metrics are logged once, in on_train_epoch_end.
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0])
+            return loss
+        # Epoch values, reduced across DDP ranks once per epoch.
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def _is_logging_step(self) -> bool:
@@ -164,6 +159,16 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self.shared_step(batch, "train")
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's ``train/*`` metrics (computed, synced across DDP ranks by torchmetrics) and reset them.
+
+        Logged as values once per epoch rather than as metric objects on every logging step: handing Lightning a
+        metric object costs a device move of its whole state per call, a large share of a small model's step.
+        """
+        if any(m.update_called for m in self.train_metrics.values()):
+            self.log_dict(self.train_metrics.compute(), on_step=False, on_epoch=True)
+        self.train_metrics.reset()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self.shared_step(batch, "val")

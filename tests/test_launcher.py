@@ -35,6 +35,9 @@ def test_default_experiment_end_to_end(runs_dir: Path, capsys: pytest.CaptureFix
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "val/loss", "val/acc", "val/f1", "test/acc", "test/loss", "hp_metric"} <= tags
     assert any(t.startswith("lr-") for t in tags)
+    # Train metrics: one value per epoch (over the batches of the logging steps), the loss every logging step.
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1, 2, 3, 4, 5]
+    assert len(events.Scalars("train/acc")) == 2 and all(0.0 <= e.value <= 1.0 for e in events.Scalars("train/acc"))
     acc = events.Scalars("test/acc")[-1].value
     assert 0.0 <= acc <= 1.0
     # hp_metric is the best monitored value (val/acc), not a placeholder.
@@ -196,3 +199,18 @@ def test_switching_off_a_builtin_feature_drops_its_callback(
         # Without a logger the checkpoints still land in the run's own folder, never in the working directory.
         assert [r.name for r in runs] == ["version_0"]
         assert (runs[0] / "checkpoints" / "last.ckpt").is_file() and (runs[0] / "config.yaml").is_file()
+
+
+def test_denormals_are_flushed_by_default_and_can_be_kept(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    denormal = torch.tensor([1e-39])
+    # True where the CPU can flush denormals (x86 with SSE3; not every ARM build).
+    supported = torch.set_flush_denormal(False)
+    base = ["digits_mlp", "--runs_dir", str(runs_dir), *TINY, "--onnx.enabled", "false", "--test_after_fit", "false"]
+    try:
+        assert run_launcher([*base, "--flush_denormal", "false"], capsys)[0] == 0
+        assert (denormal * 1.0).item() > 0
+        assert run_launcher(base, capsys)[0] == 0
+        if supported:
+            assert (denormal * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
