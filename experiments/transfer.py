@@ -12,7 +12,7 @@ For each seed, three ordinary launcher runs, each with its own run folder:
 
 Runs 2 and 3 are tested on the same digits 5-9 test split (their best checkpoint by validation accuracy); the
 table compares them seed by seed (135 test images: one image is 0.7 points) and on average. The pre-trained start
-helps on average but not reliably: with the defaults the five seeds average 0.947 fine-tuned vs 0.904 from
+helps on average but not reliably: with the defaults the five seeds average 0.945 fine-tuned vs 0.904 from
 scratch, and seed 0 goes the other way (0.919 vs 0.926). Features learned on digits 0-4 carry over only partly to
 5-9 at 8x8 pixels (a linear classifier on the frozen features reaches about 86% with 10 images per class), and the
 margin shrinks to about one point when each arm picks its own learning rate on the validation split; on these easy
