@@ -304,8 +304,8 @@ def _launch(args: list[str]) -> tuple[float, str]:
 
 
 def _marks(out: str) -> dict[str, float]:
-    # Progress-bar output shares stdout: each mark starts a line of its own, after any cursor-up code.
-    marks = {key: float(value) for key, value in re.findall(r"(?:^|\n|\[A)(FIRST_STEP|REACHED|FIT) ([0-9.eE+-]+)", out)}
+    # Progress-bar output shares stdout: each mark is printed at the start of a line of its own.
+    marks = {key: float(value) for key, value in re.findall(r"(?m)^(FIRST_STEP|REACHED|FIT) ([0-9.eE+-]+)", out)}
     test_acc = re.findall(r"test/acc=([0-9.]+)", out)
     if test_acc:
         marks["test_acc"] = float(test_acc[-1])
@@ -440,12 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         case = Case.from_config(name)
         dm = case.datamodule()
-        # The real training split's size: the official training set minus the validation share.
+        # By default the real training split's size: what the datamodule keeps of the official training set.
         official = getattr(dm, "official_train_size", None)
-        if args.samples or not official:
-            n_train = args.samples or 4096
-        else:
-            n_train = official - (int(official * dm.val_size) if dm.val_size < 1 else int(dm.val_size))
+        n_train = args.samples or (len(dm.train_val_indices(official)[0]) if official else 4096)
         split = synthetic_split(dm, n_train)
         steps = _calibrate(case, split, device, args.seconds)
         if device.type == "cuda":

@@ -134,8 +134,7 @@ class TaskModule(L.LightningModule):
             return loss
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(*self.metric_inputs(output.detach(), y))
-        is_train = stage == "train"
-        if is_train:
+        if stage == "train":
             # The per-step loss for the curves; the train metrics are logged once, in on_train_epoch_end.
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0])
             return loss
