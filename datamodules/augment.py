@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -33,3 +35,40 @@ def random_crop_flip(x: Tensor, padding: int, hflip: bool, gen: torch.Generator 
         flip = torch.rand(n, device=dev, generator=gen) < 0.5
         x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
     return x
+
+
+def random_affine(
+    x: Tensor,
+    degrees: float,
+    scale: float,
+    translate: float,
+    fill: Tensor | float = 0.0,
+    gen: torch.Generator | None = None,
+) -> Tensor:
+    """Random rotation, zoom and shift, drawn independently per sample, resampled bilinearly.
+
+    Args:
+        x: Float images ``(N, C, H, W)``.
+        degrees: Rotation angle drawn uniformly from ``[-degrees, degrees]``.
+        scale: Zoom factor drawn uniformly from ``[1 - scale, 1 + scale]``.
+        translate: Shift in pixels along each axis, drawn uniformly from ``[-translate, translate]``.
+        fill: Value of the area uncovered by the transform, a scalar or per channel ``(1, C, 1, 1)`` (e.g. the
+            normalized value of a black pixel).
+        gen: Generator on ``x``'s device, for reproducible draws.
+
+    Returns:
+        Augmented images, same shape and dtype as ``x``.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    u = torch.rand(4, n, device=dev, generator=gen) * 2 - 1  # (4, N) uniform in [-1, 1]
+    angle = u[0] * math.radians(degrees)
+    zoom = 1 + u[1] * scale
+    # affine_grid maps output to input coordinates in [-1, 1]: one pixel is 2 / size wide there.
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    tx, ty = u[2] * (2 * translate / w), u[3] * (2 * translate / h)
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (N, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    # grid_sample pads with zeros: shift so that zero is the fill value, then shift back.
+    moved = torch.nn.functional.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return moved + fill

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from datamodules.augment import random_crop_flip
+from datamodules.augment import random_affine, random_crop_flip
 
 
 @dataclass
@@ -165,9 +165,12 @@ class InMemoryDataModule(L.LightningDataModule):
         seed: Seed of the split, the epoch permutations and the augmentation.
         on_device: Move each split once to the training device (GPU included) when it fits; otherwise batches
             are gathered on the CPU and Lightning transfers them.
-        augment: Random crop with padding and horizontal flip on training batches (image datasets that use it).
+        augment: Augment training batches of images with the transforms below (evaluation batches never are).
         crop_padding: Padding of the random crop, in pixels; 0 disables the crop.
         hflip: Random horizontal flip (off for digits, where mirroring changes the class).
+        rotation: Random rotation of up to this many degrees either way; 0 disables it.
+        scale: Random zoom by a factor in ``[1 - scale, 1 + scale]``; 0 disables it.
+        translate: Random sub-pixel shift of up to this many pixels along each axis; 0 disables it.
     """
 
     num_classes: int = 0
@@ -187,6 +190,9 @@ class InMemoryDataModule(L.LightningDataModule):
         augment: bool = False,
         crop_padding: int = 0,
         hflip: bool = False,
+        rotation: float = 0.0,
+        scale: float = 0.0,
+        translate: float = 0.0,
     ) -> None:
         super().__init__()
         # Collects the arguments of every __init__ in the subclass chain (shown in TensorBoard's HParams tab).
@@ -200,6 +206,14 @@ class InMemoryDataModule(L.LightningDataModule):
         self.augment = augment
         self.crop_padding = crop_padding
         self.hflip = hflip
+        if rotation < 0 or translate < 0 or not 0 <= scale < 1:
+            raise ValueError(
+                f"data.rotation and data.translate must be >= 0 and data.scale in [0, 1), got rotation={rotation}, "
+                f"scale={scale}, translate={translate}"
+            )
+        self.rotation = rotation
+        self.scale = scale
+        self.translate = translate
         self.splits: dict[str, Split] = {}
         self._device_splits: dict[str, Split] = {}
         self._affine_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
@@ -235,9 +249,16 @@ class InMemoryDataModule(L.LightningDataModule):
         return cached
 
     def train_transform(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        if self.augment and x.dim() == 4:
-            x = random_crop_flip(x, self.crop_padding, self.hflip, gen)
-        return self.normalize(x)
+        if not (self.augment and x.dim() == 4):
+            return self.normalize(x)
+        return self.random_affine(self.normalize(random_crop_flip(x, self.crop_padding, self.hflip, gen)), gen)
+
+    def random_affine(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """The ``rotation``/``scale``/``translate`` augmentation of a normalized batch (unchanged when all are 0)."""
+        if not (self.rotation or self.scale or self.translate):
+            return x
+        # Uncovered pixels get the normalized value of a zero (black) pixel.
+        return random_affine(x, self.rotation, self.scale, self.translate, self._affine(x.device)[1], gen)
 
     def eval_transform(self, x: Tensor, gen: torch.Generator | None = None) -> Tensor:
         return self.normalize(x)

@@ -103,7 +103,8 @@ class ImageFolderDataModule(ImagePipelineDataModule):
             is ``None``.
         skip_bad_images: Skip unreadable images with a warning naming each; ``False`` raises instead.
         crop_scale: Area range of the random resized crop (training augmentation).
-        augment: Random resized crop (and flip) of training images.
+        augment: Random resized crop (and flip, and ``rotation``/``scale``/``translate`` when set) of training
+            images.
         hflip: Random horizontal flip, when ``augment``.
         **kwargs: ``mean``/``std`` (ImageNet's by default), ``num_workers``, batch size and seed: see
             :class:`~datamodules.image_pipeline.ImagePipelineDataModule`.
@@ -276,6 +277,7 @@ class ImageFolderDataModule(ImagePipelineDataModule):
             steps: list[Any] = [T.RandomResizedCrop(size, scale=self.crop_scale)]
             if self.hflip:
                 steps.append(T.RandomHorizontalFlip())
+            steps += self.affine_steps()
         else:
             steps = [T.Resize(size)]
         return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
@@ -283,4 +285,6 @@ class ImageFolderDataModule(ImagePipelineDataModule):
     def train_transform(self, x: Tensor, gen: torch.Generator) -> Tensor:
         x = self.normalize(x)
         # Bilinear resampling is linear, so cropping the normalized batch equals normalizing the cropped one.
-        return random_resized_crop_flip(x, self.crop_scale, self.hflip, gen) if self.augment else x
+        if not self.augment:
+            return x
+        return self.random_affine(random_resized_crop_flip(x, self.crop_scale, self.hflip, gen), gen)

@@ -88,7 +88,16 @@ class ImagePipelineDataModule(InMemoryDataModule):
                 steps.append(T.RandomCrop(size, padding=self.crop_padding))
             if self.hflip:
                 steps.append(T.RandomHorizontalFlip())
+            steps += self.affine_steps()
         return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def affine_steps(self) -> list[Callable]:
+        """The per-sample counterpart of :meth:`random_affine`: a ``RandomAffine`` step, or none when disabled."""
+        if not (self.rotation or self.scale or self.translate):
+            return []
+        h, w = self.input_shape[1:]
+        scale = (1 - self.scale, 1 + self.scale) if self.scale else None
+        return [T.RandomAffine(self.rotation, translate=(self.translate / w, self.translate / h), scale=scale)]
 
     def _loader(self, name: str, train: bool) -> Any:
         if not self.per_sample:

@@ -23,6 +23,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import DefaultHelpFormatter
 
@@ -149,11 +150,15 @@ class RunResult:
         run_dir: The run folder (``None`` without a logger, e.g. ``fast_dev_run``).
         best_checkpoint: Path of the best checkpoint, if one was saved.
         test_metrics: Test metrics of the best checkpoint (empty when testing was skipped).
+        model: The trained LightningModule (holding the tested checkpoint's weights when a test ran).
+        datamodule: The run's LightningDataModule, set up.
     """
 
     run_dir: Path | None
     best_checkpoint: str | None
     test_metrics: dict[str, float] = field(default_factory=dict)
+    model: Any = None
+    datamodule: Any = None
 
 
 def run(args: list[str]) -> int:
@@ -202,7 +207,7 @@ def launch(args: list[str]) -> RunResult:
     mark_completed(trainer, test_metrics)
     ckpt = trainer.checkpoint_callback
     best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    return RunResult(cli.run_dir, best_path, test_metrics)
+    return RunResult(cli.run_dir, best_path, test_metrics, model, dm)
 
 
 def _leave_process_group() -> None:

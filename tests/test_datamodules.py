@@ -438,3 +438,54 @@ def test_image_folder_missing_or_empty_folders(tmp_path: Path) -> None:
     (tmp_path / "flat" / "empty").mkdir()
     with pytest.raises(DataError, match="has no images"):
         ImageFolderDataModule(root=str(tmp_path / "flat")).setup("fit")
+
+
+def test_random_affine_moves_content_fills_with_black_and_is_reproducible() -> None:
+    from datamodules.augment import random_affine
+
+    x = torch.zeros(4, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0  # one bright pixel at the centre of a black image
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(random_affine(x, 0, 0, 0, gen=gen), x)  # all ranges 0: the identity
+    # A sub-pixel shift spreads the bright pixel over its neighbours (bilinear) but keeps its total brightness.
+    shifted = random_affine(x, 0, 0, 1.0, gen=torch.Generator().manual_seed(1))
+    assert not torch.equal(shifted, x)
+    torch.testing.assert_close(shifted.sum(dim=(1, 2, 3)), torch.ones(4))
+    moved = random_affine(x, 30, 0.2, 1.0, fill=-0.5, gen=torch.Generator().manual_seed(2))
+    again = random_affine(x, 30, 0.2, 1.0, fill=-0.5, gen=torch.Generator().manual_seed(2))
+    assert torch.equal(moved, again) and not torch.equal(moved, x)
+    # Rotation about the centre keeps the centre pixel bright; corners come from outside the image: the fill.
+    rotated = random_affine(x, 45, 0, 0, fill=-0.5, gen=torch.Generator().manual_seed(3))
+    assert torch.allclose(rotated[:, 0, 4, 4], torch.ones(4), atol=1e-5)
+    corners = rotated[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert bool(corners.lt(0).any())  # some corner of some sample was uncovered and took the fill value
+    assert float(rotated.min()) >= -0.5 - 1e-6
+
+
+@pytest.mark.parametrize("pipeline", ["memory", "torchvision"])
+def test_rotation_scale_translate_augment_training_batches_only(pipeline: str, data_dir: Path) -> None:
+    kwargs = dict(pipeline=pipeline, batch_size=32, augment=True, crop_padding=0, rotation=20, scale=0.1, translate=2)
+    dm = make("mnist", data_dir, **kwargs)
+    plain = make("mnist", data_dir, pipeline=pipeline, batch_size=32, augment=False)
+    x, y = next(iter(dm.train_dataloader()))
+    ref, ref_y = next(iter(plain.train_dataloader()))
+    black = (0 - dm.mean[0]) / dm.std[0]
+    assert x.shape == ref.shape and x.dtype == torch.float32
+    assert float(x.min()) >= black - 1e-4 and float(x.max()) <= (1 - dm.mean[0]) / dm.std[0] + 1e-4
+    if pipeline == "memory":  # same order, different pixels; ink is roughly preserved
+        assert torch.equal(y, ref_y) and not torch.allclose(x, ref)
+        ink, ref_ink = (x - black).sum(dim=(1, 2, 3)), (ref - black).sum(dim=(1, 2, 3))
+        assert float(((ink - ref_ink) / ref_ink).abs().median()) < 0.25
+    else:
+        assert any("RandomAffine" in type(t).__name__ for t in dm.sample_transform(train=True).transforms)
+    vx, _ = batches(dm.val_dataloader())
+    pvx, _ = batches(plain.val_dataloader())
+    assert torch.equal(vx, pvx)  # evaluation batches are never augmented
+
+
+def test_augmentation_ranges_are_checked() -> None:
+    from datamodules import DigitsDataModule
+
+    for bad in ({"rotation": -1}, {"scale": 1.0}, {"translate": -0.5}):
+        with pytest.raises(ValueError, match="data.rotation and data.translate must be >= 0"):
+            DigitsDataModule(augment=True, **bad)

@@ -76,6 +76,23 @@ def test_report_skips_new_head_and_loads_the_rest(tmp_path: Path) -> None:
     )
 
 
+def test_projector_head_is_dropped_when_fine_tuning(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = small_cnn(head_hidden=32)
+    assert [type(m).__name__ for m in source.head] == ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    assert source(torch.randn(3, 1, 8, 8)).shape == (3, 5)
+    path = tmp_path / "projector.pt"
+    torch.save(source.state_dict(), path)
+    target = small_cnn()  # linear head
+    report = load_pretrained(target, path, skip=["head."])
+    backbone = [k for k in target.state_dict() if k.startswith("backbone.")]
+    assert report.loaded == backbone and report.excluded == ["head.1.weight", "head.1.bias"]
+    assert report.unused and all(k.startswith("head.") for k in report.unused)
+    assert torch.equal(target.backbone[3].weight, source.backbone[3].weight)
+    with pytest.raises(ValueError, match="model.head_hidden must be >= 0"):
+        small_cnn(head_hidden=-1)
+
+
 def test_torchvision_resnet18_state_dict_maps_into_backbone_and_head(tmp_path: Path) -> None:
     torch.manual_seed(0)
     tv = torchvision.models.resnet18(weights=None, num_classes=10)
@@ -183,8 +200,9 @@ def test_transfer_demo_runs_three_launcher_runs(tmp_path: Path, capsys: pytest.C
     out = capsys.readouterr().out
     table = out[out.index("transfer digits 0-4 -> 5-9 with 5 labelled images per class") :]
     row = next(line.split() for line in table.splitlines() if line.startswith("   3"))
-    pretrain, tuned, scratch = (float(v) for v in row[1:4])
-    assert pretrain > 0.95 and tuned > 0.8 and scratch > 0.5
+    pretrain, probe_pretrained, probe_random, tuned, scratch, gain = (float(v) for v in row[1:7])
+    assert pretrain > 0.95 and tuned > 0.8 and scratch > 0.5 and gain == pytest.approx(tuned - scratch, abs=1e-3)
+    assert 0.5 < probe_pretrained <= 1 and 0.5 < probe_random <= 1  # five classes: chance is 0.2
     # Each run went through the launcher: its own folder and saved config; the fine-tuned one names its start.
     runs = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/version_*"))
     assert runs == ["digits_pretrain/version_0", "digits_transfer/version_0", "digits_transfer/version_1"]
