@@ -162,7 +162,7 @@ def report(k: int, results: list[TransferResult]) -> str:
     lines = [
         "",
         f"transfer digits 0-4 -> 5-9 with {k} labelled images per class (test accuracy on digits 5-9)",
-        f"{'':>4}  {'':>12}  {'linear probe, frozen':>20}",
+        f"{'':>4}  {'':>12}  {'linear probe of':^19}".rstrip(),
         f"{'seed':>4}  {'pretrain 0-4':>12}  {'pre-trained':>11}  {'random':>6}  {'fine-tuned':>10}  "
         f"{'from scratch':>12}  {'gain':>6}  {'time':>6}",
     ]

@@ -23,6 +23,9 @@ from lightning_models import (
     SmallCNN,
 )
 
+# tiny_trainer fits without validation on purpose (limit_val_batches=0); Lightning still says so once per fit.
+pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
+
 
 def tiny_trainer(**kwargs: Any) -> L.Trainer:
     """A CPU trainer without logger, checkpoints, progress bar or validation."""

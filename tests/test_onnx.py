@@ -85,6 +85,21 @@ def test_every_architecture_exports_and_matches_pytorch(cls: type[TaskModule], t
     assert out.shape[0] == 7
 
 
+def test_projector_head_exports_and_matches_pytorch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = lightning_models.SmallCNN(num_classes=5, input_shape=(1, 8, 8), channels=[8, 16], head_hidden=32)
+    # Trained BatchNorm statistics, so the exported eval-mode head is not an identity normalization.
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 1, 8, 8) * 2 + 1)
+    model.eval()
+    path = tmp_path / "model.onnx"
+    export_onnx(model, torch.randn(2, 1, 8, 8), path)
+    diffs = onnx_parity(path, model, torch.randn(5, 1, 8, 8), [1, 5])
+    assert max(diffs.values()) <= 1e-4, diffs
+
+
 class _PickFirstEpoch(MLPClassifier):
     """Logs ``pick`` = 1 in the first validation epoch and 0 later, so "best" is epoch 0, never the last weights."""
 
