@@ -251,9 +251,9 @@ class InMemoryDataModule(L.LightningDataModule):
     def train_transform(self, x: Tensor, gen: torch.Generator) -> Tensor:
         if not (self.augment and x.dim() == 4):
             return self.normalize(x)
-        return self.random_affine(self.normalize(random_crop_flip(x, self.crop_padding, self.hflip, gen)), gen)
+        return self.affine_augment(self.normalize(random_crop_flip(x, self.crop_padding, self.hflip, gen)), gen)
 
-    def random_affine(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def affine_augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
         """The ``rotation``/``scale``/``translate`` augmentation of a normalized batch (unchanged when all are 0)."""
         if not (self.rotation or self.scale or self.translate):
             return x

@@ -287,4 +287,4 @@ class ImageFolderDataModule(ImagePipelineDataModule):
         # Bilinear resampling is linear, so cropping the normalized batch equals normalizing the cropped one.
         if not self.augment:
             return x
-        return self.random_affine(random_resized_crop_flip(x, self.crop_scale, self.hflip, gen), gen)
+        return self.affine_augment(random_resized_crop_flip(x, self.crop_scale, self.hflip, gen), gen)

@@ -92,7 +92,7 @@ class ImagePipelineDataModule(InMemoryDataModule):
         return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def affine_steps(self) -> list[Callable]:
-        """The per-sample counterpart of :meth:`random_affine`: a ``RandomAffine`` step, or none when disabled."""
+        """The per-sample counterpart of :meth:`affine_augment`: a ``RandomAffine`` step, or none when disabled."""
         if not (self.rotation or self.scale or self.translate):
             return []
         h, w = self.input_shape[1:]

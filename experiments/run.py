@@ -23,11 +23,14 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jsonargparse import DefaultHelpFormatter
 
 from experiments import console
+
+if TYPE_CHECKING:
+    import lightning as L
 
 DEFAULT_EXPERIMENT = "digits_cnn"
 USAGE_ERROR = 2
@@ -157,8 +160,8 @@ class RunResult:
     run_dir: Path | None
     best_checkpoint: str | None
     test_metrics: dict[str, float] = field(default_factory=dict)
-    model: Any = None
-    datamodule: Any = None
+    model: L.LightningModule | None = None
+    datamodule: L.LightningDataModule | None = None
 
 
 def run(args: list[str]) -> int:

@@ -11,7 +11,7 @@ For each seed, three ordinary launcher runs, each with its own run folder:
 3. ``digits_transfer`` from scratch: the same ``k`` images, hyperparameters and budget (20 epochs: with 50
    images, 20 optimizer steps), random initial weights.
 
-Runs 2 and 3 are tested on the same digits 5-9 test split (451 images, their best checkpoint by validation
+Runs 2 and 3 are tested on the same digits 5-9 test split (448 images, their best checkpoint by validation
 accuracy). Two linear probes, logistic regressions on frozen backbone features of the ``k`` images per class,
 tell what the pre-trained features know about the new digits compared with the features of a random network.
 
@@ -96,7 +96,7 @@ def transfer(k: int, seed: int, runs_dir: str) -> TransferResult:
     scratch = _launch(
         ["digits_transfer", *common, *few, "--freeze.unfreeze_at_epoch", "0", "--model.backbone_lr_factor", "1.0"]
     )
-    probe_pretrained, probe_random = probe(pre.model, weights, scratch, seed)
+    probe_pretrained, probe_random = probe(weights, scratch, seed)
     return TransferResult(
         seed=seed,
         pretrain_acc=pre.test_metrics["test/acc"],
@@ -109,7 +109,7 @@ def transfer(k: int, seed: int, runs_dir: str) -> TransferResult:
     )
 
 
-def probe(source: torch.nn.Module, weights: Path, target: RunResult, seed: int) -> tuple[float, float]:
+def probe(weights: Path, target: RunResult, seed: int) -> tuple[float, float]:
     """Linear-probe test accuracy of frozen backbone features: pre-trained, and the same network at random init.
 
     A standardized logistic regression is fitted on the backbone's features of the target run's few training images
@@ -117,10 +117,9 @@ def probe(source: torch.nn.Module, weights: Path, target: RunResult, seed: int) 
     fine-tuning: if the pre-trained features do no better than random ones, pre-training has little to pass on.
 
     Args:
-        source: The pre-training run's model (its class reads ``weights``).
         weights: The checkpoint the fine-tuned run started from.
         target: The from-scratch run on the target task: its datamodule gives the data, its class and
-            hyperparameters the randomly initialized network.
+            hyperparameters both networks (the pre-trained one gets ``weights`` as the fine-tuned run did).
         seed: Seed of the random initialization.
     """
     import torch
@@ -128,11 +127,14 @@ def probe(source: torch.nn.Module, weights: Path, target: RunResult, seed: int) 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    pretrained = type(source).load_from_checkpoint(weights, map_location="cpu")
-    torch.manual_seed(seed)
+    from lightning_models.finetune import load_pretrained
+
+    cls = type(target.model)
     # LightningCLI adds private entries such as ``_class_path`` to the saved hyperparameters.
     args = {k: v for k, v in target.model.hparams.items() if not k.startswith("_")}
-    random_init = type(target.model)(**args)
+    torch.manual_seed(seed)
+    random_init, pretrained = cls(**args), cls(**args)
+    load_pretrained(pretrained, weights, skip=args.get("pretrained_skip") or (), renames=cls.pretrained_key_map)
     train, test = target.datamodule.splits["train"], target.datamodule.splits["test"]
 
     def features(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
