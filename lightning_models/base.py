@@ -125,8 +125,13 @@ class TaskModule(L.LightningModule):
         """Run the network: ``(N, *input_shape) -> (N, num_outputs)``."""
         return self.net(x)
 
-    def shared_step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
-        """One step for any stage: forward, loss, metric update, logging. Returns the loss."""
+    def shared_step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor | dict[str, Tensor]:
+        """One step for any stage: forward, loss, metric update, logging.
+
+        Returns:
+            The loss for training; ``{"loss": loss, "output": raw output}`` for validation and test, so callbacks
+            (the dashboards) read this batch's output without a second forward pass.
+        """
         x, y = batch
         output = self(x)
         loss = self.compute_loss(output, y)
@@ -141,7 +146,7 @@ class TaskModule(L.LightningModule):
         # Epoch values, reduced across DDP ranks once per epoch.
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        return {"loss": loss, "output": output.detach()}
 
     def _is_logging_step(self) -> bool:
         """Whether the trainer writes logs after this training step (every ``trainer.log_every_n_steps``).
@@ -166,13 +171,15 @@ class TaskModule(L.LightningModule):
         metric object costs a device move of its whole state per call, a large share of a small model's step.
         """
         if any(m.update_called for m in self.train_metrics.values()):
-            self.log_dict(self.train_metrics.compute(), on_step=False, on_epoch=True)
+            # compute() already synced the metric states across DDP ranks, so every rank holds the same values;
+            # sync_dist averages those identical values (one small reduce per epoch) and says so to Lightning.
+            self.log_dict(self.train_metrics.compute(), on_step=False, on_epoch=True, sync_dist=True)
         self.train_metrics.reset()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self.shared_step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self.shared_step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:

@@ -71,3 +71,26 @@ class SigintAtStep(L.Callback):
     ) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+class ConfusionMarker(L.Callback):
+    """Writes ``confusion.json`` on rank 0 at the end of fit: the counts of the last confusion matrix the run's
+    :class:`~experiments.callbacks.Dashboards` drew (``null`` if none).
+
+    Args:
+        out_dir: Folder for the file.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from experiments.callbacks import Dashboards
+
+        if not trainer.is_global_zero:
+            return
+        dashboards = next(cb for cb in trainer.callbacks if isinstance(cb, Dashboards))
+        counts = dashboards.last_confusion.tolist() if dashboards.last_confusion is not None else None
+        path = Path(self.out_dir) / "confusion.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(counts))

@@ -191,7 +191,8 @@ def warnings_as_errors():
 def test_figures_render_as_rgb_arrays() -> None:
     from experiments.callbacks.dashboards import _confusion_figure, _misclassified_figure
 
-    image = _confusion_figure(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), ["cat", "dog"], epoch=0)
+    counts = confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 2)
+    image = _confusion_figure(counts, ["cat", "dog"], epoch=0)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     assert image.std() > 10  # drawn, not blank
     wrong = [(torch.rand(3, 8, 8), 0, 1), (torch.rand(3, 8, 8), 1, 0)]

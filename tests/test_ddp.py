@@ -1,4 +1,4 @@
-"""Scaling switches: DDP on two CPU processes, mixed precision on the CPU, torch.compile."""
+"""Scaling switches: DDP on CPU processes with the default callbacks, mixed precision on the CPU, torch.compile."""
 
 from __future__ import annotations
 
@@ -15,51 +15,72 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules import DigitsDataModule
+from experiments.callbacks.dashboards import confusion_matrix
 from lightning_models import SmallCNN
 
 FAST = ["--onnx.enabled", "false", "--dashboards.enabled", "false", "--progress_bar.refresh_rate", "0"]
 
 
-def accuracy(model: SmallCNN, dm: DigitsDataModule, split: str) -> float:
-    """Single-process accuracy of ``model`` on the whole ``split``."""
+def predictions(model: SmallCNN, dm: DigitsDataModule, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-process ``(targets, predictions)`` of ``model`` on the whole ``split``."""
     dm.setup()
     data = dm.splits[split]
     model.eval()
     with torch.no_grad():
-        pred = model(dm.normalize(data.x)).argmax(1)
-    return float(MulticlassAccuracy(model.num_classes, average="micro")(pred, data.y))
+        return data.y, model(dm.normalize(data.x)).argmax(1)
+
+
+def accuracy(model: SmallCNN, dm: DigitsDataModule, split: str) -> float:
+    """Single-process accuracy of ``model`` on the whole ``split``."""
+    targets, preds = predictions(model, dm, split)
+    return float(MulticlassAccuracy(model.num_classes, average="micro")(preds, targets))
+
+
+def ddp_run(runs_dir: Path, devices: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``digits_cnn`` through the launcher on ``devices`` CPU processes with every default callback (dashboards,
+    ONNX export, checkpoints, progress output), plus a marker that saves the drawn confusion matrix."""
+    cmd = [
+        sys.executable, "-m", "experiments.run", "digits_cnn",
+        "--runs_dir", str(runs_dir),
+        "--trainer.accelerator", "cpu",
+        "--trainer.strategy", "ddp",
+        "--trainer.devices", str(devices),
+        "--trainer.callbacks+=tests.run_helpers.ConfusionMarker",
+        f"--trainer.callbacks.out_dir={runs_dir / 'marks'}",
+        *extra,
+    ]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def assert_whole_split_figures(run: Path, marks: Path, dm: DigitsDataModule, stdout: str) -> None:
+    """The run drew its confusion matrix from the whole validation split (as one process evaluating last.ckpt),
+    exported ONNX with parity, and saved checkpoints."""
+    last = SmallCNN.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    targets, preds = predictions(last, dm, "val")
+    drawn = json.loads((marks / "confusion.json").read_text())
+    assert drawn == confusion_matrix(targets, preds, 10).tolist()
+    assert sum(map(sum, drawn)) == len(dm.splits["val"])
+    events = EventAccumulator(str(run), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/confusion_matrix" in events.Tags()["images"]
+    assert (run / "model.onnx").is_file() and "(ok, atol 0.0001)" in stdout
+    assert any((run / "checkpoints").glob("best-*.ckpt"))
 
 
 def test_ddp_two_cpu_processes_log_global_metrics(runs_dir: Path) -> None:
     marks = runs_dir / "ranks"
-    cmd = [
-        sys.executable,
-        "-m",
-        "experiments.run",
-        "digits_cnn",
-        "--runs_dir",
-        str(runs_dir),
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.devices",
-        "2",
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.limit_train_batches",
-        "4",
+    proc = ddp_run(
+        runs_dir,
+        2,
+        "--trainer.max_epochs", "2",
+        "--trainer.limit_train_batches", "4",
         # Frozen backbone in epoch 0, trained in epoch 1: DDP must keep syncing it once it gets gradients again.
-        "--freeze.unfreeze_at_epoch",
-        "1",
+        "--freeze.unfreeze_at_epoch", "1",
         # 271 validation images: an odd count, which padded shards would have to repeat one of.
-        "--data.val_fraction",
-        "0.151",
+        "--data.val_fraction", "0.151",
         "--trainer.callbacks+=tests.run_helpers.RankMarker",
         f"--trainer.callbacks.out_dir={marks}",
-        *FAST,
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((marks / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and {r["world_size"] for r in ranks} == {2}
@@ -84,6 +105,17 @@ def test_ddp_two_cpu_processes_log_global_metrics(runs_dir: Path) -> None:
     best = SmallCNN.load_from_checkpoint(next((run / "checkpoints").glob("best-*.ckpt")), map_location="cpu")
     assert events.Scalars("test/acc")[-1].value == pytest.approx(accuracy(best, dm, "test"), abs=1e-6)
     assert "test       test/acc=" in proc.stdout and proc.stdout.count("best ckpt") == 1
+    # The default dashboards drew the confusion matrix of the whole split, not of rank 0's half.
+    assert_whole_split_figures(run, runs_dir / "marks", dm, proc.stdout)
+
+
+@pytest.mark.parametrize("devices", [1, 3])
+def test_ddp_with_default_callbacks_on_one_and_three_processes(runs_dir: Path, devices: int) -> None:
+    proc = ddp_run(runs_dir, devices, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dm = DigitsDataModule()
+    dm.setup()
+    assert_whole_split_figures(runs_dir / "digits_cnn" / "version_0", runs_dir / "marks", dm, proc.stdout)
 
 
 def test_bf16_mixed_on_cpu_trains(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

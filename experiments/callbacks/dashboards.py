@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -59,8 +60,12 @@ class Dashboards(Callback):
       (``datamodule.class_names``).
     * Regressors (float targets): ``val/pred_vs_true``, a scatter with the identity line and R2.
 
-    Predictions come from ``pl_module.predict_output`` when the module has it (argmax or sign of the logit
-    otherwise). Does nothing without a TensorBoard logger and during the sanity check.
+    The network's output comes from the ``output`` entry of what ``validation_step`` returns (every zerotune task
+    module returns it: no second forward pass); a step that returns none costs one extra forward pass. Predictions
+    come from ``pl_module.predict_output`` when the module has it (argmax or sign of the logit otherwise). Under
+    DDP every rank collects its own shard and rank 0 draws from the gathered whole, so the figures cover the whole
+    validation split exactly as in one process. Does nothing without a TensorBoard logger, during the sanity check,
+    and for batches that are not ``(x, y)`` pairs of tensors.
 
     Args:
         enabled: Draw the figures at all.
@@ -81,22 +86,18 @@ class Dashboards(Callback):
         self.max_images = max_images
         self.max_points = max_points
         self._active = False
-        self._hook: Any = None
-        self._last_output: Tensor | None = None
+        self._seen = 0
         self._targets: list[Tensor] = []
         self._preds: list[Tensor] = []
-        self._wrong: list[tuple[Tensor, int, int]] = []
+        #: ``(position in this rank's shard, image, true class, predicted class)`` of wrong predictions.
+        self._wrong: list[tuple[int, Tensor, int, int]] = []
+        #: The confusion matrix counts of the last figure drawn (rank 0), ``(C, C)``; row = true class.
+        self.last_confusion: Tensor | None = None
 
     # -- collecting ------------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
         self._active = self._should_draw(trainer)
-        if self._active:
-            self._hook = pl_module.register_forward_hook(self._capture)
-
-    def _capture(self, module: Any, args: Any, output: Any) -> None:
-        if isinstance(output, Tensor):
-            self._last_output = output.detach()
 
     def on_validation_batch_end(
         self,
@@ -110,11 +111,10 @@ class Dashboards(Callback):
         if not self._active or not (isinstance(batch, list | tuple) and len(batch) >= 2):
             return
         x, y = batch[0], batch[1]
-        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor) or y.dim() == 0:
             return
-        output, self._last_output = self._last_output, None
-        if output is None or output.shape[0] != y.shape[0]:
-            # validation_step did not call the module itself: one extra forward for this batch.
+        output = outputs.get("output") if isinstance(outputs, Mapping) else None
+        if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != y.shape[0]:
             with torch.no_grad():
                 output = pl_module(x)
         pred = _predict(pl_module, output, classify=not y.is_floating_point())
@@ -123,38 +123,34 @@ class Dashboards(Callback):
         if not y.is_floating_point() and _is_image(x) and len(self._wrong) < self.max_images:
             pred_flat, y_flat = pred.view(-1), y.view(-1)
             for i in torch.nonzero(pred_flat != y_flat).view(-1)[: self.max_images - len(self._wrong)].tolist():
-                self._wrong.append((x[i].detach().float().cpu(), int(y_flat[i]), int(pred_flat[i])))
+                self._wrong.append((self._seen + i, x[i].detach().float().cpu(), int(y_flat[i]), int(pred_flat[i])))
+        self._seen += int(y.shape[0])
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        if not self._active or not self._targets:
+        if not self._active:
             self._reset()
             return
-        targets, preds = torch.cat(self._targets), torch.cat(self._preds)
+        targets, preds, wrong = self._targets, self._preds, self._wrong
         if trainer.world_size > 1:
-            # Every rank holds an equally sized shard (the loaders pad); all ranks must join the gather.
-            targets = pl_module.all_gather(targets.to(pl_module.device)).reshape(-1, *targets.shape[1:]).cpu()
-            preds = pl_module.all_gather(preds.to(pl_module.device)).reshape(-1, *preds.shape[1:]).cpu()
-        writer = _tensorboard(trainer)
-        if trainer.is_global_zero and writer is not None:
-            step, epoch = trainer.global_step, trainer.current_epoch
-            if targets.is_floating_point():
-                writer.add_image("val/pred_vs_true", self._scatter(preds, targets, epoch), step, dataformats="HWC")
-            else:
-                names = _class_names(trainer, pl_module, targets, preds)
-                image = _confusion_figure(targets.view(-1), preds.view(-1), names, epoch)
-                writer.add_image("val/confusion_matrix", image, step, dataformats="HWC")
-                if self._wrong:
-                    grid = _misclassified_figure(self._wrong, names, _mean_std(trainer), epoch)
-                    writer.add_image("val/misclassified", grid, step, dataformats="HWC")
+            # Every rank joins the gather, also one whose shard was empty; rank 0 then holds the whole split.
+            targets, preds, wrong = _gather_shards(targets, preds, wrong, trainer.world_size, self.max_images)
         self._reset()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._hook is not None:  # an interrupted epoch never reached on_validation_epoch_end
-            self._hook.remove()
-            self._hook = None
+        writer = _tensorboard(trainer)
+        if not trainer.is_global_zero or writer is None or not targets:
+            return
+        targets, preds = torch.cat(targets), torch.cat(preds)
+        step, epoch = trainer.global_step, trainer.current_epoch
+        if targets.is_floating_point():
+            writer.add_image("val/pred_vs_true", self._scatter(preds, targets, epoch), step, dataformats="HWC")
+            return
+        names = _class_names(trainer, pl_module, targets, preds)
+        self.last_confusion = confusion_matrix(targets.view(-1), preds.view(-1), len(names))
+        writer.add_image(
+            "val/confusion_matrix", _confusion_figure(self.last_confusion, names, epoch), step, dataformats="HWC"
+        )
+        if wrong:
+            grid = _misclassified_figure([w[1:] for w in wrong], names, _mean_std(trainer), epoch)
+            writer.add_image("val/misclassified", grid, step, dataformats="HWC")
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _should_draw(self, trainer: L.Trainer) -> bool:
@@ -166,7 +162,7 @@ class Dashboards(Callback):
 
     def _reset(self) -> None:
         self._targets, self._preds, self._wrong = [], [], []
-        self._last_output = None
+        self._seen = 0
 
     def _scatter(self, preds: Tensor, targets: Tensor, epoch: int) -> np.ndarray:
         p, t = preds.float().reshape(-1), targets.float().reshape(-1)
@@ -210,9 +206,9 @@ def confusion_matrix(targets: Tensor, preds: Tensor, num_classes: int) -> Tensor
     return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-def _confusion_figure(targets: Tensor, preds: Tensor, names: list[str], epoch: int) -> np.ndarray:
+def _confusion_figure(cm: Tensor, names: list[str], epoch: int) -> np.ndarray:
+    """Draw the ``(C, C)`` counts ``cm`` (row = true class) with the class ``names``."""
     n = len(names)
-    cm = confusion_matrix(targets, preds, n)
     acc = float(cm.diag().sum()) / max(1, int(cm.sum()))
     side = min(12.0, max(4.5, 0.45 * n + 2.5))
     fig, ax = _figure(side, side)
@@ -260,6 +256,30 @@ def _displayable(image: Tensor, mean_std: tuple[Tensor, Tensor] | None) -> np.nd
         image = (image - lo) / (hi - lo) if hi > lo else image * 0
     image = image.clamp(0, 1)
     return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+
+
+def _gather_shards(
+    targets: list[Tensor], preds: list[Tensor], wrong: list[tuple[int, Tensor, int, int]], world: int, limit: int
+) -> tuple[list[Tensor], list[Tensor], list[tuple[int, Tensor, int, int]]]:
+    """Every rank's validation targets, predictions and wrong images, on every rank (a collective call).
+
+    Evaluation shards are strided (rank ``r`` holds samples ``r, r + world, ...``), so a sample at position ``i`` of
+    rank ``r``'s shard is sample ``i * world + r`` of the split: sorting by that index gives the wrong images in the
+    order one process would have met them. Shards may differ in size (they are not padded), which
+    ``all_gather_object`` allows.
+    """
+    import torch.distributed as dist
+
+    shards: list[Any] = [None] * world
+    local = (torch.cat(targets) if targets else None, torch.cat(preds) if preds else None, wrong)
+    dist.all_gather_object(shards, (dist.get_rank(), local))
+    all_targets, all_preds, all_wrong = [], [], []
+    for rank, (t, p, w) in shards:
+        if t is not None:
+            all_targets.append(t)
+            all_preds.append(p)
+        all_wrong += [(i * world + rank, *rest) for i, *rest in w]
+    return all_targets, all_preds, sorted(all_wrong, key=lambda item: item[0])[:limit]
 
 
 def _tensorboard(trainer: L.Trainer) -> Any:
