@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from datamodules.augment import random_affine, random_crop_flip
+from datamodules.errors import DataError
 
 
 @dataclass
@@ -171,6 +172,8 @@ class InMemoryDataModule(L.LightningDataModule):
         rotation: Random rotation of up to this many degrees either way; 0 disables it.
         scale: Random zoom by a factor in ``[1 - scale, 1 + scale]``; 0 disables it.
         translate: Random sub-pixel shift of up to this many pixels along each axis; 0 disables it.
+        drop_last: Drop each epoch's last training batch when it is short (evaluation keeps every sample). Keeps
+            BatchNorm away from a batch of one; the training split must then hold at least one full batch.
     """
 
     num_classes: int = 0
@@ -193,6 +196,7 @@ class InMemoryDataModule(L.LightningDataModule):
         rotation: float = 0.0,
         scale: float = 0.0,
         translate: float = 0.0,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         # Collects the arguments of every __init__ in the subclass chain (shown in TensorBoard's HParams tab).
@@ -214,6 +218,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.rotation = rotation
         self.scale = scale
         self.translate = translate
+        self.drop_last = drop_last
         self.splits: dict[str, Split] = {}
         self._device_splits: dict[str, Split] = {}
         self._affine_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
@@ -224,7 +229,70 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
-            self.splits = self.load_splits()
+            splits = self.load_splits()
+            self.check_splits({name: len(split) for name, split in splits.items()}, splits["train"].y)
+            self.splits = splits
+
+    @property
+    def source(self) -> str:
+        """What the data is read from, for messages (a file or folder where there is one)."""
+        return type(self).__name__.removesuffix("DataModule")
+
+    def check_data(self) -> None:
+        """Fetch (where allowed) and set up the data once, so that data no run can learn from is refused up front.
+
+        The launcher calls it before it creates a run folder; :meth:`setup` makes the same checks in any Trainer.
+
+        Raises:
+            DataError: see :meth:`check_splits`.
+        """
+        self.prepare_data()
+        self.setup("fit")
+
+    def check_splits(self, sizes: dict[str, int], train_targets: Tensor | None = None) -> None:
+        """Refuse splits no run can learn from or be measured on.
+
+        Args:
+            sizes: Samples per split (``train``, ``val``, ``test``).
+            train_targets: The training split's targets, when known; integer targets are class labels.
+
+        Raises:
+            DataError: a classifier's data with fewer than two classes (in all or in the training split), an
+                empty split, or (with ``drop_last``) a training split smaller than one batch.
+        """
+        classify = train_targets is None or not train_targets.is_floating_point()
+        if classify and 0 < self.num_classes < 2:
+            names = self.class_names or ["0"]
+            raise DataError(
+                f"{self.source} has a single class ('{names[0]}', {sum(sizes.values())} samples): a classifier "
+                "needs at least two classes"
+            )
+        for name, size in sizes.items():
+            if size == 0:
+                what = {"train": "training", "val": "validation"}.get(name, name)
+                raise DataError(
+                    f"the {what} split of {self.source} is empty after the split fractions; give it a larger share "
+                    "(data.val_fraction / data.test_fraction / data.val_size) or use more data"
+                )
+        if classify and train_targets is not None and self.num_classes >= 2:
+            present = train_targets.unique()
+            if present.numel() < 2:
+                names = self.class_names or []
+                index = int(present[0]) if present.numel() else 0
+                label = names[index] if index < len(names) else str(index)
+                raise DataError(
+                    f"the training split of {self.source} holds a single class ('{label}', {sizes['train']} "
+                    "samples): a classifier needs examples of at least two classes; add data or change data.seed"
+                )
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_rank = -(-sizes.get("train", 0) // world)  # training shards are padded to equal sizes
+        if self.drop_last and per_rank < self.batch_size:
+            on = f" on each of {world} processes" if world > 1 else ""
+            raise DataError(
+                f"the training split of {self.source} has {per_rank} samples{on}, fewer than one batch "
+                f"(data.batch_size {self.batch_size}) with data.drop_last true, so no training step would run; "
+                "lower data.batch_size or set data.drop_last false"
+            )
 
     # -- batch transforms ------------------------------------------------------------------------------------------
     def normalize(self, x: Tensor) -> Tensor:
@@ -287,7 +355,7 @@ class InMemoryDataModule(L.LightningDataModule):
             self._split_on_device(name),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            drop_last=False,
+            drop_last=train and self.drop_last,
             transform=self.train_transform if train else self.eval_transform,
             seed=self.seed,
             rank=rank,

@@ -40,6 +40,10 @@ class DigitsDataModule(InMemoryDataModule):
             raise ValueError("data.val_fraction and data.test_fraction must be in (0, 1) and sum to less than 1")
         if classes is not None and (len(set(classes)) != len(classes) or not set(classes) <= set(range(10))):
             raise ValueError(f"data.classes must be distinct digits 0-9, got {classes}")
+        if classes is not None and len(classes) < 2:
+            raise ValueError(
+                f"data.classes must name at least two digits (a classifier needs two classes), got {classes}"
+            )
         if train_per_class is not None and train_per_class < 1:
             raise ValueError(f"data.train_per_class must be >= 1 (or null for all), got {train_per_class}")
         self.train_per_class = train_per_class
@@ -48,6 +52,10 @@ class DigitsDataModule(InMemoryDataModule):
         self.classes = list(classes) if classes is not None else None
         self.num_classes = len(self.classes) if self.classes is not None else 10
         self.class_names = [str(c) for c in (self.classes or range(10))]
+
+    @property
+    def source(self) -> str:
+        return "scikit-learn's digits"
 
     def load_arrays(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All digits as ``(N, 1, 8, 8)`` uint8 images and ``(N,)`` int64 labels (after class filtering)."""

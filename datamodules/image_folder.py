@@ -162,11 +162,20 @@ class ImageFolderDataModule(ImagePipelineDataModule):
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise DataError(f"no class folders in {root}: expected one subfolder of images per class, e.g. {root}/cat")
+        if len(classes) == 1:
+            raise DataError(
+                f"image folder {root} has a single class folder '{classes[0]}': a classifier needs at least two "
+                f"classes, one subfolder of images per class (e.g. {root}/{classes[0]} and {root}/other)"
+            )
         return classes
 
     @property
     def num_classes(self) -> int:  # type: ignore[override]
         return len(self.classes)
+
+    @property
+    def source(self) -> str:
+        return f"image folder {self.root}"
 
     @property
     def class_names(self) -> list[str]:  # type: ignore[override]

@@ -75,7 +75,9 @@ class ImagePipelineDataModule(InMemoryDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.per_sample:
             if not self.views:
-                self.views = self.load_views()
+                views = self.load_views()
+                self.check_splits({name: len(view) for name, view in views.items()})
+                self.views = views
         else:
             super().setup(stage)
 
@@ -109,6 +111,7 @@ class ImagePipelineDataModule(InMemoryDataModule):
             self.views[name],
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            drop_last=train and self.drop_last,
             # Seeded so the per-sample path's epoch orders are reproducible too (DDP swaps in its own sampler).
             generator=torch.Generator().manual_seed(self.seed) if train else None,
             num_workers=workers,

@@ -101,6 +101,10 @@ class TabularDataModule(InMemoryDataModule):
         return self._table
 
     @property
+    def source(self) -> str:
+        return self.table.source
+
+    @property
     def num_classes(self) -> int:  # type: ignore[override]
         """Number of classes (classification) or of regression targets (1)."""
         return len(self.table.class_names or ()) if self.task == "classification" else 1

@@ -99,6 +99,10 @@ class TorchvisionImageDataModule(ImagePipelineDataModule):
         """The file of this split that torchvision failed to read (called after a read error)."""
         raise NotImplementedError
 
+    @property
+    def source(self) -> str:
+        return f"{self.dataset_cls.__name__} in {self.folder()}"
+
     # -- files -----------------------------------------------------------------------------------------------------
     def missing_files(self) -> list[str]:
         return [name for name in self.expected_files() if not (self.folder() / name).is_file()]

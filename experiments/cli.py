@@ -6,7 +6,9 @@ model; every run gets its own ``RUNS_DIR/NAME/version_N`` folder, allocated atom
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 import warnings
 from argparse import ArgumentError
@@ -16,16 +18,18 @@ from typing import Any
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import CheckpointIO
 
 from experiments.callbacks import Dashboards, ONNXExport, SafeTensorBoardLogger
 from experiments.callbacks.checkpoint import ModelCheckpoint
+from experiments.callbacks.progress import AdaptiveProgressBar
 from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard
 from experiments.console import UsageError, explain_config_error, parser_options
 from experiments.files import atomic_write_text
+from experiments.status import STATUS_FILE, write_status
 from lightning_models.checkpoints import TRUST_ENV, readable_checkpoint
 from lightning_models.finetune import FreezeSchedule
 
@@ -38,7 +42,8 @@ RUN_VERSION_ENV = "ZEROTUNE_RUN_VERSION"
 FORCED_CALLBACKS: dict[str, type] = {
     "checkpoint": ModelCheckpoint,
     "lr_monitor": LearningRateMonitor,
-    "progress_bar": TQDMProgressBar,
+    # tqdm bars on a terminal; one plain line per epoch in a log file (CI, nohup).
+    "progress_bar": AdaptiveProgressBar,
     "onnx": ONNXExport,
     "dashboards": Dashboards,
     # Off by default (unfreeze_at_epoch 0); --freeze.unfreeze_at_epoch N trains the head alone for N epochs.
@@ -165,6 +170,8 @@ class ZeroTuneCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
+        if not cfg.get("resume"):
+            check_run_location(Path(cfg.runs_dir), cfg.name)
         # Read by every checkpoint/weights load (resume, pretrained weights), which are weights-only unless trusted.
         os.environ[TRUST_ENV] = "1" if cfg.get("trust_checkpoint") else "0"
         torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
@@ -178,6 +185,10 @@ class ZeroTuneCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         cfg = self.config
+        # Bad data (a single class, an empty split, files missing) is found before a run folder exists.
+        check = getattr(self.datamodule, "check_data", None)
+        if callable(check) and _is_global_zero():
+            check()
         if cfg.trainer.fast_dev_run:
             kwargs["logger"] = False
         elif cfg.trainer.logger in (None, True):
@@ -196,12 +207,14 @@ class ZeroTuneCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=r".*AMP with fp16 is not supported on CPU.*")
             try:
                 trainer = super().instantiate_trainer(**kwargs)
-            except Exception:
-                # A rejected trainer setting leaves no empty run folder behind (a resumed run's folder stays).
-                fresh = self.run_dir is not None and not cfg.get("resume") and self.run_dir.is_dir()
-                if fresh and not any(self.run_dir.iterdir()):
-                    self.run_dir.rmdir()
+            except BaseException:
+                # A rejected trainer setting, or an interrupt, leaves no run folder behind that holds nothing but
+                # its status (a resumed run's folder stays).
+                if self.run_dir is not None and not cfg.get("resume"):
+                    discard_fresh_run_dir(self.run_dir)
                 raise
+        # Where the fault guard and the launcher keep status.json, with or without a logger.
+        trainer.zerotune_run_dir = self.run_dir
         _precision_note(cfg, trainer)
         return trainer
 
@@ -230,9 +243,16 @@ class ZeroTuneCLI(LightningCLI):
             self.run_dir = Path(cfg.resume)
             root, version = self.run_dir.parent.parent, self.run_dir.name
             cfg.name = self.run_dir.parent.name
+            if _is_global_zero():
+                write_status(self.run_dir, "starting")
         elif _is_global_zero():
-            self.run_dir, version = allocate_run_dir(root, cfg.name)
+            try:
+                self.run_dir, version = allocate_run_dir(root, cfg.name)
+            except OSError as err:
+                raise UsageError(_unusable_root(root, err)) from None
             os.environ[RUN_VERSION_ENV] = str(version)
+            # From here on the folder says who works on it: a process that dies shows as crashed, not running.
+            write_status(self.run_dir, "starting")
         else:
             version = int(os.environ.get(RUN_VERSION_ENV, 0))
             self.run_dir = root / cfg.name / f"version_{version}"
@@ -240,6 +260,59 @@ class ZeroTuneCLI(LightningCLI):
         return SafeTensorBoardLogger(
             save_dir=str(root), name=cfg.name, version=version, default_hp_metric=False, log_graph=True
         )
+
+
+def check_run_location(root: Path, name: str) -> None:
+    """Refuse a run name that is not one plain folder name, and a runs root that cannot hold runs.
+
+    Checked before anything is created, so a mistake leaves nothing behind.
+
+    Raises:
+        UsageError: naming the value and what to pass instead.
+    """
+    shown = _printable(name)
+    if not name or name in (".", "..") or any(sep and sep in name for sep in ("/", os.sep, os.altsep, "\0")):
+        raise UsageError(
+            f"--name '{shown}' is not a plain folder name: a run name is one path component (no '/', not '.' or "
+            "'..', not empty), so every run stays inside --runs_dir; pass e.g. --name my_experiment"
+        )
+    for what, text in (("--name", name), ("--runs_dir", str(root))):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"{what} '{_printable(text)}' is not valid UTF-8, which TensorBoard's event files need; choose a "
+                "name of UTF-8 characters"
+            ) from None
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UsageError(f"--runs_dir '{root}': '{existing}' is a file, not a folder; pass a folder for the runs")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"--runs_dir '{root}' is not writable ('{existing}': permission denied); pass --runs_dir a folder you "
+            "can write"
+        )
+
+
+def _unusable_root(root: Path, err: OSError) -> str:
+    """One line for a runs root whose folder could not be created (read-only file system, permissions, full disk)."""
+    reason = err.strerror or str(err)
+    where = err.filename or root
+    return f"--runs_dir '{root}' cannot hold runs: {reason} ('{where}'); pass --runs_dir a folder you can write"
+
+
+def _printable(text: str) -> str:
+    """``text`` with bytes that are not UTF-8 (kept by Python as surrogates) shown as ``\\xNN`` escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def discard_fresh_run_dir(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing but its status file: the run ended before it wrote anything."""
+    with contextlib.suppress(OSError):
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {STATUS_FILE}:
+            shutil.rmtree(run_dir)
 
 
 def resolve_ckpt_path(cfg: Namespace) -> str | None:

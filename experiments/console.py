@@ -79,7 +79,27 @@ def quiet() -> None:
 
 def error(message: str) -> None:
     """Print one error line to stderr."""
+    end_progress_line()
     print(f"error: {message}", file=sys.stderr)
+
+
+#: Whether a progress bar on the terminal may have left its line unfinished (set by the progress bar callback).
+_progress_line_open = False
+
+
+def progress_line_open(is_open: bool) -> None:
+    """Record whether a terminal progress bar is being drawn, so that a message can start on a fresh line."""
+    global _progress_line_open
+    _progress_line_open = is_open
+
+
+def end_progress_line() -> None:
+    """End a progress bar's unfinished line on the terminal, so the next message starts on a line of its own."""
+    global _progress_line_open
+    if _progress_line_open:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        _progress_line_open = False
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ Extra options:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,39 +111,89 @@ def _resume_args(run_dir: str, name: str | None, args: list[str]) -> list[str]:
     """Arguments that continue the run in ``run_dir``: its saved config first, then the given overrides.
 
     Raises:
-        UsageError: for an experiment name or ``--ckpt_path`` next to ``--resume``, or a folder that is no run.
+        UsageError: for an experiment name or ``--ckpt_path`` next to ``--resume``, a folder that is no run, or a
+            run whose process is still working on it (unless ``--force`` is given).
     """
+    from experiments.status import read_status, still_running
+
     if name is not None:
         raise console.UsageError(
             f"--resume continues a run with the config saved in its folder: leave out the experiment name '{name}'"
         )
     if _option(args, "--ckpt_path") is not None:
         raise console.UsageError("--resume restores the run's own last checkpoint: leave out --ckpt_path")
+    force = "--force" in args
+    args = [a for a in args if a != "--force"]
     config = Path(run_dir) / "config.yaml"
     if not config.is_file():
         raise console.UsageError(
             f"--resume {run_dir}: no config.yaml there. Pass a run folder such as runs/digits_cnn/version_0 "
             "(the 'run' line of a run's summary)."
         )
+    status = read_status(run_dir)
+    # DDP worker processes re-run this command while rank 0, which rewrote the status, works on the run.
+    if _is_worker_process() or status is None:
+        return ["--config", str(config), *args]
+    where = f"PID {status.get('pid')} on {'this host' if status.get('host') == _hostname() else status.get('host')}"
+    if still_running(status) and not force:
+        raise console.UsageError(
+            f"--resume {run_dir}: the run is still {status['state']} ({where}); two processes would write one run "
+            f"folder. Stop that process first, or pass --force if it is gone"
+        )
+    if status.get("state") == "crashed":
+        print(f"note: {run_dir} crashed: {status['reason']}; resuming from its last checkpoint", file=sys.stderr)
     return ["--config", str(config), *args]
 
 
+def _is_worker_process() -> bool:
+    """Whether this process is a non-zero rank started by a multi-process launcher (Lightning's DDP, torchrun)."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", 0)) != 0 or int(os.environ.get("RANK", 0)) != 0
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code (0 success, 2 usage or data error)."""
+    """Entry point; returns the process exit code (0 success, 2 usage or data error, 130/143 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
     if "--list" in argv:
         print_list()
         return 0
+    if "--force" in argv and not any(a == "--resume" or a.startswith("--resume=") for a in argv):
+        console.error("--force only applies to --resume RUN_DIR (resume a run whose status says it is running)")
+        return USAGE_ERROR
     console.quiet()
+    from experiments.callbacks.safety import sigterm_raises
+
     try:
-        args = build_args(argv)
-        return run(args)
+        with sigterm_raises():
+            args = build_args(argv)
+            return run(args)
     except console.UsageError as err:
         console.error(str(err))
         return USAGE_ERROR
-    except KeyboardInterrupt:  # Ctrl+C before training started (once it has, the run saves and says how to resume)
-        print("\ninterrupted before training started: nothing to resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Ctrl+C or SIGTERM before training started (once it has, the run saves and says how to resume).
+        signum = _interrupt_signal(stop)
+        if signum is None:
+            raise
+        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+        print(f"\ninterrupted: {name} before training started: nothing to resume", file=sys.stderr)
+        return 128 + signum
+
+
+def _interrupt_signal(stop: BaseException) -> int | None:
+    """The signal behind an interrupt exception (SIGINT for Ctrl+C, SIGTERM for Lightning's exception), else None."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(stop, SIGTERMException):
+        return signal.SIGTERM
+    return signal.SIGINT if isinstance(stop, KeyboardInterrupt) else None
 
 
 @dataclass
@@ -176,8 +227,12 @@ def run(args: list[str]) -> int:
 
 
 def launch(args: list[str]) -> RunResult:
-    """Parse ``args``, fit (resuming when asked), test the best checkpoint, print the summary; return the result."""
-    from experiments.callbacks.safety import fit_guarded, mark_completed
+    """Parse ``args``, fit (resuming when asked), test the best checkpoint, print the summary; return the result.
+
+    Raises:
+        TrainingStopped: the run was interrupted or failed; it has said so and marked its run folder.
+    """
+    from experiments.callbacks.safety import guarded, mark_completed, mark_stopped
     from experiments.cli import ZeroTuneCLI
     from experiments.summary import finish_run
 
@@ -191,23 +246,24 @@ def launch(args: list[str]) -> RunResult:
     finally:
         sys.argv = argv
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
-    # Set on the trainer rather than passed to fit: the model sees it in setup() and does not load
-    # model.pretrained weights that the checkpoint replaces anyway.
-    trainer.ckpt_path = cli.ckpt_path
-    with console.user_errors():
+    # An interrupt outside fit and test (which report their own) still leaves one line and an honest status.
+    with mark_stopped(trainer), console.user_errors():
+        # Set on the trainer rather than passed to fit: the model sees it in setup() and does not load
+        # model.pretrained weights that the checkpoint replaces anyway.
+        trainer.ckpt_path = cli.ckpt_path
         # An interrupt, a NaN loss or an error saves what can be resumed, marks the run and raises TrainingStopped.
-        fit_guarded(trainer, lambda: trainer.fit(model, datamodule=dm))
-    trainer.ckpt_path = None
-    test_metrics: dict[str, float] = {}
-    if cli.config.test_after_fit and not trainer.interrupted:
-        ckpt = trainer.checkpoint_callback
-        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-        results = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
-        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    _leave_process_group()
-    if trainer.is_global_zero:
-        finish_run(trainer, model, test_metrics)
-    mark_completed(trainer, test_metrics)
+        guarded(trainer, lambda: trainer.fit(model, datamodule=dm))
+        trainer.ckpt_path = None
+        test_metrics: dict[str, float] = {}
+        if cli.config.test_after_fit and not trainer.interrupted:
+            ckpt = trainer.checkpoint_callback
+            best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+            results = guarded(trainer, lambda: trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False))
+            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        _leave_process_group()
+        if trainer.is_global_zero:
+            finish_run(trainer, model, test_metrics)
+        mark_completed(trainer, test_metrics)
     ckpt = trainer.checkpoint_callback
     best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
     return RunResult(cli.run_dir, best_path, test_metrics, model, dm)

@@ -94,3 +94,39 @@ class ConfusionMarker(L.Callback):
         path = Path(self.out_dir) / "confusion.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(counts))
+
+
+class PauseAt(L.Callback):
+    """At one hook, writes the file ``marker`` and sleeps, so a test can signal or kill the run at that point.
+
+    Pauses once: not when ``marker`` exists already (a resumed run goes straight on).
+
+    Args:
+        hook: ``setup``, ``on_fit_start`` or ``on_train_epoch_end``.
+        marker: File written when the pause starts.
+        seconds: Length of the pause.
+        epoch: For ``on_train_epoch_end``: the epoch after which to pause.
+    """
+
+    def __init__(self, hook: str, marker: str, seconds: float = 120.0, epoch: int = 0) -> None:
+        self.hook = hook
+        self.marker = Path(marker)
+        self.seconds = seconds
+        self.epoch = epoch
+
+    def _pause(self, hook: str) -> None:
+        if hook == self.hook and not self.marker.exists():
+            import time
+
+            self.marker.write_text(str(os.getpid()))
+            time.sleep(self.seconds)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._pause("setup")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pause("on_fit_start")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            self._pause("on_train_epoch_end")

@@ -236,4 +236,4 @@ def test_ctrl_c_before_training_is_one_line(
     monkeypatch.setattr(launcher, "run", interrupted)  # Ctrl+C while the config is read and classes are built
     assert launcher.main(["digits_mlp"]) == 130
     err = capsys.readouterr().err
-    assert err.strip() == "interrupted before training started: nothing to resume" and "Traceback" not in err
+    assert err.strip() == "interrupted: SIGINT before training started: nothing to resume" and "Traceback" not in err

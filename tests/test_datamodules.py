@@ -436,7 +436,10 @@ def test_image_folder_missing_or_empty_folders(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no class folders"):
         _ = ImageFolderDataModule(root=str(tmp_path / "flat")).num_classes
     (tmp_path / "flat" / "empty").mkdir()
-    with pytest.raises(DataError, match="has no images"):
+    with pytest.raises(DataError, match="has a single class folder 'empty'"):
+        _ = ImageFolderDataModule(root=str(tmp_path / "flat")).num_classes
+    write_image_folder(tmp_path / "flat", ["full"], n_per_class=2, size=8)
+    with pytest.raises(DataError, match="empty has no images"):
         ImageFolderDataModule(root=str(tmp_path / "flat")).setup("fit")
 
 

@@ -12,16 +12,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import json
 import math
-import os
-import shlex
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +30,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from datamodules.errors import DataError
-from experiments.files import atomic_path, atomic_write_text
+from experiments.console import end_progress_line
+from experiments.files import atomic_path
+from experiments.status import has_checkpoint, resume_command, write_status
 from lightning_models.checkpoints import check_compatible, load_checkpoint, load_state_dict_file
 
-STATUS_FILE = "status.json"
 #: Exit codes: a failed run, and the shell's ``128 + signal`` for interrupted ones.
 EXIT_FAILED = 1
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -49,7 +47,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingStopped(Exception):
-    """Raised by :func:`fit_guarded` once a stopped fit has been reported; carries the :class:`Outcome`."""
+    """Raised by :func:`guarded` once a stopped fit or test has been reported; carries the :class:`Outcome`."""
 
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.message)
@@ -60,19 +58,38 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, permissions); the previous file at that path is intact."""
 
 
-# -- run status ------------------------------------------------------------------------------------------------------
-def resume_command(run_dir: str | os.PathLike) -> str:
-    """The shell command that continues the run in ``run_dir``."""
-    return f"{shlex.quote(sys.executable)} -m experiments.run --resume {shlex.quote(str(run_dir))}"
+# -- SIGTERM outside the training loop ---------------------------------------------------------------------------
+#: Whether Lightning's training loop is running: it then stops by itself at the next batch on SIGTERM (its handler
+#: calls ours as a part of it), and the fault guard saves a resumable checkpoint there.
+_training_loop_stops_on_sigterm = False
 
 
-def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> None:
-    """Write ``run_dir/status.json`` atomically: ``state`` plus ``fields`` and the time; never raises on a full disk."""
-    record = {"state": state, **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    if not _training_loop_stops_on_sigterm:
+        raise SIGTERMException
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Make SIGTERM raise :class:`SIGTERMException` wherever the process is, except inside the training loop.
+
+    Python's default SIGTERM ends the process on the spot, without a word and with the run folder still saying
+    ``running``. Inside the training loop Lightning's own handler stops after the current batch instead (and runs
+    this one as a part of it, which then does nothing). The previous handler is restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(record, indent=2, default=str) + "\n")
-    except OSError as err:
-        print(f"warning: could not write {Path(run_dir) / STATUS_FILE}: {err.strerror or err}", file=sys.stderr)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _set_training_loop(active: bool) -> None:
+    global _training_loop_stops_on_sigterm
+    _training_loop_stops_on_sigterm = active
 
 
 # -- atomic checkpoint files -----------------------------------------------------------------------------------------
@@ -160,14 +177,19 @@ class FaultGuard(L.Callback):
         self.outcome, self._pending, self._stop_signal = None, [], None
         run_dir = _run_dir(trainer)
         if run_dir is not None and trainer.is_global_zero:
-            write_status(run_dir, "running", pid=os.getpid(), resume=resume_command(run_dir))
+            write_status(run_dir, "running")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Installed here, after Lightning has recorded the handlers it restores when the fit ends.
         if threading.current_thread() is threading.main_thread():
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        _set_training_loop(True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _set_training_loop(False)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        _set_training_loop(False)
         self._restore_sigint()
 
     def _restore_sigint(self) -> None:
@@ -180,7 +202,8 @@ class FaultGuard(L.Callback):
         if self._stop_signal is not None:
             raise KeyboardInterrupt  # a second Ctrl+C: stop now
         self._stop_signal = signum
-        print("\ninterrupt: saving a checkpoint after this batch (Ctrl+C again to stop at once)", file=sys.stderr)
+        end_progress_line()
+        print("interrupt: saving a checkpoint after this batch (Ctrl+C again to stop at once)", file=sys.stderr)
 
     # -- per step ------------------------------------------------------------------------------------------------
     def on_train_batch_start(
@@ -238,6 +261,7 @@ class FaultGuard(L.Callback):
     # -- faults --------------------------------------------------------------------------------------------------
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.outcome = None
+        _set_training_loop(False)
         try:
             self._handle(trainer, exception)
         finally:
@@ -271,7 +295,7 @@ class FaultGuard(L.Callback):
                 save_error = err
         self.outcome = self._describe(trainer, exception, signum, saved, save_error, run_dir)
         if run_dir is not None and trainer.is_global_zero:
-            resume = resume_command(run_dir) if _resumable(run_dir) else None
+            resume = resume_command(run_dir) if has_checkpoint(run_dir) else None
             write_status(
                 run_dir,
                 self.outcome.state,
@@ -302,7 +326,7 @@ class FaultGuard(L.Callback):
         save_error: BaseException | None,
         run_dir: Path | None,
     ) -> Outcome:
-        at = f"epoch {trainer.current_epoch}, global step {trainer.global_step}"
+        at = _phase(trainer)
         resume = f"resume with: {resume_command(run_dir)}" if run_dir is not None else ""
         kept = _kept_checkpoint(trainer)
         if signum is not None:
@@ -314,7 +338,7 @@ class FaultGuard(L.Callback):
             else:
                 what = f"the last checkpoint is {kept}" if kept else "no checkpoint had been saved yet"
             hint = resume if (saved or kept) else "start it again: nothing was saved yet"
-            return Outcome("interrupted", f"{name} at {at}; {what}", hint, _SIGNAL_EXIT[signum])
+            return Outcome("interrupted", f"{name} {at}; {what}", hint, _SIGNAL_EXIT[signum])
         if isinstance(exception, NonFiniteLossError):
             keep = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been saved yet"
             return Outcome(
@@ -328,7 +352,7 @@ class FaultGuard(L.Callback):
             detail = exception.strerror or str(exception)
             return Outcome(
                 "failed",
-                f"disk full at {at}: {detail}. The previous checkpoint files are intact"
+                f"disk full {at}: {detail}. The previous checkpoint files are intact"
                 + (f" (last: {kept})" if kept else ""),
                 f"free some space, then {resume}" if kept and resume else "free some space and start again",
                 EXIT_FAILED,
@@ -337,7 +361,7 @@ class FaultGuard(L.Callback):
         what = f"saved a checkpoint to {saved}" if saved else f"the last checkpoint is {kept or 'missing'}"
         return Outcome(
             "failed",
-            f"{type(exception).__name__} in {source or 'training'} at {at}: {exception}; {what}",
+            f"{type(exception).__name__} in {source or 'training'} {at}: {exception}; {what}",
             f"after fixing it, {resume}" if (saved or kept) and resume else "",
             EXIT_FAILED,
             exception,
@@ -350,8 +374,9 @@ def find_guard(trainer: L.Trainer) -> FaultGuard | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, FaultGuard)), None)
 
 
-def fit_guarded(trainer: L.Trainer, fit: Callable[[], Any]) -> None:
-    """Run ``fit()``; when the guard stopped it (interrupt, non-finite loss, error), print why and raise.
+def guarded(trainer: L.Trainer, fn: Callable[[], Any]) -> Any:
+    """Run ``fn()`` (the trainer's fit or test) and return its result; when the guard stopped it (interrupt,
+    non-finite loss, error), print why and raise.
 
     Usage errors (:class:`DataError`, missing files) propagate unchanged for the launcher to print.
 
@@ -360,11 +385,40 @@ def fit_guarded(trainer: L.Trainer, fit: Callable[[], Any]) -> None:
     """
     guard = find_guard(trainer)
     try:
-        fit()
+        return fn()
     except (Exception, KeyboardInterrupt, SystemExit) as err:
         outcome = guard.outcome if guard is not None else None
         if outcome is None or isinstance(err, _USER_ERRORS):
             raise
+        if trainer.is_global_zero:
+            report(outcome)
+        raise TrainingStopped(outcome) from None
+
+
+@contextlib.contextmanager
+def mark_stopped(trainer: L.Trainer) -> Iterator[None]:
+    """Report an interrupt that reaches the launcher outside a guarded fit or test (between them, or while the
+    summary is written): one line, and the run folder marked ``interrupted``.
+
+    Raises:
+        TrainingStopped: for such an interrupt, with its :class:`Outcome`.
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, SIGTERMException) as err:
+        signum = signal.SIGTERM if isinstance(err, SIGTERMException) else signal.SIGINT
+        run_dir = _run_dir(trainer)
+        kept = _kept_checkpoint(trainer)
+        resume = resume_command(run_dir) if run_dir is not None and kept else None
+        outcome = Outcome(
+            "interrupted",
+            f"{signal.Signals(signum).name} {_phase(trainer)}; "
+            + (f"the last checkpoint is {kept}" if kept else "no checkpoint had been saved yet"),
+            f"resume with: {resume}" if resume else "start it again: nothing was saved yet",
+            _SIGNAL_EXIT[signum],
+        )
+        if run_dir is not None and trainer.is_global_zero:
+            write_status(run_dir, "interrupted", reason=outcome.message, checkpoint=kept, resume=resume)
         if trainer.is_global_zero:
             report(outcome)
         raise TrainingStopped(outcome) from None
@@ -377,6 +431,7 @@ def report(outcome: Outcome) -> None:
 
         traceback.print_exception(outcome.exception, file=sys.stderr)
     label = "interrupted" if outcome.state == "interrupted" else "error"
+    end_progress_line()
     print(f"{label}: {outcome.message}", file=sys.stderr)
     if outcome.hint:
         print(outcome.hint, file=sys.stderr)
@@ -402,10 +457,15 @@ def mark_completed(trainer: L.Trainer, test_metrics: Mapping[str, float] | None 
 
 # -- internals -------------------------------------------------------------------------------------------------------
 def _run_dir(trainer: L.Trainer) -> Path | None:
-    """The run folder: the logger's version folder (``None`` without a logger, e.g. ``fast_dev_run``)."""
-    if trainer.logger is None or trainer.log_dir is None:
-        return None
-    return Path(trainer.log_dir)
+    """The run folder: the launcher's (``trainer.zerotune_run_dir``), else the logger's version folder, else ``None``.
+
+    Read without ``trainer.log_dir``, which is a collective call under DDP and would hang when one rank asks alone.
+    """
+    explicit = getattr(trainer, "zerotune_run_dir", None)
+    if explicit is not None:
+        return Path(explicit)
+    log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+    return Path(log_dir) if log_dir else None
 
 
 def _last_checkpoint_path(trainer: L.Trainer) -> Path | None:
@@ -427,8 +487,14 @@ def _kept_checkpoint(trainer: L.Trainer) -> Path | None:
     return Path(best) if best and Path(best).is_file() else None
 
 
-def _resumable(run_dir: Path) -> bool:
-    return (run_dir / "checkpoints" / "last.ckpt").is_file() or any((run_dir / "checkpoints").glob("*.ckpt"))
+def _phase(trainer: L.Trainer) -> str:
+    """Where the trainer was, for messages: ``at epoch E, global step S``, or before training, or while testing."""
+    step = f"global step {trainer.global_step}"
+    if trainer.state.fn == "test":
+        return f"while testing (after training to epoch {trainer.current_epoch}, {step})"
+    if trainer.global_step == 0 and trainer.fit_loop.epoch_loop.batch_progress.total.ready == 0:
+        return "before training started"
+    return f"at epoch {trainer.current_epoch}, {step}"
 
 
 def _signal_of(exception: BaseException, requested: int | None) -> int | None:
