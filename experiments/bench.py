@@ -247,7 +247,7 @@ def run_zerotune(case: Case, split, steps: int, device: torch.device, runs_dir: 
     ]
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
-        cli = ZeroTuneCLI(args=args, run=False)
+        cli = ZeroTuneCLI(args=args, run=False, check_data=False)  # the synthetic split replaces the files
     finally:
         sys.argv = argv
     timer = StepTimer(steps, device)
@@ -381,10 +381,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _calibrate(case: Case, split, device: torch.device, seconds: float) -> int:
-    """Steps that take about ``seconds`` in the hand loop (at least 20)."""
+def _calibrate(case: Case, split, device: torch.device, seconds: float, work: str) -> int:
+    """Steps that take about ``seconds`` in the hand loop (at least 20); its files go under ``work``."""
     probe = 5
-    elapsed = run_hand(case, split, probe, device, tempfile.mkdtemp())
+    elapsed = run_hand(case, split, probe, device, f"{work}/calibrate-{case.name}")
     return max(20, int(seconds / max(elapsed / probe, 1e-6)))
 
 
@@ -421,13 +421,19 @@ def main(argv: list[str] | None = None) -> int:
         "--skip", nargs="*", default=[], choices=["startup", "accuracy", "onnx"], help="parts to leave out"
     )
     args = parser.parse_args(argv)
+    # Every run and file of the benchmark lives in one temporary folder, removed however the benchmark ends.
+    with tempfile.TemporaryDirectory(prefix="zerotune-bench-") as work:
+        return _bench(args, work)
+
+
+def _bench(args: argparse.Namespace, work: str) -> int:
+    """Run the benchmark parts ``args`` asks for, writing runs and files under ``work``; returns the exit code."""
     device = torch.device(args.device)
     # The launcher's default (--flush_denormal true), set for the whole process so all three loops run alike.
     torch.set_flush_denormal(True)
     from experiments.console import quiet
 
     quiet()
-    work = tempfile.mkdtemp(prefix="zerotune-bench-")
     lines = [
         f"Measured on: {_machine(device)}, device `{device}`; denormals flushed to zero in all loops (the launcher's "
         "default). Peak RSS is the benchmark process's peak so far.",
@@ -444,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         official = getattr(dm, "official_train_size", None)
         n_train = args.samples or (len(dm.train_val_indices(official)[0]) if official else 4096)
         split = synthetic_split(dm, n_train)
-        steps = _calibrate(case, split, device, args.seconds)
+        steps = _calibrate(case, split, device, args.seconds, work)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         secs = {

@@ -93,7 +93,14 @@ def allocate_run_dir(root: Path, name: str) -> tuple[Path, int]:
 class ZeroTuneCLI(LightningCLI):
     """LightningCLI with zerotune's defaults, forced callbacks, data-to-model links and run folders."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, check_data: bool = True, **kwargs: Any) -> None:
+        """Same arguments as ``LightningCLI``, and:
+
+        Args:
+            check_data: Set up the data before the run folder is created, so data no run can learn from is refused
+                without leaving a folder behind (``False`` when the caller supplies the data itself).
+        """
+        self.check_data = check_data
         kwargs.setdefault("model_class", None)
         kwargs.setdefault("datamodule_class", None)
         kwargs.setdefault("save_config_callback", AtomicSaveConfig)
@@ -187,7 +194,7 @@ class ZeroTuneCLI(LightningCLI):
         cfg = self.config
         # Bad data (a single class, an empty split, files missing) is found before a run folder exists.
         check = getattr(self.datamodule, "check_data", None)
-        if callable(check) and _is_global_zero():
+        if self.check_data and callable(check) and _is_global_zero():
             check()
         if cfg.trainer.fast_dev_run:
             kwargs["logger"] = False
@@ -242,6 +249,9 @@ class ZeroTuneCLI(LightningCLI):
             # The resumed run's own folder and TensorBoard run (its event files are appended to), on every rank.
             self.run_dir = Path(cfg.resume)
             root, version = self.run_dir.parent.parent, self.run_dir.name
+            # version_N as the number N, as for a new run (the progress bar shows it as v_num).
+            number = version.removeprefix("version_")
+            version = int(number) if number.isdigit() else version
             cfg.name = self.run_dir.parent.name
             if _is_global_zero():
                 write_status(self.run_dir, "starting")

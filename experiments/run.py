@@ -3,18 +3,7 @@
 ``NAME`` is a file ``experiments/configs/NAME.yaml`` (default: ``digits_cnn``); ``--config PATH`` runs a YAML of
 your own instead. Every model, datamodule, trainer and callback argument can be overridden, e.g.
 ``--model.lr 0.01 --trainer.max_epochs 3 --data.batch_size 128``. The run fits, tests the best checkpoint and
-prints where everything went.
-
-Extra options:
-    --list            list the named experiments and exit
-    --runs_dir DIR    root folder of all runs (default ``runs``)
-    --name NAME       run name (folder under the runs root); defaults to the experiment or config file name
-    --print_config    print the fully resolved config and exit
-    --resume RUN_DIR  continue an interrupted run (e.g. ``runs/digits_cnn/version_3``) in its own folder, from its
-                      last checkpoint, with the config saved there; options after it override that config
-    --ckpt_path last|PATH  start a new run from a checkpoint's full training state ('last': the newest run's)
-    --model.help CLASS   every argument of a model class, e.g. ``--model.help lightning_models.SmallCNN``
-                         (likewise ``--data.help datamodules.DigitsDataModule``)
+prints where everything went. ``--help`` lists the common options (:mod:`experiments.help`), then every option.
 """
 
 from __future__ import annotations
@@ -35,6 +24,14 @@ if TYPE_CHECKING:
 
 DEFAULT_EXPERIMENT = "digits_cnn"
 USAGE_ERROR = 2
+USAGE = "python -m experiments.run [NAME] [--key value ...]"
+#: The description above the parser's full list of options (the common ones come first, from experiments.help).
+FULL_HELP = """All options. Besides the trainer, model, data and callback settings:
+    --list              list the named experiments and exit
+    --resume RUN_DIR    continue an interrupted run in its own folder, from its last checkpoint, with the config
+                        saved there; options after it override that config; --force if its status says running
+    --model.help CLASS  every argument of a model class, e.g. --model.help lightning_models.SmallCNN
+                        (likewise --data.help datamodules.DigitsDataModule)"""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
@@ -164,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     if "--list" in argv:
         print_list()
         return 0
+    if "-h" in argv or "--help" in argv:
+        from experiments.help import capture_help, print_help
+
+        print_help(argv, lambda args: capture_help(lambda a: launch(build_args(a)), args))
+        return 0
     if "--force" in argv and not any(a == "--resume" or a.startswith("--resume=") for a in argv):
         console.error("--force only applies to --resume RUN_DIR (resume a run whose status says it is running)")
         return USAGE_ERROR
@@ -241,7 +243,9 @@ def launch(args: list[str]) -> RunResult:
     try:
         with console.user_errors(config=True):
             cli = ZeroTuneCLI(
-                args=args, run=False, parser_kwargs={"description": __doc__, "formatter_class": _HelpFormatter}
+                args=args,
+                run=False,
+                parser_kwargs={"description": FULL_HELP, "formatter_class": _HelpFormatter, "usage": USAGE},
             )
     finally:
         sys.argv = argv

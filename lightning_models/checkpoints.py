@@ -58,7 +58,9 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool | None = None, map_l
         return torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as err:
         # A pickled class needs code; other refusals of the safe unpickler inside torch.save's zip mean damage.
-        needs_code = "Unsupported global" in str(err) or not zipfile.is_zipfile(path)
+        # torch names what it refused: "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL posix.system whose
+        # module posix is blocked" (a callable such as os.system, the classic payload of a malicious pickle).
+        needs_code = "unsupported global" in str(err).lower() or not zipfile.is_zipfile(path)
         if not trust and "Weights only load failed" in str(err) and needs_code:
             raise DataError(_untrusted_message(path, str(err))) from None
         raise DataError(_corrupt_message(path, err)) from None
@@ -153,7 +155,7 @@ def _first(items: list[str], limit: int) -> str:
 
 
 def _untrusted_message(path: Path, detail: str) -> str:
-    needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", detail)
+    needs = re.search(r"unsupported global(?::\s*GLOBAL)?\s+([\w.]+)", detail, flags=re.IGNORECASE)
     what = f"it contains a pickled {needs.group(1)}" if needs else "it holds pickled objects, not just tensors"
     return (
         f"refusing to load '{path}': {what}, and unpickling it could run any code the file's author put in it. "

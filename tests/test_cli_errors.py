@@ -7,11 +7,14 @@ file and what is valid, that no traceback is printed and that no run folder was 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_launcher
+from conftest import ROOT, run_launcher
 
 from datamodules.errors import DataError
 from lightning_models import MLPClassifier, SmallCNN
@@ -189,6 +192,34 @@ def test_file_needing_code_is_refused_unless_trusted(tmp_path: Path, monkeypatch
     assert load_checkpoint(path, trust=True)["args"].lr == 0.1
     monkeypatch.setenv(TRUST_ENV, "1")  # what --trust_checkpoint true sets for every load in the run
     assert torch.equal(load_state_dict_file(path)["w"], torch.ones(2))
+
+
+class _Payload:
+    """What a malicious checkpoint carries: unpickling it calls os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_would_run_a_command_is_refused_as_such(tmp_path: Path, runs_dir: Path) -> None:
+    marker, path = tmp_path / "pwned", tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "digits_cnn", "--ckpt_path", str(path), "--runs_dir", str(runs_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: refusing to load '{path}': it contains a pickled posix.system, and unpickling it could run any code "
+        "the file's author put in it. If you trust where the file came from, rerun with --trust_checkpoint true"
+    )
+    assert not marker.exists()
 
 
 def test_checkpoint_of_another_architecture_names_keys_and_shapes(good_ckpt: Path) -> None:

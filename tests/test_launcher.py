@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,23 @@ def test_denormals_are_flushed_by_default_and_can_be_kept(runs_dir: Path, capsys
         assert denormal_survives() is not supported
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_help_leads_with_the_common_options_and_is_fast_once_cached(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    first = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "--help"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    from experiments.help import SUMMARY
+
+    assert first.stdout.startswith(SUMMARY)
+    assert "--trainer.max_epochs MAX_EPOCHS" in first.stdout and "--model.help [CLASS_PATH_OR_NAME]" in first.stdout
+    # The second time the full list comes from the cache: no PyTorch or Lightning import at all.
+    probe = (
+        "import sys; from experiments.run import main; main(['--help']); "
+        "print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    )
+    second = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.endswith("[]\n") and second.stdout[: -len("[]\n")] == first.stdout
