@@ -2,7 +2,7 @@
 
 Headless Chromium (Debian's ``chromium`` package) is driven by Playwright; every request that leaves the loopback
 interface is blocked, so the pages work exactly as they do offline. Screenshots go to the test's tmp folder, and
-also to ``$ZEROTUNE_SCREENSHOT_DIR`` (as ``netron.png`` and ``tensorboard.png``) when that is set; the README's
+also to ``$ZEROTUNE_SCREENSHOT_DIR`` (as ``netron.png`` and ``tensorboard.png``) when that is set; the guides'
 images are made with ``ZEROTUNE_SCREENSHOT_DIR=docs python -m pytest tests/test_e2e_browser.py``, which also trains
 longer so the curves have a shape.
 """
@@ -51,7 +51,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in t
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished digits_cnn run: the session's tiny run, or a few full epochs when making the README screenshots."""
+    """A finished digits_cnn run: the session's tiny run, or a few full epochs for the screenshots in docs."""
     if not SCREENSHOT_DIR:
         from test_dashboards import shared_tiny_run
 

@@ -132,3 +132,31 @@ def test_dead_process_on_another_host_is_left_as_it_says(tmp_path: Path) -> None
     record["host"] = os.uname().nodename
     (tmp_path / "status.json").write_text(json.dumps(record))
     assert read_status(tmp_path)["state"] == "crashed"
+
+
+def test_runs_listing_shows_each_run_as_its_status_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments.runs import main
+
+    base = tmp_path / "runs" / "digits_mlp"
+    records = {
+        "version_0": {"state": "completed", "epoch": 30, "global_step": 600, "test_metrics": {"test/acc": 0.9666}},
+        # A process that cannot be alive: PIDs never reach 2**22 + 1 on Linux.
+        "version_1": {"state": "running", "host": os.uname().nodename, "pid": 2**22 + 1, "epoch": 3},
+        "version_2": {"state": "interrupted", "epoch": 1, "global_step": 24, "reason": "SIGTERM at epoch 1",
+                      "resume": "python -m experiments.run --resume runs/digits_mlp/version_2"},
+    }  # fmt: skip
+    for name, record in records.items():
+        (base / name / "checkpoints").mkdir(parents=True)
+        (base / name / "status.json").write_text(json.dumps(record))
+    (base / "version_1" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert main([str(tmp_path / "runs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines if not line.startswith(" ")] == [
+        [str(base / "version_0"), "completed"],
+        [str(base / "version_1"), "crashed"],
+        [str(base / "version_2"), "interrupted"],
+    ]
+    assert "test/acc=0.9666" in lines[0] and "ended during training" in lines[1]
+    assert lines[2].strip().startswith("resume with: ") and lines[2].strip().endswith(f"--resume {base / 'version_1'}")
+    assert lines[-1].strip() == "resume with: python -m experiments.run --resume runs/digits_mlp/version_2"
+    assert main([str(tmp_path / "nope")]) == 2
