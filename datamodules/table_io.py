@@ -194,13 +194,16 @@ def numbers(column: pa.ChunkedArray, name: str, source: TableSource, *, strict: 
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     if is_text(column):
-        trimmed = pc.utf8_trim_whitespace(column)
-        try:
-            values = pc.cast(trimmed, pa.float64())
+        try:  # the common case first: no spaces around the numbers
+            values = pc.cast(column, pa.float64())
         except pa.ArrowInvalid:
-            if not strict:
-                return None
-            raise DataError(_not_a_number(trimmed, name, source)) from None
+            trimmed = pc.utf8_trim_whitespace(column)
+            try:
+                values = pc.cast(trimmed, pa.float64())
+            except pa.ArrowInvalid:
+                if not strict:
+                    return None
+                raise DataError(_not_a_number(trimmed, name, source)) from None
     elif _is_number_type(column.type) or (strict and pa.types.is_boolean(column.type)):
         # Booleans are categories unless a column is declared numeric (then false/true are 0/1).
         values = pc.cast(column, pa.float64())
@@ -236,12 +239,34 @@ def _not_a_number(trimmed: pa.ChunkedArray, name: str, source: TableSource) -> s
     )
 
 
-def texts(column: pa.ChunkedArray) -> np.ndarray:
-    """The column as an object array of trimmed strings, ``NaN`` for missing cells (what scikit-learn expects)."""
+def categories(column: pa.ChunkedArray) -> pd.Categorical:
+    """The column as categories: trimmed text values in sorted order, missing (or blank) cells coded -1.
+
+    Numbers and booleans become their text (Arrow's formatting: ``1.0`` is ``"1"``). Dictionary-encoded by Arrow,
+    so no Python string is made per cell.
+    """
+    text = _text(column)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    encoded = pc.dictionary_encode(text).combine_chunks()
+    order = pc.array_sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    index = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = np.where(index >= 0, rank[np.maximum(index, 0)] if len(rank) else -1, -1)
+    names = encoded.dictionary.take(pa.array(order)).to_pylist()
+    return pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=object))
+
+
+def _text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     if not is_text(column):
         column = pc.cast(column, pa.string())
-    array = pc.utf8_trim_whitespace(column).to_numpy(zero_copy_only=False).astype(object)
+    return pc.utf8_trim_whitespace(column)
+
+
+def texts(column: pa.ChunkedArray) -> np.ndarray:
+    """The column as an object array of trimmed strings, ``NaN`` for missing cells."""
+    array = _text(column).to_numpy(zero_copy_only=False).astype(object)
     array[pd.isna(array)] = np.nan
     return array

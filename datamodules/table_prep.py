@@ -1,21 +1,23 @@
-"""Preprocessing of real tables: column types, then scikit-learn's imputers, scaler and encoders, kept as plain data.
+"""Preprocessing of real tables: column types, then scikit-learn's imputer, scaler and encoders, kept as plain data.
 
 * :func:`infer_columns` decides each feature column's type (numeric, categorical, or dropped as an identifier)
-  from its values, unless the config says otherwise.
+  from its values, unless the config says otherwise. Categorical columns are held as ``pandas.Categorical`` (Arrow
+  dictionary-encodes them: no Python string per cell).
 * :meth:`TablePreprocessing.fit` fits a ``ColumnTransformer`` on the training rows only: numeric columns are
   imputed (``SimpleImputer``, median by default, optional missing-indicator columns) and standardized
-  (``StandardScaler``); categorical columns get a ``(missing)`` category for gaps and are one-hot encoded
-  (``OneHotEncoder``, unknown categories become all zeros, rare ones share one ``(other)`` column beyond
-  ``max_categories``) or ordinal encoded (``OrdinalEncoder``).
-* What the fit learned (fill values, means and scales, category vocabularies) is read out of the fitted
-  transformers into a JSON-able dict (:meth:`TablePreprocessing.state`), which travels in checkpoints, the run
-  folder and the ONNX metadata. :meth:`TablePreprocessing.transform` replays it with NumPy on new tables, and the
-  fit checks that the replay reproduces scikit-learn's own output, so prediction applies exactly what training did.
+  (``StandardScaler``); categorical columns, a gap being a ``(missing)`` category of its own, are one-hot encoded
+  (``OneHotEncoder``: unknown categories become all zeros, rare ones share one ``(other)`` column beyond
+  ``max_categories``) or ordinal encoded (``OrdinalEncoder``). The encoders see category codes, which keeps the fit
+  fast on millions of rows; their vocabularies are translated back to the category names.
+* What the fit learned (fill values, means and scales, vocabularies) is read out of the fitted transformers into a
+  JSON-able dict (:meth:`TablePreprocessing.state`) that travels in checkpoints, the run folder and the ONNX
+  metadata. :meth:`TablePreprocessing.transform` replays it with NumPy: training features and predictions come from
+  this one function, and every fit checks it against scikit-learn's own transform, so prediction applies exactly
+  what training did.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datamodules.errors import DataError
-from datamodules.table_io import TableSource, numbers, texts
+from datamodules.table_io import TableSource, categories, numbers
 
 Encoding = Literal["onehot", "ordinal"]
 Impute = Literal["median", "mean", "most_frequent", "constant"]
@@ -36,15 +38,16 @@ MISSING = "(missing)"
 #: Feature-name suffix of the column that rare (infrequent) categories share.
 OTHER = "(other)"
 STATE_VERSION = 1
+Values = np.ndarray | pd.Categorical
 
 
 @dataclass
 class Column:
-    """One feature column as read: its type, values (``float64`` or object strings, ``NaN`` missing) and notes."""
+    """One feature column as read: its type, values (``float64`` with ``NaN``, or categories) and notes."""
 
     name: str
     kind: str
-    values: np.ndarray | None
+    values: Values | None
     missing: int
     distinct: int = 0
     note: str = ""
@@ -82,23 +85,24 @@ def infer_columns(
         if values is not None:
             columns.append(Column(name, NUMERIC, values, missing, pc.count_distinct(raw).as_py()))
             continue
-        distinct = pc.count_distinct(pc.utf8_trim_whitespace(_as_text(raw))).as_py()
+        distinct = pc.count_distinct(raw).as_py()
         present = len(raw) - missing
         if name not in categorical and distinct > max_categories and distinct > present / 2:
-            note = (
-                f"{distinct} distinct values in {present} cells (an identifier?); list it in data.categorical to use it"
-            )
+            note = f"{distinct} distinct values in {present} cells (an identifier?); data.categorical keeps it"
             columns.append(Column(name, DROPPED, None, missing, distinct, note))
             continue
-        columns.append(Column(name, CATEGORICAL, texts(raw), missing, distinct))
+        cats = categories(raw)
+        columns.append(Column(name, CATEGORICAL, cats, int((cats.codes < 0).sum()), len(cats.categories)))
     return columns
 
 
-def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-    return column if is_text else column.cast(pa.string())
+def as_categories(values: Values) -> pd.Categorical:
+    """Categories from a ``pandas.Categorical`` (as is) or any array of labels (``NaN``/``None`` missing)."""
+    if isinstance(values, pd.Categorical):
+        return values
+    array = np.asarray(values, dtype=object)
+    missing = pd.isna(array)
+    return pd.Categorical(np.where(missing, None, array.astype(str)).astype(object))
 
 
 class TablePreprocessing:
@@ -115,9 +119,11 @@ class TablePreprocessing:
         self.numeric: list[str] = list(state["numeric"]["columns"])
         self.categorical: list[str] = list(state["categorical"]["columns"])
         self.features: list[str] = list(state["features"])
-        self._lookups = [
-            (list(cats) + list(rare), len(cats), bool(rare))
-            for cats, rare in zip(state["categorical"]["categories"], state["categorical"]["infrequent"], strict=True)
+        cat = state["categorical"]
+        #: Per categorical column: every known category (frequent ones first), how many are frequent, any rare.
+        self._vocab = [
+            (pd.Index([*cats, *rare], dtype=object), len(cats), bool(rare))
+            for cats, rare in zip(cat["categories"], cat["infrequent"], strict=True)
         ]
 
     @property
@@ -133,7 +139,7 @@ class TablePreprocessing:
     @classmethod
     def fit(
         cls,
-        train: Mapping[str, np.ndarray],
+        train: Mapping[str, Values],
         numeric: Sequence[str],
         categorical: Sequence[str],
         *,
@@ -146,7 +152,7 @@ class TablePreprocessing:
         """Fit scikit-learn's transformers on the training rows and read out what they learned.
 
         Args:
-            train: Training rows only: column name -> ``float64`` (numeric) or object (categorical) array.
+            train: Training rows only: column name -> ``float64`` array (numeric) or categories.
             numeric: Numeric columns.
             categorical: Categorical columns.
             impute: ``SimpleImputer`` strategy for numeric gaps (``constant`` fills 0).
@@ -157,7 +163,7 @@ class TablePreprocessing:
                 column (``None``: no limit).
 
         Returns:
-            The preprocessing and the fitted ``ColumnTransformer`` (scikit-learn's reference transform).
+            The preprocessing and the fitted ``ColumnTransformer``, which takes :func:`sklearn_frame` frames.
         """
         from sklearn.compose import ColumnTransformer
         from sklearn.impute import SimpleImputer
@@ -172,24 +178,27 @@ class TablePreprocessing:
             imputer = SimpleImputer(
                 strategy=impute, fill_value=0.0, add_indicator=missing_indicator, keep_empty_features=True
             )
-            steps = [("impute", imputer)]
+            steps: list[tuple[str, Any]] = [("impute", imputer)]
             if standardize:
                 steps.append(("scale", StandardScaler()))
             parts.append(("numeric", Pipeline(steps), list(numeric)))
         if categorical:
+            # The encoders see category codes, -1 standing for a missing cell: a category of its own.
             if encoding == "onehot":
-                encoder = OneHotEncoder(handle_unknown="ignore", max_categories=max_categories, sparse_output=False)
+                encoder = OneHotEncoder(handle_unknown="ignore", max_categories=max_categories, sparse_output=True)
             else:
                 encoder = OrdinalEncoder(
                     handle_unknown="use_encoded_value", unknown_value=-1, max_categories=max_categories
                 )
-            steps = [("impute", SimpleImputer(strategy="constant", fill_value=MISSING)), ("encode", encoder)]
+            steps = [("encode", encoder)]
             if standardize and encoding == "ordinal":
                 steps.append(("scale", StandardScaler()))
             parts.append(("categorical", Pipeline(steps), list(categorical)))
-        transformer = ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
-        transformer.fit(pd.DataFrame({c: train[c] for c in [*numeric, *categorical]}))
-        state = _read_fitted(transformer, list(numeric), list(categorical), encoding)
+        # Sparse one-hot blocks stay sparse inside the fit: nothing the size of the table is densified.
+        transformer = ColumnTransformer(parts, remainder="drop", sparse_threshold=1.0)
+        transformer.fit(sklearn_frame(train, numeric, categorical))
+        names = {c: list(as_categories(train[c]).categories) for c in categorical}
+        state = _read_fitted(transformer, list(numeric), list(categorical), encoding, names)
         state["options"] = {
             "impute": impute,
             "missing_indicator": missing_indicator,
@@ -198,12 +207,14 @@ class TablePreprocessing:
         }
         return cls(state), transformer
 
-    def check_against(self, transformer: Any, data: Mapping[str, np.ndarray], rows: np.ndarray) -> None:
-        """Raise unless :meth:`transform` equals scikit-learn's ``transformer`` on ``rows`` of ``data``."""
+    def check_against(self, transformer: Any, data: Mapping[str, Values], rows: np.ndarray) -> None:
+        """Raise unless :meth:`transform` equals scikit-learn's fitted ``transformer`` on ``rows`` of ``data``.
+
+        ``data`` must be the table the transformer was fitted on (the codes it saw are those of its categories).
+        """
         sample = {c: data[c][rows] for c in self.columns}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # unknown categories in held-out rows: expected
-            expected = np.asarray(transformer.transform(pd.DataFrame(sample)), dtype=np.float64)
+        expected = transformer.transform(sklearn_frame(sample, self.numeric, self.categorical))
+        expected = np.asarray(expected.toarray() if hasattr(expected, "toarray") else expected, dtype=np.float64)
         got = self.transform(sample, dtype=np.float64)
         if expected.shape != got.shape or not np.allclose(expected, got, rtol=1e-6, atol=1e-6):
             raise RuntimeError(
@@ -212,7 +223,7 @@ class TablePreprocessing:
             )
 
     # -- applying ------------------------------------------------------------------------------------------------
-    def arrays(self, table: pa.Table, source: TableSource) -> dict[str, np.ndarray]:
+    def arrays(self, table: pa.Table, source: TableSource) -> dict[str, Values]:
         """The columns :meth:`transform` needs, read from ``table`` exactly as training read them.
 
         Raises:
@@ -223,73 +234,82 @@ class TablePreprocessing:
             raise DataError(
                 f"{source.path} has no column(s) {absent} that the model was trained on; it needs: {self.columns}"
             )
-        data = {c: numbers(table.column(c), c, source) for c in self.numeric}
-        data.update({c: texts(table.column(c)) for c in self.categorical})
+        data: dict[str, Values] = {c: numbers(table.column(c), c, source) for c in self.numeric}
+        data.update({c: categories(table.column(c)) for c in self.categorical})
         return data
 
-    def unknown_categories(self, data: Mapping[str, np.ndarray]) -> list[tuple[str, int, str, int]]:
+    def unknown_categories(self, data: Mapping[str, Values]) -> list[tuple[str, int, str, int]]:
         """Categories never seen in training: ``(column, first row index, value, count)`` per column with any.
 
         Missing cells are not counted (they are encoded as training encoded them, or as no category).
         """
         found = []
-        for name, (keys, _, _) in zip(self.categorical, self._lookups, strict=True):
-            values = data[name]
-            codes = self._codes(values, keys)
-            unknown = np.flatnonzero((codes < 0) & pd.notna(values))
+        for name, (keys, _, _) in zip(self.categorical, self._vocab, strict=True):
+            cats = as_categories(data[name])
+            unknown = np.flatnonzero((cats.codes >= 0) & (_codes(cats, keys) < 0))
             if len(unknown):
-                found.append((name, int(unknown[0]), str(values[unknown[0]]), len(unknown)))
+                found.append((name, int(unknown[0]), str(cats[unknown[0]]), len(unknown)))
         return found
 
     def known_categories(self, column: str) -> list[str]:
         """The categories of ``column`` seen in training."""
-        keys, _, _ = self._lookups[self.categorical.index(column)]
-        return keys
+        return list(self._vocab[self.categorical.index(column)][0])
 
-    def transform(self, data: Mapping[str, np.ndarray], dtype: Any = np.float32) -> np.ndarray:
-        """Features ``(N, len(features))`` from raw columns (numeric ``float64`` with ``NaN``, categorical strings).
+    def transform(self, data: Mapping[str, Values], dtype: Any = np.float32) -> np.ndarray:
+        """Features ``(N, len(features))`` from raw columns (numeric ``float64`` with ``NaN``, categories).
 
-        The same arithmetic as the fitted scikit-learn transformers, from the plain-data state.
+        The arithmetic of the fitted scikit-learn transformers, from the plain-data state, computed in float64.
         """
         num, cat = self._state["numeric"], self._state["categorical"]
         n = len(data[self.columns[0]]) if self.columns else 0
-        blocks = []
+        out = np.zeros((n, len(self.features)), dtype=dtype)
+        j = 0
         if self.numeric:
-            x = np.column_stack([np.asarray(data[c], dtype=np.float64) for c in self.numeric])  # (N, n_numeric)
-            gaps = np.isnan(x)
-            x = np.where(gaps, np.asarray(num["fill"], dtype=np.float64), x)
-            if num["indicators"]:
-                x = np.hstack([x, gaps[:, [self.numeric.index(c) for c in num["indicators"]]].astype(np.float64)])
-            if num["mean"] is not None:
-                x = (x - np.asarray(num["mean"])) / np.asarray(num["scale"])
-            blocks.append(x)
-        codes_all = []
-        for name, (keys, n_frequent, has_other) in zip(self.categorical, self._lookups, strict=True):
-            codes = self._codes(data[name], keys)
+            mean, scale = num["mean"], num["scale"]
+            extra = [self.numeric.index(c) for c in num["indicators"]]
+            for i, name in enumerate([*self.numeric, *[None] * len(extra)]):
+                if name is not None:
+                    x = np.asarray(data[name], dtype=np.float64)
+                    x = np.where(np.isnan(x), num["fill"][i], x)
+                else:  # a missing-indicator column
+                    x = np.isnan(np.asarray(data[self.numeric[extra[i - len(self.numeric)]]], dtype=np.float64))
+                    x = x.astype(np.float64)
+                out[:, j] = (x - mean[i]) / scale[i] if mean is not None else x
+                j += 1
+        for k, (name, (keys, n_frequent, has_other)) in enumerate(zip(self.categorical, self._vocab, strict=True)):
+            codes = _codes(as_categories(data[name]), keys)
             # Known rare categories share the last ("(other)") slot; unknown ones stay -1.
             codes = np.where(codes >= n_frequent, n_frequent, codes)
             if cat["encoding"] == "onehot":
-                block = np.zeros((n, n_frequent + has_other), dtype=np.float64)
                 rows = np.flatnonzero(codes >= 0)
-                block[rows, codes[rows]] = 1.0
-                blocks.append(block)
+                out[rows, j + codes[rows]] = 1.0
+                j += n_frequent + has_other
             else:
-                codes_all.append(codes.astype(np.float64))
-        if codes_all:
-            x = np.column_stack(codes_all)
-            if cat["mean"] is not None:
-                x = (x - np.asarray(cat["mean"])) / np.asarray(cat["scale"])
-            blocks.append(x)
-        out = np.hstack(blocks) if blocks else np.zeros((n, 0))
-        return out.astype(dtype, copy=False)
-
-    @staticmethod
-    def _codes(values: np.ndarray, keys: list[str]) -> np.ndarray:
-        filled = np.where(pd.isna(values), MISSING, values)
-        return np.asarray(pd.Index(keys, dtype=object).get_indexer(filled), dtype=np.int64)
+                x = codes.astype(np.float64)
+                out[:, j] = (x - cat["mean"][k]) / cat["scale"][k] if cat["mean"] is not None else x
+                j += 1
+        return out
 
 
-def _read_fitted(transformer: Any, numeric: list[str], categorical: list[str], encoding: str) -> dict[str, Any]:
+def _codes(cats: pd.Categorical, keys: pd.Index) -> np.ndarray:
+    """Index of each value in ``keys`` (a missing cell: of ``(missing)``), ``-1`` when absent."""
+    lookup = keys.get_indexer(np.asarray(cats.categories, dtype=object))
+    missing = keys.get_loc(MISSING) if MISSING in keys else -1
+    codes = np.asarray(cats.codes, dtype=np.int64)
+    mapped = lookup[np.maximum(codes, 0)] if len(lookup) else np.full(len(codes), -1)
+    return np.where(codes >= 0, mapped, missing)
+
+
+def sklearn_frame(data: Mapping[str, Values], numeric: Sequence[str], categorical: Sequence[str]) -> pd.DataFrame:
+    """What the fitted ``ColumnTransformer`` takes: numeric columns, and category codes (-1: missing) as floats."""
+    frame = {c: np.asarray(data[c], dtype=np.float64) for c in numeric}
+    frame.update({c: as_categories(data[c]).codes.astype(np.float64) for c in categorical})
+    return pd.DataFrame(frame)
+
+
+def _read_fitted(
+    transformer: Any, numeric: list[str], categorical: list[str], encoding: str, names: dict[str, list[str]]
+) -> dict[str, Any]:
     """The plain-data state of a fitted ``ColumnTransformer`` built by :meth:`TablePreprocessing.fit`."""
     features: list[str] = []
     num: dict[str, Any] = {"columns": numeric, "fill": [], "indicators": [], "mean": None, "scale": None}
@@ -304,18 +324,22 @@ def _read_fitted(transformer: Any, numeric: list[str], categorical: list[str], e
             num["scale"] = pipe.named_steps["scale"].scale_.tolist()
         features += numeric + [f"{c} {MISSING}" for c in num["indicators"]]
     cat: dict[str, Any] = {"columns": categorical, "encoding": encoding, "categories": [], "infrequent": []}
-    cat.update({"missing": MISSING, "mean": None, "scale": None})
+    cat.update({"mean": None, "scale": None})
     if categorical:
         pipe = transformer.named_transformers_["categorical"]
         encoder = pipe.named_steps["encode"]
         rare_all = getattr(encoder, "infrequent_categories_", None) or [None] * len(categorical)
-        for name, categories, rare in zip(categorical, encoder.categories_, rare_all, strict=True):
-            rare_set = set() if rare is None else {str(v) for v in rare}
-            frequent = [str(v) for v in categories if str(v) not in rare_set]
+        for name, codes, rare in zip(categorical, encoder.categories_, rare_all, strict=True):
+
+            def label(code: float, name: str = name) -> str:
+                return MISSING if code < 0 else str(names[name][int(code)])
+
+            rare_codes = set() if rare is None else {float(v) for v in rare}
+            frequent = [label(v) for v in codes if float(v) not in rare_codes]
             cat["categories"].append(frequent)
-            cat["infrequent"].append(sorted(rare_set))
+            cat["infrequent"].append([label(v) for v in sorted(rare_codes)])
             if encoding == "onehot":
-                features += [f"{name}={v}" for v in frequent] + ([f"{name}={OTHER}"] if rare_set else [])
+                features += [f"{name}={v}" for v in frequent] + ([f"{name}={OTHER}"] if rare_codes else [])
             else:
                 features.append(name)
         if "scale" in pipe.named_steps:
@@ -329,13 +353,12 @@ def summary_lines(columns: list[Column], prep: TablePreprocessing, max_rows: int
     """One line per column: name, type, missing cells, values; long tables are cut to ``max_rows`` lines."""
     width = min(24, max([len(c.name) for c in columns] + [6]))
     lines = [f"  {'column':<{width}}  {'type':<11}  {'missing':>13}  values"]
-    onehot = prep.state()["categorical"]["encoding"] == "onehot"
     fills = dict(zip(prep.numeric, prep.state()["numeric"]["fill"], strict=True))
     shown = columns if len(columns) <= max_rows else columns[: max_rows - 1]
     for col in shown:
         n = len(col.values) if col.values is not None else 0
         missing = f"{col.missing}" + (f" ({col.missing / n:.0%})" if col.missing and n else "")
-        described = _describe(col, prep, fills, onehot)
+        described = _describe(col, prep, fills)
         lines.append(f"  {col.name[:width]:<{width}}  {col.kind:<11}  {missing:>13}  {described}")
     if len(shown) < len(columns):
         rest = columns[len(shown) :]
@@ -344,7 +367,7 @@ def summary_lines(columns: list[Column], prep: TablePreprocessing, max_rows: int
     return lines
 
 
-def _describe(col: Column, prep: TablePreprocessing, fills: dict[str, float], onehot: bool) -> str:
+def _describe(col: Column, prep: TablePreprocessing, fills: dict[str, float]) -> str:
     if col.kind == DROPPED:
         return col.note
     if col.kind == NUMERIC:
@@ -355,14 +378,16 @@ def _describe(col: Column, prep: TablePreprocessing, fills: dict[str, float], on
         if col.distinct and col.distinct <= 10 and np.all(np.isnan(v) | (v == np.round(v))):
             text += f", {col.distinct} distinct (categories? list it in data.categorical)"
         return text
-    counts = pd.Series(np.where(pd.isna(col.values), MISSING, col.values)).value_counts()
-    top = ", ".join(f"{k} {v}" for k, v in counts.head(3).items())
-    more = f", +{len(counts) - 3} more" if len(counts) > 3 else ""
-    i = prep.categorical.index(col.name)
+    cats = as_categories(col.values)
+    counts = np.bincount(cats.codes + 1, minlength=len(cats.categories) + 1)  # slot 0: missing cells
+    labels = [MISSING, *map(str, cats.categories)]
+    top = sorted((i for i in range(len(counts)) if counts[i]), key=lambda i: -counts[i])
+    shown = ", ".join(f"{labels[i]} {counts[i]}" for i in top[:3]) + (f", +{len(top) - 3} more" if len(top) > 3 else "")
     state = prep.state()["categorical"]
+    i = prep.categorical.index(col.name)
     width = len(state["categories"][i]) + bool(state["infrequent"][i])
-    encoded = f"{width} one-hot columns" if onehot else "ordinal codes"
-    return f"{len(counts)} categories ({top}{more}) -> {encoded}"
+    encoded = f"{width} one-hot columns" if state["encoding"] == "onehot" else "ordinal codes"
+    return f"{len(top)} categories ({shown}) -> {encoded}"
 
 
 def _num(x: float) -> str:

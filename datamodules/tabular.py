@@ -233,9 +233,9 @@ class TabularDataModule(InMemoryDataModule):
             encoding=self.encoding,
             max_categories=self.max_categories,
         )
-        x = np.asarray(reference.transform(pd.DataFrame({c: data[c] for c in prep.columns})), dtype=np.float32)
-        # The plain-data replay (used for prediction) must give scikit-learn's numbers: checked on training and
-        # held-out rows (held-out rows may hold categories the training split lacks).
+        # Training features come from the plain-data replay that prediction uses; it must give scikit-learn's own
+        # numbers, checked on training and held-out rows (held-out rows may hold categories training lacks).
+        x = prep.transform(data)
         check = np.concatenate([train[:CHECK_ROWS], parts[1][:CHECK_ROWS], parts[2][:CHECK_ROWS]])
         prep.check_against(reference, data, check)
         if self.task == "regression" and self.standardize_target:

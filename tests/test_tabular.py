@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +21,7 @@ from datamodules import BreastCancerDataModule, CSVDataModule, DiabetesDataModul
 from datamodules.base import INPUT_SPEC_KEY, split_indices
 from datamodules.errors import DataError
 from datamodules.table_io import read_table
-from datamodules.table_prep import MISSING, TablePreprocessing, infer_columns
+from datamodules.table_prep import MISSING, TablePreprocessing, infer_columns, sklearn_frame
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
@@ -102,30 +101,37 @@ def test_preprocessing_is_fitted_on_the_training_split_only(tmp_path: Path) -> N
 
 
 def test_plain_data_replay_equals_scikit_learn_on_new_rows(tmp_path: Path) -> None:
-    train_path = write_titanic(tmp_path / "train.csv", n=200, seed=1)
-    rows = titanic_rows(80, seed=2)
-    for i, row in enumerate(rows[:10]):  # unseen categories and gaps everywhere in the new rows
+    """The saved state, read back from JSON and applied to a separately read file, gives scikit-learn's numbers,
+    for rows with categories the training rows never had and gaps everywhere."""
+    rows = titanic_rows(200, seed=1)
+    new_rows = titanic_rows(80, seed=2)
+    for i, row in enumerate(new_rows[:10]):
         row.update(embarked="X", deck="Z", sex="", age="", fare="" if i % 2 else row["fare"])
-    new_path = write_titanic(tmp_path / "new.csv", rows=rows)
-    table, source = read_table(train_path)
+    both = write_titanic(tmp_path / "both.csv", rows=rows + new_rows)
+    new_path = write_titanic(tmp_path / "new.csv", rows=new_rows)
+    table, source = read_table(both)
     features = ["pclass", "sex", "age", "sibsp", "fare", "embarked", "deck", "alone"]
     columns = infer_columns(table, source, features)
     data = {c.name: c.values for c in columns}
     numeric = [c.name for c in columns if c.kind == "numeric"]
     categorical = [c.name for c in columns if c.kind == "categorical"]
+    train, new = np.arange(200), np.arange(200, 280)
     for kwargs in (
         {},
         {"encoding": "ordinal", "missing_indicator": True, "impute": "mean"},
         {"max_categories": 3, "impute": "most_frequent"},
+        {"max_categories": None, "standardize": False, "impute": "constant"},
     ):
-        prep, reference = TablePreprocessing.fit(data, numeric, categorical, **kwargs)
+        prep, reference = TablePreprocessing.fit({c: v[train] for c, v in data.items()}, numeric, categorical, **kwargs)
+        prep.check_against(reference, data, new)  # raises unless equal to scikit-learn on the new rows
+        expected = reference.transform(sklearn_frame({c: v[new] for c, v in data.items()}, numeric, categorical))
+        expected = expected.toarray() if hasattr(expected, "toarray") else expected
         restored = TablePreprocessing(json.loads(json.dumps(prep.state())))  # as read back from JSON
         new_table, new_source = read_table(new_path)
-        new = restored.arrays(new_table, new_source)
-        expected = reference.transform(pd.DataFrame(new))
-        np.testing.assert_allclose(restored.transform(new, dtype=np.float64), expected, rtol=1e-12, atol=1e-12)
+        separately = restored.arrays(new_table, new_source)
+        np.testing.assert_allclose(restored.transform(separately, dtype=np.float64), expected, rtol=1e-12, atol=1e-12)
         assert restored.features == prep.features and len(prep.features) == expected.shape[1]
-        unknown = {name: (row, value) for name, row, value, _ in restored.unknown_categories(new)}
+        unknown = {name: (row, value) for name, row, value, _ in restored.unknown_categories(separately)}
         assert unknown["embarked"] == (0, "X") and unknown["deck"] == (0, "Z") and "sex" not in unknown
 
 
