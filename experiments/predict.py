@@ -233,24 +233,24 @@ def class_probabilities(output: np.ndarray, output_kind: str) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def prediction_columns(output: np.ndarray, loaded: LoadedModel, topk: int) -> dict[str, list[Any]]:
+def prediction_columns(output: np.ndarray, loaded: LoadedModel, topk: int) -> dict[str, np.ndarray]:
     """The prediction columns of a batch: ``label``/``probability`` (top-k), or ``value`` for regressors."""
     spec = loaded.spec
     if loaded.output_kind == "value":
         values = output.astype(np.float64) * spec.get("target_std", 1.0) + spec.get("target_mean", 0.0)
         values = values.reshape(len(values), -1)
         if values.shape[1] == 1:
-            return {"value": values[:, 0].tolist()}
-        return {f"value_{j}": values[:, j].tolist() for j in range(values.shape[1])}
+            return {"value": values[:, 0]}
+        return {f"value_{j}": values[:, j] for j in range(values.shape[1])}
     probs = class_probabilities(output, loaded.output_kind)
-    names = list(spec.get("class_names") or [str(i) for i in range(probs.shape[1])])
+    names = np.asarray(spec.get("class_names") or [str(i) for i in range(probs.shape[1])], dtype=object)
     order = np.argsort(-probs, axis=1, kind="stable")[:, : max(1, min(topk, probs.shape[1]))]
-    columns: dict[str, list[Any]] = {}
+    columns: dict[str, np.ndarray] = {}
     for rank in range(order.shape[1]):
         suffix = "" if rank == 0 else f"_{rank + 1}"
         idx = order[:, rank]
-        columns[f"label{suffix}"] = [names[i] for i in idx]
-        columns[f"probability{suffix}"] = np.round(probs[np.arange(len(idx)), idx], 6).tolist()
+        columns[f"label{suffix}"] = names[idx]
+        columns[f"probability{suffix}"] = np.round(probs[np.arange(len(idx)), idx], 6)
     return columns
 
 
@@ -299,14 +299,16 @@ def predict(args: argparse.Namespace) -> Path:
     Raises:
         UsageError: anything the user can fix (printed as one line by :func:`main`).
     """
+    import torch
+
     from experiments.files import atomic_write
     from experiments.predict_inputs import PredictOptions, input_kind
 
     device = args.device
     if device == "auto":
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise console.UsageError("--device cuda: no CUDA GPU is visible here; leave --device auto to use the CPU")
     options = PredictOptions(
         strict=args.strict,
         unknown_categories=args.unknown_categories,
@@ -332,13 +334,13 @@ def predict(args: argparse.Namespace) -> Path:
             skipped.append((path, reason))
 
         start = time.perf_counter()
-        columns: dict[str, list[Any]] = {}
+        columns: dict[str, list[np.ndarray]] = {}
         progress = Progress(kind.total(files), "rows" if kind.name == "table" else kind.unit)
         try:
-            for batch in kind.batches(files, args.batch_size, on_skip):
+            for batch in kind.batches(files, args.batch_size or kind.batch_size, on_skip):
                 produced = {**batch.ids, **prediction_columns(loaded.forward(batch.x), loaded, args.topk)}
                 for key, values in produced.items():
-                    columns.setdefault(key, []).extend(values)
+                    columns.setdefault(key, []).append(np.asarray(values))
                 progress.update(len(batch.x))
         finally:
             progress.close()
@@ -350,7 +352,7 @@ def predict(args: argparse.Namespace) -> Path:
         )
     import pandas as pd
 
-    frame = pd.DataFrame(columns)
+    frame = pd.DataFrame({key: np.concatenate(parts) for key, parts in columns.items()})
     atomic_write(output, lambda tmp: frame.to_csv(tmp, index=False))
     unit = "rows" if kind.name == "table" else kind.unit
     print(summary(frame, loaded, unit, skipped, seconds, output), flush=True)
@@ -419,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--topk", type=int, default=1, help="classes (with probabilities) per input, best first (default 1)"
     )
-    parser.add_argument("--batch_size", type=int, default=256, help="inputs per forward pass (default 256)")
+    parser.add_argument(
+        "--batch_size", type=int, default=None, help="inputs per forward pass (default: 256 images, 4096 table rows)"
+    )
     parser.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: a GPU when there is one"
     )
@@ -446,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 done, 2 for anything the user can fix)."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     console.quiet()
-    if args.topk < 1 or args.batch_size < 1 or args.workers < 1:
+    if args.topk < 1 or (args.batch_size is not None and args.batch_size < 1) or args.workers < 1:
         console.error("--topk, --batch_size and --workers must be at least 1")
         return USAGE_ERROR
     try:

@@ -50,7 +50,7 @@ class Batch:
     """
 
     x: np.ndarray
-    ids: dict[str, list[Any]]
+    ids: dict[str, np.ndarray | list[Any]]
 
 
 #: Called with a file that cannot be read and the reason; raises under ``--strict``.
@@ -102,6 +102,8 @@ class InputKind:
     noun: ClassVar[str] = ""
     #: What the items are called in progress lines and summaries.
     unit: ClassVar[str] = "inputs"
+    #: Items per forward pass unless ``--batch_size`` says otherwise.
+    batch_size: ClassVar[int] = 256
 
     def __init__(self, spec: Mapping[str, Any], options: PredictOptions) -> None:
         self.spec = spec
@@ -258,6 +260,7 @@ class TableFiles(InputKind):
     extensions = frozenset(TABLE_FORMATS)
     noun = "a table"
     unit = "tables"
+    batch_size = 4096  # rows are small: large batches keep the per-call overhead negligible
 
     def __init__(self, spec: Mapping[str, Any], options: PredictOptions) -> None:
         from datamodules.table_prep import TablePreprocessing
@@ -297,14 +300,14 @@ class TableFiles(InputKind):
                     "no category"
                 )
             x = self.prep.transform(data)
-            ids: dict[str, list[Any]] = {
-                "file": [str(path)] * table.num_rows,
-                "row": [source.row(i) for i in range(table.num_rows)],
+            ids: dict[str, np.ndarray] = {
+                "file": np.full(table.num_rows, str(path), dtype=object),
+                "row": source.row(0) + np.arange(table.num_rows),
             }
             for column in self.options.keep:
-                ids[column] = texts(table.column(column)).tolist()
+                ids[column] = texts(table.column(column))
             if target and target in table.column_names and target not in ids:
-                ids[target] = texts(table.column(target)).tolist()
+                ids[target] = texts(table.column(target))
             for start in range(0, table.num_rows, batch_size):
                 stop = start + batch_size
                 yield Batch(x[start:stop], {k: v[start:stop] for k, v in ids.items()})
