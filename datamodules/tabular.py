@@ -28,6 +28,7 @@ from datamodules.table_io import TableSource, numbers, read_table, table_format,
 from datamodules.table_prep import (
     CATEGORICAL,
     NUMERIC,
+    Column,
     Encoding,
     Impute,
     TablePreprocessing,
@@ -60,13 +61,14 @@ class RawTable:
 
 @dataclass
 class PreparedTable:
-    """The preprocessed table: features ``x`` ``(N, F)`` float32, targets ``y`` and the split indices."""
+    """The preprocessed table: features ``x`` ``(N, F)`` float32, targets ``y``, the split indices and the target."""
 
     x: np.ndarray
     y: np.ndarray
     parts: list[np.ndarray]
     prep: TablePreprocessing
     class_names: list[str] | None
+    target: str
 
 
 def encode_labels(labels: np.ndarray | list[str]) -> tuple[np.ndarray, list[str]]:
@@ -184,7 +186,7 @@ class TabularDataModule(InMemoryDataModule):
             "columns": prep.columns,
             "features": prep.features,
             "preprocessing": prep.state(),
-            "target": self._target_name,
+            "target": self.prepared.target,
             "task": self.task,
             "class_names": self.class_names,
             "read": self.read_options(),
@@ -203,7 +205,6 @@ class TabularDataModule(InMemoryDataModule):
         """Read, type, split and preprocess the table (once); prints the column summary."""
         raw = self.read_raw()
         table, source = raw.table, raw.source
-        self._target_name = raw.target
         features = self._feature_names(table.column_names, raw)
         y, names, keep, dropped = self._targets(raw)
         if dropped:
@@ -241,8 +242,9 @@ class TabularDataModule(InMemoryDataModule):
         if self.task == "regression" and self.standardize_target:
             self.target_mean = float(y[train].mean())
             self.target_std = float(y[train].std()) or 1.0
-        self._print_summary(source, table.num_rows + dropped, columns, prep, names, y, dropped, parts)
-        return PreparedTable(x, y, parts, prep, names)
+        prepared = PreparedTable(x, y, parts, prep, names, raw.target)
+        self._print_summary(source, table.num_rows + dropped, columns, prepared, dropped)
+        return prepared
 
     def _feature_names(self, header: list[str], raw: RawTable) -> list[str]:
         path = raw.source.path
@@ -288,21 +290,23 @@ class TabularDataModule(InMemoryDataModule):
             )
         return y, names, keep, int((~keep).sum())
 
-    def _print_summary(self, source, n_rows, columns, prep, names, y, dropped, parts) -> None:
-        used = len(prep.columns)
-        head = f"{Path(source.path).name}: {n_rows} rows, {len(columns)} feature columns ({used} used)"
-        if names is not None:
-            counts = np.bincount(y, minlength=len(names))
-            shown = ", ".join(f"'{n}' {c}" for n, c in list(zip(names, counts, strict=True))[:6])
-            more = f", +{len(names) - 6} more" if len(names) > 6 else ""
-            head += f"; target '{self._target_name}': {len(names)} classes ({shown}{more})"
+    def _print_summary(
+        self, source: TableSource, n_rows: int, columns: list[Column], p: PreparedTable, dropped: int
+    ) -> None:
+        """The one-screen column summary, printed once (by rank 0 under DDP)."""
+        head = f"{Path(source.path).name}: {n_rows} rows, {len(columns)} feature columns ({len(p.prep.columns)} used)"
+        if p.class_names is not None:
+            counts = np.bincount(p.y, minlength=len(p.class_names))
+            shown = ", ".join(f"'{n}' {c}" for n, c in list(zip(p.class_names, counts, strict=True))[:6])
+            more = f", +{len(p.class_names) - 6} more" if len(p.class_names) > 6 else ""
+            head += f"; target '{p.target}': {len(p.class_names)} classes ({shown}{more})"
         else:
-            head += f"; target '{self._target_name}': {_range(y)}"
+            head += f"; target '{p.target}': {p.y.min():.4g} to {p.y.max():.4g}, mean {p.y.mean():.4g}"
         if dropped:
             head += f"; {dropped} rows without a target dropped"
-        sizes = " / ".join(f"{len(p)} {s}" for p, s in zip(parts, ("train", "val", "test"), strict=True))
-        tail = f"  -> {len(prep.features)} features; {sizes} rows; preprocessing fitted on the training rows only"
-        rank_zero_only(print)("\n".join([head, *summary_lines(columns, prep), tail]), flush=True)
+        sizes = " / ".join(f"{len(i)} {s}" for i, s in zip(p.parts, ("train", "val", "test"), strict=True))
+        tail = f"  -> {len(p.prep.features)} features; {sizes} rows; preprocessing fitted on the training rows only"
+        rank_zero_only(print)("\n".join([head, *summary_lines(columns, p.prep), tail]), flush=True)
 
     def load_splits(self) -> dict[str, Split]:
         p = self.prepared
@@ -314,10 +318,6 @@ class TabularDataModule(InMemoryDataModule):
             name: Split(x[idx], y[idx])
             for name, idx in zip(("train", "val", "test"), map(torch.from_numpy, p.parts), strict=True)
         }
-
-
-def _range(y: np.ndarray) -> str:
-    return f"{y.min():.4g} to {y.max():.4g}, mean {y.mean():.4g}"
 
 
 class CSVDataModule(TabularDataModule):

@@ -77,8 +77,10 @@ def find_checkpoint(run: Path) -> Path:
             best = json.loads(status.read_text()).get("best_checkpoint")
         except (OSError, ValueError):
             best = None
-        if best and Path(best).is_file():
-            return Path(best)
+        # Recorded as the training saw it: relative to where it ran, or absolute (the run folder may have moved).
+        for candidate in (Path(best), run / "checkpoints" / Path(best).name) if best else ():
+            if candidate.is_file():
+                return candidate
     folder = run / "checkpoints"
     best_files = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     if best_files:

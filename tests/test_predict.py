@@ -245,6 +245,8 @@ def test_checkpoint_backend_normalizes_raw_pixels_as_training_did(digits_run: Pa
         ("table for an image model", "is a table, but this model takes grayscale images (1x8x8)"),
         ("folder without images", "has no images"),
         ("onnx backend for a checkpoint", "is a checkpoint: --backend onnx needs the run folder or its .onnx file"),
+        ("only unreadable files", "none of the 1 input file(s) could be read, nothing predicted: "),
+        ("onnx file from elsewhere", "carries no input description (metadata_props 'input_spec')"),
     ],
 )
 def test_bad_image_inputs_are_one_line(
@@ -260,6 +262,14 @@ def test_bad_image_inputs_are_one_line(
     elif case == "folder without images":
         (tmp_path / "notes.txt").write_text("hello")
         inputs = [tmp_path]
+    elif case == "only unreadable files":
+        (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 20)
+        inputs = [tmp_path / "broken.jpg"]
+    elif case == "onnx file from elsewhere":
+        from test_view import write_tiny_onnx
+
+        run = write_tiny_onnx(tmp_path / "other.onnx")
+        inputs = [write_titanic(tmp_path / "t.csv", n=3)]
     else:
         run = next((digits_run / "checkpoints").glob("best*.ckpt"))
         Image.new("L", (8, 8)).save(tmp_path / "a.png")
@@ -267,3 +277,28 @@ def test_bad_image_inputs_are_one_line(
     line = one_error(*predict([run, *inputs, *extra, "--output", tmp_path / "out.csv"], capsys)[::2])
     assert expected in line
     assert not (tmp_path / "out.csv").exists()
+
+
+# -- the guide's onnxruntime snippets run as written ------------------------------------------------------------------
+def _snippets(marker: str) -> list[str]:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "predict.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    return [b for b in blocks if marker in b]
+
+
+def test_guide_snippets_load_feed_raw_data_and_read_class_names(
+    digits_run: Path, titanic_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from sklearn.datasets import load_digits
+
+    (image_code,) = _snippets('Image.open("digit.png")')
+    (table_code,) = _snippets('read_table("passengers.csv"')
+    digits = load_digits()
+    Image.fromarray(np.round(digits.images[0] * 255 / 16).astype(np.uint8)).save(tmp_path / "digit.png")
+    write_titanic(tmp_path / "passengers.csv", n=20, seed=9)
+    monkeypatch.chdir(tmp_path)
+    exec(image_code.replace("runs/digits_cnn/version_0", str(digits_run)), {})
+    assert capsys.readouterr().out.strip() in [str(i) for i in range(10)]
+    exec(table_code.replace("runs/binary_mlp/version_0", str(titanic_run)), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("[") and set(eval(printed)) <= {"0", "1"}
