@@ -302,3 +302,18 @@ def test_guide_snippets_load_feed_raw_data_and_read_class_names(
     exec(table_code.replace("runs/binary_mlp/version_0", str(titanic_run)), {})
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("[") and set(eval(printed)) <= {"0", "1"}
+
+
+def test_progress_is_a_plain_line_every_few_seconds_in_logs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from experiments import predict as module
+
+    clock = iter([0.0, 1.0, 6.0, 7.0, 12.5])
+    monkeypatch.setattr(module.time, "perf_counter", lambda: next(clock))
+    progress = module.Progress(total=4096 * 3, unit="rows")  # stderr is captured: not a terminal
+    for _ in range(3):
+        progress.update(4096)
+    progress.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["predict: 8192/12288 (67%) rows, 6 s"]
