@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
@@ -17,6 +18,21 @@ from torch import Tensor
 
 from datamodules.augment import random_affine, random_crop_flip
 from datamodules.errors import DataError
+
+#: Key of the input description in a datamodule's ``state_dict`` (and so in every checkpoint Lightning writes).
+INPUT_SPEC_KEY = "zerotune_input"
+
+
+def image_affine(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """Per-channel float32 ``scale``/``shift`` ``(1, C, 1, 1)``: ``x * scale + shift == (x / 255 - mean) / std``.
+
+    Computed in float64, then rounded once to float32: training batches, prediction and the exported ONNX graph
+    use these same constants, so they normalize identically.
+    """
+    mean_t = torch.tensor(list(mean), dtype=torch.float64)
+    std_t = torch.tensor(list(std), dtype=torch.float64)
+    scale, shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+    return scale.float().view(1, -1, 1, 1), shift.float().view(1, -1, 1, 1)
 
 
 @dataclass
@@ -309,10 +325,8 @@ class InMemoryDataModule(L.LightningDataModule):
         """Per-channel ``scale``/``shift``, shape ``(1, C, 1, 1)``, such that ``x * scale + shift`` normalizes."""
         cached = self._affine_cache.get(device)
         if cached is None:
-            mean = torch.tensor(self.mean if self.mean is not None else (0.0,), dtype=torch.float64)
-            std = torch.tensor(self.std if self.std is not None else (1.0,), dtype=torch.float64)
-            scale, shift = 1.0 / (255.0 * std), -mean / std
-            cached = tuple(t.to(device, torch.float32).view(1, -1, 1, 1) for t in (scale, shift))
+            mean = self.mean if self.mean is not None else (0.0,)
+            cached = tuple(t.to(device) for t in image_affine(mean, self.std if self.std is not None else (1.0,)))
             self._affine_cache[device] = cached
         return cached
 
@@ -330,6 +344,36 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def eval_transform(self, x: Tensor, gen: torch.Generator | None = None) -> Tensor:
         return self.normalize(x)
+
+    # -- what a raw input is, for prediction and export -------------------------------------------------------------
+    def input_spec(self) -> dict[str, Any]:
+        """What one raw input is and how it becomes the model's input, as plain data (JSON-able).
+
+        Saved in every checkpoint (see :meth:`state_dict`) and in the ONNX metadata; ``experiments.predict``
+        chooses its input reader by ``kind``. Images (``uint8`` data with ``mean``/``std``): ``kind: image``
+        with the shape, the PIL mode and the normalization; anything else: ``kind: tensor`` with the shape.
+        Subclasses with other inputs (tables, text) return their own kind.
+        """
+        shape = [int(s) for s in self.input_shape]
+        if self.mean is not None and self.std is not None and len(shape) == 3:
+            spec: dict[str, Any] = {
+                "kind": "image",
+                "shape": shape,
+                "mode": "L" if shape[0] == 1 else "RGB",
+                # Training saw exactly this channel count; images of another are refused, not converted.
+                "convert_any_mode": False,
+                "dtype": "uint8",
+                "mean": [float(m) for m in self.mean],
+                "std": [float(s) for s in self.std],
+            }
+        else:
+            spec = {"kind": "tensor", "shape": shape}
+        spec["class_names"] = [str(c) for c in self.class_names] if self.class_names else None
+        return spec
+
+    def state_dict(self) -> dict[str, Any]:
+        """Lightning stores this in every checkpoint: the input description, so a checkpoint alone can predict."""
+        return {INPUT_SPEC_KEY: self.input_spec()}
 
     # -- loaders ---------------------------------------------------------------------------------------------------
     def _device(self) -> torch.device:

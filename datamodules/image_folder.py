@@ -181,6 +181,10 @@ class ImageFolderDataModule(ImagePipelineDataModule):
     def class_names(self) -> list[str]:  # type: ignore[override]
         return self.classes
 
+    def input_spec(self) -> dict[str, Any]:
+        """An RGB image; any image file is accepted and converted to RGB, as :func:`load_rgb` did in training."""
+        return {**super().input_spec(), "convert_any_mode": True}
+
     def scan(self, folder: str) -> list[Item]:
         """``(path, class index)`` of every image file under ``folder/CLASS/``, sorted by class then name."""
         base = Path(folder)

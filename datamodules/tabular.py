@@ -1,65 +1,107 @@
-"""Tabular data: a CSV file of your own, or scikit-learn's bundled diabetes and breast-cancer tables.
+"""Tabular data: your own CSV or Parquet table, or scikit-learn's bundled diabetes and breast-cancer tables.
 
-All share :class:`TabularDataModule`, which works from arrays: deterministic train/val/test split by ``seed``,
-features standardized with statistics of the training split only, samples ``(N, F)`` float32.
+All share :class:`TabularDataModule`: the table is read once (:mod:`datamodules.table_io`), each feature column's
+type is inferred (numeric, categorical, or dropped as an identifier; overridable), rows without a target are
+dropped, the rows are split train/val/test deterministically by ``seed``, and scikit-learn's imputers, scaler and
+encoders are fitted on the training split only (:mod:`datamodules.table_prep`). A one-screen summary of the columns
+is printed once. The fitted preprocessing is plain data: :meth:`TabularDataModule.input_spec` puts it in every
+checkpoint (the datamodule's ``state_dict``), the run folder and the ONNX metadata, so prediction applies exactly
+what training did.
 """
 
 from __future__ import annotations
 
-import csv
-import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.base import InMemoryDataModule, Split, split_indices
 from datamodules.errors import DataError
+from datamodules.table_io import TableSource, numbers, read_table, table_format, texts
+from datamodules.table_prep import (
+    CATEGORICAL,
+    NUMERIC,
+    Column,
+    Encoding,
+    Impute,
+    TablePreprocessing,
+    infer_columns,
+    summary_lines,
+)
 
 Task = Literal["classification", "regression"]
-_MISSING = {"", "na", "nan", "null", "none", "?"}
+#: Rows of a table on which the plain-data preprocessing is checked against scikit-learn's transform after fitting.
+CHECK_ROWS = 2000
 
 
 @dataclass
-class Table:
-    """A whole table in memory.
+class RawTable:
+    """A table as read, before typing and preprocessing.
 
     Attributes:
-        x: Features ``(N, F)`` float64.
-        y: ``(N,)`` int64 class indices ``0..K-1`` (classification) or float64 targets (regression).
-        feature_names: The ``F`` feature names.
-        class_names: Label of each class index (classification), else ``None``.
-        source: What the table came from, for error messages.
+        table: Every column, as text (CSV) or typed (Parquet, arrays).
+        source: Where it came from, for messages.
+        target: Name of the target column.
+        class_names: Names of class codes ``0..K-1`` when the target column holds codes; ``None`` when it holds
+            the labels themselves (mapped to codes in sorted order).
     """
+
+    table: pa.Table
+    source: TableSource
+    target: str
+    class_names: list[str] | None = None
+
+
+@dataclass
+class PreparedTable:
+    """The preprocessed table: features ``x`` ``(N, F)`` float32, targets ``y``, the split indices and the target."""
 
     x: np.ndarray
     y: np.ndarray
-    feature_names: list[str]
+    parts: list[np.ndarray]
+    prep: TablePreprocessing
     class_names: list[str] | None
-    source: str
+    target: str
 
 
-def encode_labels(labels: list[str]) -> tuple[np.ndarray, list[str]]:
+def encode_labels(labels: np.ndarray | list[str]) -> tuple[np.ndarray, list[str]]:
     """Map labels to ``0..K-1`` in sorted order (numerically when they are all numbers); returns codes and names."""
-    unique = set(labels)
+    names_raw, codes = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
     try:
-        names = sorted(unique, key=float)
+        order = sorted(range(len(names_raw)), key=lambda i: float(names_raw[i]))
     except ValueError:
-        names = sorted(unique)
-    index = {name: i for i, name in enumerate(names)}
-    return np.array([index[v] for v in labels], dtype=np.int64), names
+        order = list(range(len(names_raw)))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[codes], [str(names_raw[i]) for i in order]
 
 
 class TabularDataModule(InMemoryDataModule):
-    """Base for tables held as arrays; subclasses implement :meth:`read_table`.
+    """Base for tables; subclasses implement :meth:`read_raw`.
 
     Args:
-        task: ``classification`` (integer class targets) or ``regression`` (float targets).
+        task: ``classification`` (class labels of any type) or ``regression`` (numeric target).
         val_fraction: Fraction of rows held out for validation.
         test_fraction: Fraction of rows held out for test.
-        standardize: Standardize each feature with the training split's mean and standard deviation.
+        features: Feature columns to use; ``None`` takes every column but the target and ``drop``.
+        drop: Columns to leave out.
+        categorical: Columns to encode as categories even when they hold numbers (e.g. a class code).
+        numeric: Columns to read as numbers: a cell that is not a number is then an error naming it.
+        encoding: ``onehot`` (one 0/1 column per category) or ``ordinal`` (one code per column) for categories.
+        max_categories: Most one-hot columns per categorical column; rarer categories share an ``(other)`` column.
+            Text columns with more distinct values than this and than half their cells (names, ids) are dropped
+            unless listed in ``categorical``.
+        impute: How numeric gaps are filled: ``median``, ``mean``, ``most_frequent`` or ``constant`` (0), with
+            statistics of the training split.
+        missing_indicator: Add a 0/1 feature per numeric column that has gaps in the training split.
+        standardize: Standardize numeric features with the training split's mean and standard deviation.
         standardize_target: Regression only: standardize the target with the training split's statistics
             (``target_mean``/``target_std`` map predictions back).
         **kwargs: Batch size and seed, see :class:`~datamodules.base.InMemoryDataModule`.
@@ -70,6 +112,14 @@ class TabularDataModule(InMemoryDataModule):
         task: Task = "classification",
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
+        features: list[str] | None = None,
+        drop: list[str] | None = None,
+        categorical: list[str] | None = None,
+        numeric: list[str] | None = None,
+        encoding: Encoding = "onehot",
+        max_categories: int = 20,
+        impute: Impute = "median",
+        missing_indicator: bool = False,
         standardize: bool = True,
         standardize_target: bool = False,
         **kwargs: Any,
@@ -79,27 +129,36 @@ class TabularDataModule(InMemoryDataModule):
             raise ValueError(f"data.task must be 'classification' or 'regression', got {task!r}")
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError("data.val_fraction and data.test_fraction must be in (0, 1) and sum to less than 1")
+        if encoding not in ("onehot", "ordinal"):
+            raise ValueError(f"data.encoding must be 'onehot' or 'ordinal', got {encoding!r}")
+        if impute not in ("median", "mean", "most_frequent", "constant"):
+            raise ValueError(f"data.impute must be median, mean, most_frequent or constant, got {impute!r}")
+        if max_categories < 2:
+            raise ValueError(f"data.max_categories must be >= 2, got {max_categories}")
+        both = sorted(set(categorical or ()) & set(numeric or ()))
+        if both:
+            raise ValueError(f"column(s) {both} are listed in both data.categorical and data.numeric")
         self.task = task
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
+        self.features = list(features) if features is not None else None
+        self.drop = list(drop or ())
+        self.categorical = list(categorical or ())
+        self.numeric = list(numeric or ())
+        self.encoding = encoding
+        self.max_categories = max_categories
+        self.impute = impute
+        self.missing_indicator = missing_indicator
         self.standardize = standardize
         self.standardize_target = standardize_target and task == "regression"
-        self._table: Table | None = None
-        self.feature_mean: torch.Tensor | None = None
-        self.feature_std: torch.Tensor | None = None
         self.target_mean = 0.0
         self.target_std = 1.0
 
-    def read_table(self) -> Table:
-        """Read the whole table (called once, lazily)."""
+    def read_raw(self) -> RawTable:
+        """Read the whole table (called once, lazily, by :attr:`prepared`)."""
         raise NotImplementedError
 
-    @property
-    def table(self) -> Table:
-        if self._table is None:
-            self._table = self.read_table()
-        return self._table
-
+    # -- what the launcher links into the model ---------------------------------------------------------------------
     @property
     def source(self) -> str:
         return self.table.source
@@ -107,173 +166,222 @@ class TabularDataModule(InMemoryDataModule):
     @property
     def num_classes(self) -> int:  # type: ignore[override]
         """Number of classes (classification) or of regression targets (1)."""
-        return len(self.table.class_names or ()) if self.task == "classification" else 1
+        return len(self.prepared.class_names or ()) if self.task == "classification" else 1
 
     @property
     def input_shape(self) -> tuple[int, ...]:  # type: ignore[override]
-        return (len(self.table.feature_names),)
+        """``(F,)``: the number of features after encoding (read, split and fit on first use)."""
+        return (len(self.prepared.prep.features),)
 
     @property
     def class_names(self) -> list[str] | None:  # type: ignore[override]
-        return self.table.class_names if self.task == "classification" else None
+        return self.prepared.class_names if self.task == "classification" else None
 
-    def load_splits(self) -> dict[str, Split]:
-        table = self.table
+    @property
+    def preprocessing(self) -> TablePreprocessing:
+        """The preprocessing fitted on the training split."""
+        return self.prepared.prep
+
+    def input_spec(self) -> dict[str, Any]:
+        """A table: the raw columns, the fitted preprocessing, the target and its classes, as plain data."""
+        prep = self.prepared.prep
+        spec: dict[str, Any] = {
+            "kind": "table",
+            "columns": prep.columns,
+            "features": prep.features,
+            "preprocessing": prep.state(),
+            "target": self.prepared.target,
+            "task": self.task,
+            "class_names": self.class_names,
+            "read": self.read_options(),
+        }
+        if self.task == "regression":
+            spec.update(target_mean=self.target_mean, target_std=self.target_std)
+        return spec
+
+    def read_options(self) -> dict[str, Any]:
+        """How files of this table are read (``delimiter``, ``na_values``), so prediction reads new ones alike."""
+        return {"delimiter": None, "na_values": []}
+
+    # -- reading, typing, splitting, fitting -------------------------------------------------------------------------
+    @cached_property
+    def prepared(self) -> PreparedTable:
+        """Read, type, split and preprocess the table (once); prints the column summary."""
+        raw = self.read_raw()
+        table, source = raw.table, raw.source
+        features = self._feature_names(table.column_names, raw)
+        y, names, keep, dropped = self._targets(raw)
+        if dropped:
+            table = table.filter(pa.array(keep))
+        columns = infer_columns(table, source, features, self.numeric, self.categorical, self.max_categories)
+        numeric = [c.name for c in columns if c.kind == NUMERIC]
+        categorical = [c.name for c in columns if c.kind == CATEGORICAL]
+        if not numeric and not categorical:
+            raise DataError(f"{source.path}: no usable feature columns (all were dropped; see data.categorical)")
         fractions = (1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction)
         try:
-            parts = split_indices(len(table.y), fractions, self.seed)
+            parts = [p.numpy() for p in split_indices(len(y), fractions, self.seed)]
         except ValueError:
             raise DataError(
-                f"{table.source}: {len(table.y)} rows are too few for val_fraction={self.val_fraction} and "
+                f"{source.path}: {len(y)} rows are too few for val_fraction={self.val_fraction} and "
                 f"test_fraction={self.test_fraction}: each of train/val/test needs at least one row"
             ) from None
-        x = torch.from_numpy(table.x)
-        y = torch.from_numpy(table.y)
-        train_x = x[parts[0]]
-        if self.standardize:
-            self.feature_mean = train_x.mean(0)
-            # Constant columns keep their (zero) centred values instead of dividing by zero.
-            std = train_x.std(0, unbiased=False)
-            self.feature_std = torch.where(std > 1e-12, std, torch.ones_like(std))
-            x = (x - self.feature_mean) / self.feature_std
+        data = {c.name: c.values for c in columns if c.values is not None}
+        train = parts[0]
+        prep, reference = TablePreprocessing.fit(
+            {c: v[train] for c, v in data.items()},
+            numeric,
+            categorical,
+            impute=self.impute,
+            missing_indicator=self.missing_indicator,
+            standardize=self.standardize,
+            encoding=self.encoding,
+            max_categories=self.max_categories,
+        )
+        # Training features come from the plain-data replay that prediction uses; it must give scikit-learn's own
+        # numbers, checked on training and held-out rows (held-out rows may hold categories training lacks).
+        x = prep.transform(data)
+        check = np.concatenate([train[:CHECK_ROWS], parts[1][:CHECK_ROWS], parts[2][:CHECK_ROWS]])
+        prep.check_against(reference, data, check)
+        if self.task == "regression" and self.standardize_target:
+            self.target_mean = float(y[train].mean())
+            self.target_std = float(y[train].std()) or 1.0
+        prepared = PreparedTable(x, y, parts, prep, names, raw.target)
+        self._print_summary(source, table.num_rows + dropped, columns, prepared, dropped)
+        return prepared
+
+    def _feature_names(self, header: list[str], raw: RawTable) -> list[str]:
+        path = raw.source.path
+        if raw.target not in header:
+            raise DataError(f"{path} has no target column '{raw.target}' (data.target); columns: {header}")
+        for key, names in (("features", self.features or []), ("drop", self.drop), ("categorical", self.categorical)):
+            unknown = [c for c in names if c not in header]
+            if unknown:
+                raise DataError(f"{path} has no column(s) {unknown} (data.{key}); columns: {header}")
+        unknown = [c for c in self.numeric if c not in header]
+        if unknown:
+            raise DataError(f"{path} has no column(s) {unknown} (data.numeric); columns: {header}")
+        if raw.target in (self.features or []):
+            raise DataError(f"{path}: the target column '{raw.target}' is also listed in data.features")
+        features = self.features if self.features is not None else [c for c in header if c != raw.target]
+        features = [c for c in features if c not in self.drop]
+        if not features:
+            raise DataError(f"{path}: no feature columns besides the target '{raw.target}'")
+        return features
+
+    def _targets(self, raw: RawTable) -> tuple[np.ndarray, list[str] | None, np.ndarray, int]:
+        """Targets of the rows that have one, class names, the row mask kept, and how many rows were dropped."""
+        column, path, name = raw.table.column(raw.target), raw.source.path, raw.target
         if self.task == "regression":
-            if self.standardize_target:
-                train_y = y[parts[0]]
-                self.target_mean = float(train_y.mean())
-                self.target_std = float(train_y.std(unbiased=False)) or 1.0
-                y = (y - self.target_mean) / self.target_std
-            y = y.float()
+            values = numbers(column, name, raw.source)
+            keep = ~np.isnan(values)
+            y, names = values[keep], None
+        elif raw.class_names is not None:
+            values = numbers(column, name, raw.source)
+            keep = ~np.isnan(values)
+            y, names = values[keep].astype(np.int64), list(raw.class_names)
         else:
-            y = y.long()
-        x = x.float()
-        return {name: Split(x[idx], y[idx]) for name, idx in zip(("train", "val", "test"), parts, strict=True)}
+            labels = texts(column)
+            keep = np.asarray(pd.notna(labels), dtype=bool)
+            y, names = encode_labels(labels[keep])
+        if not keep.any():
+            raise DataError(f"{path}: the target column '{name}' has no values (every cell is missing)")
+        if names is not None and len(set(y.tolist())) < 2:
+            value = names[int(y[0])] if names else ""
+            raise DataError(
+                f"{path}: target '{name}' has a single value '{value}' in {len(y)} rows: "
+                "a classifier needs at least two classes"
+            )
+        return y, names, keep, int((~keep).sum())
+
+    def _print_summary(
+        self, source: TableSource, n_rows: int, columns: list[Column], p: PreparedTable, dropped: int
+    ) -> None:
+        """The one-screen column summary, printed once (by rank 0 under DDP)."""
+        head = f"{Path(source.path).name}: {n_rows} rows, {len(columns)} feature columns ({len(p.prep.columns)} used)"
+        if p.class_names is not None:
+            counts = np.bincount(p.y, minlength=len(p.class_names))
+            shown = ", ".join(f"'{n}' {c}" for n, c in list(zip(p.class_names, counts, strict=True))[:6])
+            more = f", +{len(p.class_names) - 6} more" if len(p.class_names) > 6 else ""
+            head += f"; target '{p.target}': {len(p.class_names)} classes ({shown}{more})"
+        else:
+            head += f"; target '{p.target}': {p.y.min():.4g} to {p.y.max():.4g}, mean {p.y.mean():.4g}"
+        if dropped:
+            head += f"; {dropped} rows without a target dropped"
+        sizes = " / ".join(f"{len(i)} {s}" for i, s in zip(p.parts, ("train", "val", "test"), strict=True))
+        tail = f"  -> {len(p.prep.features)} features; {sizes} rows; preprocessing fitted on the training rows only"
+        rank_zero_only(print)("\n".join([head, *summary_lines(columns, p.prep), tail]), flush=True)
+
+    def load_splits(self) -> dict[str, Split]:
+        p = self.prepared
+        x = torch.from_numpy(p.x)
+        y = torch.from_numpy(p.y)
+        if self.task == "regression":
+            y = ((y - self.target_mean) / self.target_std).float()
+        return {
+            name: Split(x[idx], y[idx])
+            for name, idx in zip(("train", "val", "test"), map(torch.from_numpy, p.parts), strict=True)
+        }
 
 
 class CSVDataModule(TabularDataModule):
-    """A CSV file with a header row: one target column, numeric feature columns.
+    """Your own table: a CSV file with a header row, or a Parquet file (``.parquet``/``.pq``).
 
-    Every feature cell must be a number; for classification the target may hold any labels (mapped to
-    ``0..K-1`` in sorted order, ``class_names`` keeps them). Errors name the file, the column and the row
-    (1-based, the header being row 1).
+    Columns of text become categories, numbers stay numbers, gaps are filled (see :class:`TabularDataModule` for
+    the options); the target may hold any labels (mapped to ``0..K-1`` in sorted order, numerically when they are
+    numbers; ``class_names`` keeps them). Rows without a target are dropped. Errors name the file, the column and
+    the row (as a spreadsheet numbers it: the CSV header is row 1).
 
     Args:
-        path: The CSV file.
+        path: The CSV or Parquet file.
         target: Name of the target column.
-        features: Feature columns; ``None`` takes every other column.
-        delimiter: Field separator.
-        **kwargs: Task, split fractions, standardization, batch size, seed: see :class:`TabularDataModule`.
+        delimiter: CSV field separator (default: comma, tab for ``.tsv``).
+        na_values: More cell values to read as missing, besides empty cells, ``NA``, ``NaN``, ``null``, ``?``...
+        **kwargs: Task, columns, encoding, imputation, split fractions, batch size, seed: see
+            :class:`TabularDataModule`.
     """
 
     def __init__(
         self,
         path: str,
         target: str,
-        features: list[str] | None = None,
-        delimiter: str = ",",
+        delimiter: str | None = None,
+        na_values: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.path = path
         self.target = target
-        self.features = list(features) if features is not None else None
         self.delimiter = delimiter
+        self.na_values = list(na_values or ())
 
-    def _rows(self):
-        """The file's rows as ``(row number, cells)``, blank lines skipped."""
+    def read_options(self) -> dict[str, Any]:
+        return {"delimiter": self.delimiter, "na_values": list(self.na_values)}
+
+    def read_raw(self) -> RawTable:
         path = Path(self.path)
-        if not path.is_file():
-            raise DataError(f"CSV file not found: {path} (data.path)")
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.reader(f, delimiter=self.delimiter, strict=True)
-                for cells in reader:
-                    if cells and any(c.strip() for c in cells):
-                        yield reader.line_num, [c.strip() for c in cells]
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path} is not a UTF-8 text CSV file (corrupt or binary?): {err.reason}") from None
-        except csv.Error as err:
-            raise DataError(f"{path} is malformed near line {reader.line_num}: {err}") from None
-
-    def columns(self) -> tuple[list[str], list[str]]:
-        """The header and the feature columns to use (validated against the header)."""
-        header = next((cells for _, cells in self._rows()), None)
-        if header is None:
-            raise DataError(f"{self.path} is empty: expected a header row naming the columns")
-        duplicates = sorted({c for c in header if header.count(c) > 1})
-        if duplicates:
-            raise DataError(f"{self.path}: duplicate column name(s) {duplicates} in the header")
-        if self.target not in header:
-            raise DataError(f"{self.path} has no target column '{self.target}' (data.target); columns: {header}")
-        features = self.features if self.features is not None else [c for c in header if c != self.target]
-        unknown = [c for c in features if c not in header]
-        if unknown:
-            raise DataError(f"{self.path} has no column(s) {unknown} (data.features); columns: {header}")
-        if self.target in features:
-            raise DataError(f"{self.path}: the target column '{self.target}' is also listed in data.features")
-        if not features:
-            raise DataError(f"{self.path}: no feature columns besides the target '{self.target}'")
-        return header, features
-
-    def _number(self, cell: str, column: str, row: int) -> float:
-        if cell.lower() in _MISSING:
-            raise DataError(
-                f"{self.path}: column '{column}', row {row} is empty or NaN ({cell!r}); fill in or drop that row"
-            )
-        try:
-            value = float(cell)
-        except ValueError:
-            raise DataError(f"{self.path}: column '{column}', row {row}: {cell!r} is not a number") from None
-        if not math.isfinite(value):
-            raise DataError(f"{self.path}: column '{column}', row {row}: {cell!r} is not a finite number")
-        return value
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:  # type: ignore[override]
-        # The header alone answers this, so the launcher's link does not need the whole file.
-        return (len(self.table.feature_names),) if self._table is not None else (len(self.columns()[1]),)
-
-    def read_table(self) -> Table:
-        header, features = self.columns()
-        cols = [header.index(c) for c in features]
-        target_col = header.index(self.target)
-        rows = iter(self._rows())
-        next(rows)  # the header
-        x: list[list[float]] = []
-        labels: list[str] = []
-        for row, cells in rows:
-            if len(cells) != len(header):
-                raise DataError(
-                    f"{self.path}: row {row} has {len(cells)} field(s) but the header has {len(header)}: "
-                    f"the file is truncated or malformed"
-                )
-            x.append([self._number(cells[i], header[i], row) for i in cols])
-            label = cells[target_col]
-            if self.task == "regression":
-                self._number(label, self.target, row)
-            elif label.lower() in _MISSING:
-                raise DataError(f"{self.path}: column '{self.target}', row {row} has no label ({label!r})")
-            labels.append(label)
-        if not x:
-            raise DataError(f"{self.path} has a header but no data rows")
-        if self.task == "regression":
-            y, names = np.array([float(v) for v in labels]), None
-        else:
-            y, names = encode_labels(labels)
-        return Table(np.array(x, dtype=np.float64), y, features, names, str(self.path))
+        if not path.is_file() and not path.is_dir():
+            kind = "Parquet" if table_format(path) == "parquet" else "CSV"
+            raise DataError(f"{kind} file not found: {path} (data.path)")
+        table, source = read_table(path, delimiter=self.delimiter, na_values=self.na_values)
+        if table.num_rows == 0:
+            raise DataError(f"{path} has a header but no data rows")
+        return RawTable(table, source, self.target)
 
 
 class _SklearnTable(TabularDataModule):
-    """A table bundled with scikit-learn (no download), through the same split and standardization code."""
+    """A table bundled with scikit-learn (no download), through the same typing, split and preprocessing code."""
 
     loader_name: str = ""
 
-    def read_table(self) -> Table:
+    def read_raw(self) -> RawTable:
         import sklearn.datasets
 
         data = getattr(sklearn.datasets, self.loader_name)()
         names = [str(n) for n in data.target_names] if self.task == "classification" else None
-        y = data.target.astype(np.int64 if names else np.float64)
-        return Table(data.data.astype(np.float64), y, list(data.feature_names), names, f"sklearn {self.loader_name}")
+        columns = {str(n): data.data[:, i].astype(np.float64) for i, n in enumerate(data.feature_names)}
+        columns["target"] = data.target.astype(np.float64)
+        return RawTable(pa.table(columns), TableSource(f"sklearn {self.loader_name}", "array"), "target", names)
 
 
 class DiabetesDataModule(_SklearnTable):

@@ -7,6 +7,7 @@ model; every run gets its own ``RUNS_DIR/NAME/version_N`` folder, allocated atom
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -37,6 +38,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULTS_FILE = CONFIG_DIR / "_defaults.yaml"
 # Set by rank 0 before DDP launches its worker processes, so every rank logs into the same run folder.
 RUN_VERSION_ENV = "ZEROTUNE_RUN_VERSION"
+#: The datamodule's input description (``input_spec()``: normalization, fitted table preprocessing) in a run folder.
+INPUT_SPEC_FILE = "preprocessing.json"
 
 #: Callbacks every run has, each configurable as ``--KEY.ARG value`` or under ``KEY:`` in YAML.
 FORCED_CALLBACKS: dict[str, type] = {
@@ -69,6 +72,9 @@ class AtomicSaveConfig(SaveConfigCallback):
                 config = self.config.clone()
                 config.resume = None
                 atomic_write_text(path, self.parser.dump(config, skip_unset=False))
+            describe = getattr(trainer.datamodule, "input_spec", None)
+            if callable(describe):
+                atomic_write_text(Path(log_dir) / INPUT_SPEC_FILE, json.dumps(describe(), indent=1) + "\n")
         self.already_saved = trainer.strategy.broadcast(True)
 
 

@@ -63,6 +63,10 @@ class TaskModule(L.LightningModule):
     monitor: str = "val/acc"
     monitor_mode: Literal["min", "max"] = "max"
 
+    #: What ``forward`` returns, for prediction and the ONNX metadata: ``logits`` (softmax gives the class
+    #: probabilities), ``logit`` (one per sample: sigmoid gives the positive class's probability) or ``value``.
+    output_kind: Literal["logits", "logit", "value"] = "value"
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -329,6 +333,8 @@ class ClassifierModule(TaskModule):
         **kwargs: See :class:`TaskModule`.
     """
 
+    output_kind = "logits"
+
     def __init__(self, label_smoothing: float = 0.0, **kwargs: Any) -> None:
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -356,6 +362,8 @@ class BinaryClassifierModule(TaskModule):
     The sigmoid lives in the loss (numerically stable) and in :meth:`predict_proba`; the exported graph ends
     in the logit.
     """
+
+    output_kind = "logit"
 
     def make_metrics(self) -> torchmetrics.MetricCollection:
         return torchmetrics.MetricCollection(

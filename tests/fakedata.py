@@ -129,3 +129,48 @@ def write_image_folder(
         for i, img in enumerate(images):
             Image.fromarray(np.ascontiguousarray(img)).save(root / name / f"img_{i:03d}.png")
     return root
+
+
+def titanic_rows(n: int = 400, seed: int = 0) -> list[dict[str, str]]:
+    """Rows in the layout of the public Titanic table: text categories, numbers, gaps, an identifier column.
+
+    ``survived`` depends on ``sex``, ``pclass`` and ``age`` (a model can learn it); ``age`` has ~20% gaps,
+    ``embarked`` a few, ``deck`` mostly; ``name`` is distinct per row. Cells are strings as a CSV file holds them
+    (empty for a gap).
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        sex = "female" if rng.random() < 0.36 else "male"
+        pclass = int(rng.choice([1, 2, 3], p=[0.24, 0.21, 0.55]))
+        age = float(np.clip(rng.normal(30, 14), 0.5, 80))
+        score = 2.2 * (sex == "female") - 0.9 * (pclass - 2) - 0.02 * (age - 30) - 0.6 + rng.normal(0, 0.6)
+        fare = round(float(rng.lognormal(4.0 - 0.6 * pclass, 0.5)), 2)
+        rows.append(
+            {
+                "survived": str(int(score > 0)),
+                "pclass": str(pclass),
+                "name": f"Passenger {i}, Mr. {chr(65 + i % 26)}{i}",
+                "sex": sex,
+                "age": "" if rng.random() < 0.2 else f"{age:.1f}",
+                "sibsp": str(int(rng.poisson(0.5))),
+                "fare": str(fare),
+                "embarked": "" if rng.random() < 0.01 else str(rng.choice(["S", "C", "Q"], p=[0.72, 0.19, 0.09])),
+                "deck": str(rng.choice(list("ABCDEFG"))) if rng.random() < 0.25 else "",
+                "alone": str(rng.random() < 0.6),
+            }
+        )
+    return rows
+
+
+def write_titanic(path: str | Path, n: int = 400, seed: int = 0, rows: list[dict[str, str]] | None = None) -> Path:
+    """Write :func:`titanic_rows` (or the given rows) as a CSV file with a header row."""
+    import csv
+
+    rows = rows if rows is not None else titanic_rows(n, seed)
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

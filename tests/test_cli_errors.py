@@ -131,7 +131,8 @@ def test_bad_csv_cell_names_file_column_and_row(
     rows[17] = "17,oops,1"
     data.write_text("a,b,y\n" + "\n".join(rows) + "\n")
     cfg = tmp_path / "csv.yaml"
-    cfg.write_text(CSV_EXPERIMENT.format(path=data))
+    # A column declared numeric must hold numbers (undeclared, a text cell would make it a categorical column).
+    cfg.write_text(CSV_EXPERIMENT.format(path=data) + "    numeric: [b]\n")
     line = _one_error(*run_launcher(["--config", str(cfg), "--runs_dir", str(runs_dir)], capsys)[::2])
     assert f"{data}: column 'b', row 19: 'oops' is not a number" in line
 

@@ -1,4 +1,7 @@
-"""Datamodules: torchvision datasets from fake files, both pipelines, DDP shards, data errors, tables, image folders."""
+"""Datamodules: torchvision datasets from fake files, both pipelines, DDP shards, data errors, image folders.
+
+Tables have their own file, tests/test_tabular.py.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +11,18 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from fakedata import MNIST_FILES, write_cifar10, write_image_folder, write_mnist
 
 from datamodules import (
     BatchLoader,
-    BreastCancerDataModule,
     CIFAR10DataModule,
-    CSVDataModule,
-    DiabetesDataModule,
     FashionMNISTDataModule,
     ImageFolderDataModule,
     MNISTDataModule,
     Split,
 )
-from datamodules.base import split_indices
 from datamodules.errors import DataError
 from datamodules.image_folder import random_resized_crop_flip
 
@@ -264,111 +262,6 @@ def test_corrupt_files_raise_data_error_naming_the_file(
     with pytest.raises(DataError, match="truncated or corrupt") as err:
         make(name, root)
     assert str(path) in str(err.value) and "Delete it" in str(err.value)
-
-
-# -- tabular ---------------------------------------------------------------------------------------------------------
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    path.write_text("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
-    return path
-
-
-@pytest.fixture
-def iris_like(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    labels = ["setosa", "virginica", "versicolor"]
-    rows = [
-        [f"{v:.3f}" for v in rng.normal(loc=(i % 3) * 2 + 10, scale=3, size=3)] + [labels[i % 3]] for i in range(60)
-    ]
-    return write_csv(tmp_path / "flowers.csv", ["a", "b", "c", "species"], rows)
-
-
-def test_csv_classification_labels_shapes_and_train_only_standardization(iris_like: Path) -> None:
-    dm = CSVDataModule(path=str(iris_like), target="species", batch_size=8, seed=1)
-    assert dm.input_shape == (3,) and dm.num_classes == 3  # available right after __init__, for the model link
-    assert dm.class_names == ["setosa", "versicolor", "virginica"]
-    dm.setup("fit")
-    tr, va, te = dm.splits["train"], dm.splits["val"], dm.splits["test"]
-    assert (len(tr), len(va), len(te)) == (42, 9, 9)
-    assert tr.x.dtype == torch.float32 and tr.x.shape == (42, 3) and tr.y.dtype == torch.int64
-    torch.testing.assert_close(tr.x.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(tr.x.std(0, unbiased=False), torch.ones(3), atol=1e-5, rtol=0)
-    # Statistics come from the training rows only: held-out rows are transformed with them, not refitted.
-    held = torch.cat([va.x, te.x])
-    assert held.mean(0).abs().max() > 1e-3
-    raw = torch.from_numpy(np.loadtxt(iris_like, delimiter=",", skiprows=1, usecols=(0, 1, 2)))
-    train_idx = split_indices(60, (0.7, 0.15, 0.15), seed=1)[0]
-    torch.testing.assert_close(dm.feature_mean, raw[train_idx].mean(0))
-    assert not torch.allclose(dm.feature_mean, raw.mean(0))
-    x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (8, 3) and y.shape == (8,)
-    sub = CSVDataModule(path=str(iris_like), target="species", features=["c", "a"])
-    assert sub.input_shape == (2,)
-
-
-def test_csv_regression_and_numeric_labels(tmp_path: Path) -> None:
-    rows = [[i, i * 0.5, 2 * i + 1] for i in range(20)]
-    path = write_csv(tmp_path / "reg.csv", ["x1", "x2", "y"], rows)
-    dm = CSVDataModule(path=str(path), target="y", task="regression")
-    assert dm.num_classes == 1 and dm.input_shape == (2,)
-    dm.setup()
-    assert dm.splits["train"].y.dtype == torch.float32 and dm.splits["train"].y.dim() == 1
-    assert set(dm.splits["test"].y.tolist()) <= {2 * i + 1.0 for i in range(20)}
-    labels = write_csv(tmp_path / "lab.csv", ["x", "label"], [[i, [9, 10, 2][i % 3]] for i in range(12)])
-    dm = CSVDataModule(path=str(labels), target="label")
-    assert dm.class_names == ["2", "9", "10"]  # numbers sort as numbers
-    binary = write_csv(tmp_path / "bin.csv", ["x", "label"], [[i, "yes" if i % 2 else "no"] for i in range(12)])
-    assert CSVDataModule(path=str(binary), target="label").num_classes == 2
-
-
-CSV_HEADER = ["f1", "f2", "target"]
-
-
-@pytest.mark.parametrize(
-    ("content", "kwargs", "expected"),
-    [
-        (None, {}, ["not found", "missing.csv"]),
-        ("f1,f2,target\n1,2,a\n", {"target": "label"}, ["no target column 'label'", "'f1', 'f2', 'target'"]),
-        ("f1,f2,target\n1,2,a\n3,abc,b\n", {}, ["column 'f2', row 3", "'abc' is not a number"]),
-        ("f1,f2,target\n1,2,a\n3,4,b\n,5,a\n", {}, ["column 'f1', row 4", "empty or NaN"]),
-        ("f1,f2,target\n1,NaN,a\n", {}, ["column 'f2', row 2", "empty or NaN"]),
-        ("f1,f2,target\n1,2,a\n3,4\n", {}, ["row 3 has 2 field(s)", "truncated"]),
-        ("f1,f2,target\n1,2,a\n3,4,b\n", {}, ["2 rows are too few"]),
-        ("f1,f2,target\n1,2,a\n", {"features": ["f1", "f9"]}, ["no column(s) ['f9']", "'f1', 'f2', 'target'"]),
-        (b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x00garbage", {}, ["not a UTF-8 text CSV"]),
-        ("f1,f2,target\n1,2,\n", {}, ["column 'target', row 2 has no label"]),
-        ("", {}, ["is empty"]),
-    ],
-)
-def test_csv_bad_input_names_file_column_and_row(tmp_path: Path, content, kwargs: dict, expected: list[str]) -> None:
-    path = tmp_path / ("missing.csv" if content is None else "bad.csv")
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content is not None:
-        path.write_text(content)
-    dm = CSVDataModule(path=str(path), **{"target": "target", **kwargs})
-    with pytest.raises(DataError) as err:
-        _ = dm.num_classes
-        dm.setup()
-    msg = str(err.value)
-    assert str(path) in msg
-    for part in expected:
-        assert part in msg
-
-
-def test_bundled_tabular_datamodules() -> None:
-    diabetes = DiabetesDataModule(seed=0)
-    assert diabetes.num_classes == 1 and diabetes.input_shape == (10,) and diabetes.class_names is None
-    diabetes.setup()
-    assert sum(len(s) for s in diabetes.splits.values()) == 442
-    y = diabetes.splits["train"].y
-    assert y.dtype == torch.float32 and abs(float(y.mean())) < 1e-4 and diabetes.target_std > 10
-    cancer = BreastCancerDataModule(seed=0)
-    assert cancer.num_classes == 2 and cancer.input_shape == (30,)
-    assert cancer.class_names == ["malignant", "benign"]
-    cancer.setup()
-    tr = cancer.splits["train"]
-    assert tr.y.dtype == torch.int64 and set(tr.y.tolist()) == {0, 1}
-    torch.testing.assert_close(tr.x.mean(0), torch.zeros(30), atol=1e-4, rtol=0)
 
 
 # -- image folders ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ callback exports the best checkpoint, and a model that cannot be exported costs 
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
+import json
 import time
 import warnings
 from pathlib import Path
@@ -137,8 +139,10 @@ def test_callback_exports_the_best_checkpoint_not_the_last_weights(tmp_path: Pat
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
     assert result.batch_sizes == [1, 7, dm.eval_batch_size]
 
-    x = dm.normalize(dm.splits["val"].x[:16])
-    onnx_out = ort.InferenceSession(str(result.path)).run(None, {"input": x.numpy()})[0]
+    # The exported graph takes raw uint8 pixels: the datamodule's normalization is inside it.
+    pixels = dm.splits["val"].x[:16]
+    onnx_out = ort.InferenceSession(str(result.path)).run(None, {"input": pixels.numpy()})[0]
+    x = dm.normalize(pixels)
     best = _PickFirstEpoch(num_classes=10, input_shape=(1, 8, 8))
     best.load_state_dict(torch.load(ckpt.best_model_path, weights_only=False)["state_dict"])
     with torch.no_grad():
@@ -147,6 +151,17 @@ def test_callback_exports_the_best_checkpoint_not_the_last_weights(tmp_path: Pat
     assert np.abs(onnx_out - best_out).max() <= 1e-4
     assert np.abs(onnx_out - last_out).max() > 1e-2  # three epochs at lr 0.05 moved the weights
     assert any("max |onnx - torch|" in line and "(ok" in line for line in trainer.zerotune_summary)
+
+    # Self-describing: raw uint8 input, described; class names, version and the input description in metadata.
+    proto = onnx.load(str(result.path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["class_names"]) == [str(i) for i in range(10)]
+    assert meta["zerotune_version"] == importlib.metadata.version("zerotune")
+    assert meta["output_kind"] == "logits" and "softmax" in meta["output"]
+    assert "uint8 images (batch, 1, 8, 8)" in meta["input"] and "inside the graph" in meta["input"]
+    assert proto.graph.input[0].doc_string == meta["input"]  # shown by Netron on the input
+    assert json.loads(meta["input_spec"]) == dm.input_spec()
 
 
 class _DataDependent(MLPClassifier):

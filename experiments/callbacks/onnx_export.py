@@ -4,18 +4,26 @@ The callback works in any Lightning project: it needs only a run folder (the fir
 ``default_root_dir``), an optional checkpoint callback and, for the parity check, a validation dataloader (or
 ``example_input_array``). Export never fails a run: every error ends in one :class:`ONNXExportWarning` that
 names the reason, and checkpoints are untouched.
+
+The file describes itself: ``metadata_props`` hold the zerotune version, the class names, what the input and the
+output are, and the datamodule's whole input description (``input_spec``, JSON) when it has one. Image models take
+raw ``uint8`` pixels: the datamodule's normalization is the first operation of the graph (:class:`ImageInput`).
+Table models take the preprocessed features; the preprocessing (imputation, scaling, one-hot encoding) stays
+outside the graph and is described in ``input_spec``, the feature order in ``features``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.metadata
 import io
+import json
 import logging
 import re
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +69,14 @@ class ONNXExportResult:
     problem: str = ""
 
 
-def export_onnx(model: nn.Module, example: Tensor, path: str | Path, opset: int = 20, optimize: bool = True) -> None:
+def export_onnx(
+    model: nn.Module,
+    example: Tensor,
+    path: str | Path,
+    opset: int = 20,
+    optimize: bool = True,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Export ``model`` to one self-contained ONNX file with the torch.export-based exporter.
 
     The input is named ``input`` and the output ``output``; axis 0 of both is the dynamic ``batch`` axis. The file
@@ -74,6 +89,8 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | Path, opset: int 
         path: Destination ``.onnx`` file.
         opset: ONNX opset version.
         optimize: Run the ONNX optimizer (constant folding, BatchNorm folded into Conv: a smaller, clearer graph).
+        metadata: Model-level ``metadata_props`` (see :func:`model_metadata`); its ``input`` entry also becomes
+            the graph input's ``doc_string``, which Netron shows.
 
     Raises:
         Exception: whatever the exporter raises; see :func:`failure_reason` for a one-line summary.
@@ -96,9 +113,102 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | Path, opset: int 
         # ship inside a model file. The module path (namespace) stays, Netron shows it per node.
         for node in program.model.graph.all_nodes():
             node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
+        if metadata:
+            program.model.metadata_props.update({str(k): str(v) for k, v in metadata.items()})
+            if "input" in metadata:
+                program.model.graph.inputs[0].doc_string = str(metadata["input"])
         # Weights inside the .onnx file: one file to copy, serve with Netron, or load in onnxruntime.
         program.save(str(tmp), external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
+
+
+class ImageInput(nn.Module):
+    """Raw pixels in: ``uint8`` images ``(N, C, H, W)``, 0..255, normalized as the datamodule did, then ``model``.
+
+    The constants come from :func:`datamodules.base.image_affine`, the ones training batches were normalized with,
+    so an exported graph (and ``experiments.predict``) sees exactly the values the model was trained on.
+
+    Args:
+        model: The network, taking normalized float32 images.
+        mean: Per-channel mean of the [0, 1]-scaled pixels.
+        std: Per-channel standard deviation.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        from datamodules.base import image_affine
+
+        super().__init__()
+        self.model = model
+        scale, shift = image_affine(mean, std)
+        self.register_buffer("scale", scale)  # (1, C, 1, 1)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(torch.addcmul(self.shift, x.to(torch.float32), self.scale))
+
+
+def with_input_front(model: nn.Module, spec: Mapping[str, Any] | None) -> nn.Module:
+    """``model`` behind the front end its input kind needs inside the graph (images: :class:`ImageInput`)."""
+    if spec and spec.get("kind") == "image":
+        return ImageInput(model, spec["mean"], spec["std"])
+    return model
+
+
+def describe_input(spec: Mapping[str, Any] | None) -> str:
+    """One line saying what the exported graph's input is."""
+    kind = spec.get("kind") if spec else None
+    if kind == "image":
+        c, h, w = spec["shape"]
+        colour = "grayscale" if c == 1 else "RGB"
+        return (
+            f"uint8 images (batch, {c}, {h}, {w}), channels first: {colour} pixel values 0..255 resized to {h}x{w}; "
+            f"the normalization (mean {spec['mean']}, std {spec['std']} of pixels / 255) is inside the graph"
+        )
+    if kind == "table":
+        return (
+            f"float32 (batch, {len(spec['features'])}): the preprocessed features in the order of 'features'. The "
+            f"preprocessing of the raw columns {spec['columns']} (imputation, scaling, category encoding) is not in "
+            "the graph: 'input_spec' describes it and python -m experiments.predict applies it"
+        )
+    if spec and "shape" in spec:
+        return f"float32 (batch, {', '.join(map(str, spec['shape']))})"
+    return "the tensor the model's forward takes, with a leading batch axis"
+
+
+def describe_output(output_kind: str, spec: Mapping[str, Any] | None) -> str:
+    """One line saying what the exported graph's output is."""
+    names = (spec or {}).get("class_names") or []
+    if output_kind == "logits":
+        return "float32 (batch, classes) logits: softmax gives the probabilities of 'class_names', in that order"
+    if output_kind == "logit":
+        positive = f" ('{names[1]}')" if len(names) > 1 else ""
+        return f"float32 (batch, 1) logit: sigmoid gives the probability of the second class{positive}"
+    text = "float32 (batch, targets) predicted values"
+    mean, std = (spec or {}).get("target_mean", 0.0), (spec or {}).get("target_std", 1.0)
+    if (mean, std) != (0.0, 1.0):
+        text += f", standardized: multiply by {std:.6g} and add {mean:.6g} for the target's units"
+    return text
+
+
+def model_metadata(spec: Mapping[str, Any] | None, output_kind: str) -> dict[str, str]:
+    """The ``metadata_props`` of an exported model: version, class names, input and output, input description."""
+    try:
+        version = importlib.metadata.version("zerotune")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    meta = {
+        "zerotune_version": version,
+        "input": describe_input(spec),
+        "output": describe_output(output_kind, spec),
+        "output_kind": output_kind,
+    }
+    if spec:
+        if spec.get("class_names"):
+            meta["class_names"] = json.dumps(list(spec["class_names"]))
+        if spec.get("kind") == "table":
+            meta["features"] = json.dumps(list(spec["features"]))
+        meta["input_spec"] = json.dumps(spec)
+    return meta
 
 
 def onnx_parity(path: str | Path, model: nn.Module, x: Tensor, batch_sizes: Sequence[int]) -> dict[int, float]:
@@ -212,11 +322,17 @@ class ONNXExport(Callback):
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, result: ONNXExportResult) -> None:
         model, result.source = self._best_model(trainer, pl_module)
         x = _validation_input(trainer, pl_module)
+        spec = _input_spec(trainer)
+        if spec and spec.get("kind") == "image":
+            # The graph takes raw pixels: the validation batch back in uint8 (it was normalized from uint8).
+            model = with_input_front(model, spec)
+            x = _to_pixels(x, spec)
+        metadata = model_metadata(spec, getattr(pl_module, "output_kind", "value"))
         # torch.export specializes sizes 0 and 1, so trace with two samples to keep the batch axis symbolic.
         example = x[:2] if x.shape[0] >= 2 else x.repeat(2, *([1] * (x.dim() - 1)))
         path = run_dir(trainer) / self.filename
         start = time.perf_counter()
-        export_onnx(model, example, path, opset=self.opset, optimize=self.optimize)
+        export_onnx(model, example, path, opset=self.opset, optimize=self.optimize, metadata=metadata)
         result.seconds = time.perf_counter() - start
         result.path = path
         sizes = sorted({*self.batch_sizes, int(x.shape[0])})
@@ -306,6 +422,22 @@ def _validation_input(trainer: L.Trainer, pl_module: L.LightningModule) -> Tenso
         raise ValueError("no validation batch and no example_input_array to trace the model with")
     x = x.detach().cpu()
     return x.float() if x.is_floating_point() else x
+
+
+def _input_spec(trainer: L.Trainer) -> dict[str, Any] | None:
+    """The datamodule's input description (``input_spec()``), or ``None`` when it has none."""
+    describe = getattr(getattr(trainer, "datamodule", None), "input_spec", None)
+    if not callable(describe):
+        return None
+    spec = describe()
+    return spec if isinstance(spec, dict) else None
+
+
+def _to_pixels(x: Tensor, spec: Mapping[str, Any]) -> Tensor:
+    """Normalized float images back to the ``uint8`` pixels they were normalized from."""
+    mean = torch.tensor(spec["mean"], dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(spec["std"], dtype=torch.float64).view(1, -1, 1, 1)
+    return ((x.double() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
 def _tensors(output: Any) -> list[Tensor]:

@@ -1,0 +1,470 @@
+"""Use a trained model on new inputs: ``python -m experiments.predict RUN INPUT... [options]``.
+
+``RUN`` is a run folder (``runs/NAME/version_N``; an experiment folder ``runs/NAME`` means its newest run), a
+checkpoint file, or an exported ``.onnx`` file. ``INPUT`` is what the model takes, as its datamodule declared it:
+image files and folders of images, or CSV/Parquet tables. Predictions go to ``RUN/predictions.csv`` (an earlier
+one is kept: the next is ``predictions_1.csv``) or to ``--output``: one row per input (file, and row for tables),
+the predicted class name and its probability (``--topk`` for more), or the value for regressors. The summary
+counts the predicted classes.
+
+Both backends apply what training applied: the checkpoint backend (``--backend torch``, default) rebuilds the
+model and its input description from the checkpoint alone; ``--backend onnx`` runs ``model.onnx`` with onnxruntime
+and reads the input description from the file's own metadata. Files that cannot be read are listed and skipped
+(``--strict``: the first one is an error); inputs of the wrong kind, a table without a training column or with an
+unseen category are one ``error:`` line, exit code 2, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import console
+
+USAGE_ERROR = 2
+OUTPUT_NAME = "predictions"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to predict.
+
+    Attributes:
+        forward: Raw inputs batch (``numpy``) -> raw outputs ``(N, outputs)`` (``float32`` numpy).
+        spec: The datamodule's input description.
+        output_kind: ``logits``, ``logit`` or ``value`` (see ``TaskModule.output_kind``).
+        source: What runs, for the summary (file, backend, device).
+        home: Folder where the predictions go by default.
+    """
+
+    forward: Callable[[np.ndarray], np.ndarray]
+    spec: dict[str, Any]
+    output_kind: str
+    source: str
+    home: Path
+
+
+# -- finding and loading the model -----------------------------------------------------------------------------------
+def find_run(path: Path) -> Path:
+    """``path`` itself, or for an experiment folder (``runs/NAME``) its newest ``version_N`` that has a model."""
+    versions = [p for p in path.glob("version_*") if p.name[8:].isdigit()]
+    if (path / "checkpoints").is_dir() or any(path.glob("*.onnx")) or not versions:
+        return path
+    for version in sorted(versions, key=lambda p: int(p.name[8:]), reverse=True):
+        if (version / "checkpoints").is_dir() or any(version.glob("*.onnx")):
+            return version
+    return path
+
+
+def find_checkpoint(run: Path) -> Path:
+    """The run's best checkpoint (as recorded in ``status.json``, else the newest ``best-*``), else ``last.ckpt``.
+
+    Raises:
+        UsageError: no checkpoint in the folder.
+    """
+    status = run / "status.json"
+    if status.is_file():
+        try:
+            best = json.loads(status.read_text()).get("best_checkpoint")
+        except (OSError, ValueError):
+            best = None
+        # Recorded as the training saw it: relative to where it ran, or absolute (the run folder may have moved).
+        for candidate in (Path(best), run / "checkpoints" / Path(best).name) if best else ():
+            if candidate.is_file():
+                return candidate
+    folder = run / "checkpoints"
+    best_files = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    if best_files:
+        return best_files[-1]
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    anywhere = sorted(run.glob("*.ckpt"))
+    if anywhere:
+        return anywhere[-1]
+    onnx_hint = " (it has a model.onnx: pass --backend onnx)" if (run / "model.onnx").is_file() else ""
+    raise console.UsageError(
+        f"no checkpoint in {run}: expected {folder}/best-*.ckpt or last.ckpt{onnx_hint}; pass a run folder of a "
+        "run that saved one, or --ckpt_path FILE"
+    )
+
+
+def input_spec_of(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The input description a datamodule stored in the checkpoint (its ``state_dict``), if any."""
+    from datamodules.base import INPUT_SPEC_KEY
+
+    for value in checkpoint.values():
+        if isinstance(value, Mapping) and isinstance(value.get(INPUT_SPEC_KEY), Mapping):
+            return dict(value[INPUT_SPEC_KEY])
+    return None
+
+
+def _model_class(checkpoint: Mapping[str, Any], run: Path, ckpt: Path) -> type:
+    hparams = checkpoint.get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path")
+    if class_path is None and (run / "config.yaml").is_file():
+        import yaml
+
+        class_path = (yaml.safe_load((run / "config.yaml").read_text()).get("model") or {}).get("class_path")
+    if not class_path:
+        raise console.UsageError(f"{ckpt} does not say which model class it holds (no _class_path in its hparams)")
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise console.UsageError(f"{ckpt} holds a {class_path}, which cannot be imported here: {err}") from None
+
+
+def load_torch(ckpt: Path, run: Path, device: str, trust: bool | None = None) -> LoadedModel:
+    """The checkpoint's model, in eval mode on ``device``, behind the input front end its input kind needs."""
+    import torch
+
+    from experiments.callbacks.onnx_export import with_input_front
+    from lightning_models.checkpoints import check_compatible, load_checkpoint
+
+    checkpoint = load_checkpoint(ckpt, trust=trust)
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise console.UsageError(f"{ckpt} is a weights file, not a training checkpoint: it cannot say what inputs are")
+    spec = input_spec_of(checkpoint)
+    if spec is None:
+        raise console.UsageError(
+            f"{ckpt} holds no input description (zerotune_input): its datamodule has no input_spec(); "
+            "retrain with a zerotune datamodule, or predict from its model.onnx with --backend onnx"
+        )
+    cls = _model_class(checkpoint, run, ckpt)
+    hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not str(k).startswith("_")}
+    # Weights come from the checkpoint itself: no pre-trained file is read, nothing is compiled.
+    for key, value in (("pretrained", None), ("compile", False)):
+        if key in hparams:
+            hparams[key] = value
+    model = cls(**hparams)
+    check_compatible(model, checkpoint["state_dict"], source=ckpt)
+    model.load_state_dict(checkpoint["state_dict"])
+    net = with_input_front(model, spec).eval().to(device)
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = net(torch.from_numpy(np.ascontiguousarray(x)).to(device))
+        return out.float().cpu().numpy()
+
+    where = f"{ckpt} (torch, {device})"
+    return LoadedModel(forward, spec, getattr(cls, "output_kind", "value"), where, run)
+
+
+def load_onnx(path: Path, device: str) -> LoadedModel:
+    """An ONNX file in onnxruntime; its input description and output kind come from its ``metadata_props``."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable files
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise console.UsageError(f"cannot load {path} with onnxruntime: {first}") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if "input_spec" not in meta:
+        raise console.UsageError(
+            f"{path} carries no input description (metadata_props 'input_spec'): it was not exported by zerotune "
+            "from a zerotune datamodule; predict from its checkpoint instead"
+        )
+    name = session.get_inputs()[0].name
+    used = session.get_providers()[0].replace("ExecutionProvider", "").lower()
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: np.ascontiguousarray(x)})[0], dtype=np.float32)
+
+    return LoadedModel(
+        forward,
+        json.loads(meta["input_spec"]),
+        meta.get("output_kind", "logits"),
+        f"{path} (onnx, {used})",
+        path.parent,
+    )
+
+
+def load_model(target: str, backend: str | None, ckpt_path: str | None, device: str, trust: bool) -> LoadedModel:
+    """Resolve ``RUN`` (folder, checkpoint or ONNX file) and load it with the requested backend.
+
+    Raises:
+        UsageError: a missing run, no checkpoint or model file, or a backend that does not fit the file.
+    """
+    from experiments.view import resolve_model
+
+    path = Path(target)
+    if not path.exists():
+        raise console.UsageError(
+            f"{path} does not exist: pass a run folder (runs/NAME/version_N), a .ckpt or an .onnx file"
+        )
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        if backend == "torch":
+            raise console.UsageError(f"{path} is an ONNX file: it runs with --backend onnx (or pass the run folder)")
+        return load_onnx(path, device)
+    if path.is_file():
+        if backend == "onnx":
+            raise console.UsageError(f"{path} is a checkpoint: --backend onnx needs the run folder or its .onnx file")
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return load_torch(path, run, device, trust)
+    run = find_run(path)
+    if backend == "onnx":
+        return load_onnx(resolve_model(run), device)
+    ckpt = Path(ckpt_path) if ckpt_path else find_checkpoint(run)
+    return load_torch(ckpt, run, device, trust)
+
+
+# -- outputs to predictions ----------------------------------------------------------------------------------------
+def class_probabilities(output: np.ndarray, output_kind: str) -> np.ndarray:
+    """``(N, K)`` class probabilities from raw outputs: softmax of logits, or sigmoid of a single logit."""
+    output = output.astype(np.float64)
+    if output_kind == "logit":
+        p = 1.0 / (1.0 + np.exp(-output.reshape(len(output), -1)[:, 0]))
+        return np.column_stack([1.0 - p, p])
+    shifted = output - output.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def prediction_columns(output: np.ndarray, loaded: LoadedModel, topk: int) -> dict[str, np.ndarray]:
+    """The prediction columns of a batch: ``label``/``probability`` (top-k), or ``value`` for regressors."""
+    spec = loaded.spec
+    if loaded.output_kind == "value":
+        values = output.astype(np.float64) * spec.get("target_std", 1.0) + spec.get("target_mean", 0.0)
+        values = values.reshape(len(values), -1)
+        if values.shape[1] == 1:
+            return {"value": values[:, 0]}
+        return {f"value_{j}": values[:, j] for j in range(values.shape[1])}
+    probs = class_probabilities(output, loaded.output_kind)
+    names = np.asarray(spec.get("class_names") or [str(i) for i in range(probs.shape[1])], dtype=object)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, : max(1, min(topk, probs.shape[1]))]
+    columns: dict[str, np.ndarray] = {}
+    for rank in range(order.shape[1]):
+        suffix = "" if rank == 0 else f"_{rank + 1}"
+        idx = order[:, rank]
+        columns[f"label{suffix}"] = names[idx]
+        columns[f"probability{suffix}"] = np.round(probs[np.arange(len(idx)), idx], 6)
+    return columns
+
+
+def default_output(home: Path) -> Path:
+    """``home/predictions.csv``, or the first free ``predictions_N.csv`` (earlier predictions are never replaced)."""
+    path = home / f"{OUTPUT_NAME}.csv"
+    n = 1
+    while path.exists():
+        path = home / f"{OUTPUT_NAME}_{n}.csv"
+        n += 1
+    return path
+
+
+class Progress:
+    """A progress bar on a terminal (after a second), else a plain line every few seconds; silent for quick runs."""
+
+    def __init__(self, total: int | None, unit: str) -> None:
+        self.total, self.unit, self.done = total, unit, 0
+        self.start = self.last = time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=f" {unit}", file=sys.stderr, delay=1.0, leave=False, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if now - self.last >= 5.0:
+            self.last = now
+            of = f"/{self.total} ({self.done / self.total:.0%})" if self.total else ""
+            print(f"predict: {self.done}{of} {self.unit}, {now - self.start:.0f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- the command -------------------------------------------------------------------------------------------------------
+def predict(args: argparse.Namespace) -> Path:
+    """Run a prediction as the command-line arguments say; returns the predictions file.
+
+    Raises:
+        UsageError: anything the user can fix (printed as one line by :func:`main`).
+    """
+    import torch
+
+    from experiments.files import atomic_write
+    from experiments.predict_inputs import PredictOptions, input_kind
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise console.UsageError("--device cuda: no CUDA GPU is visible here; leave --device auto to use the CPU")
+    options = PredictOptions(
+        strict=args.strict,
+        unknown_categories=args.unknown_categories,
+        keep=[c.strip() for c in (args.keep or "").split(",") if c.strip()],
+        workers=args.workers,
+    )
+    with console.user_errors():
+        loaded = load_model(args.run, args.backend, args.ckpt_path, device, args.trust_checkpoint)
+        kind = input_kind(loaded.spec, options)
+        if options.keep and kind.name != "table":
+            raise console.UsageError("--keep copies table columns: this model takes " + kind.describe())
+        files = kind.collect(args.inputs)
+        output = Path(args.output) if args.output else default_output(loaded.home)
+        if output.is_dir():
+            raise console.UsageError(
+                f"--output {output} is a folder: pass a file name such as {output}/predictions.csv"
+            )
+        skipped: list[tuple[Path, str]] = []
+
+        def on_skip(path: Path, reason: str) -> None:
+            if options.strict:
+                raise console.UsageError(f"cannot read {path}: {reason} (--strict)")
+            skipped.append((path, reason))
+
+        start = time.perf_counter()
+        columns: dict[str, list[np.ndarray]] = {}
+        progress = Progress(kind.total(files), "rows" if kind.name == "table" else kind.unit)
+        try:
+            for batch in kind.batches(files, args.batch_size or kind.batch_size, on_skip):
+                produced = {**batch.ids, **prediction_columns(loaded.forward(batch.x), loaded, args.topk)}
+                for key, values in produced.items():
+                    columns.setdefault(key, []).append(np.asarray(values))
+                progress.update(len(batch.x))
+        finally:
+            progress.close()
+        seconds = time.perf_counter() - start
+    if not columns:
+        raise console.UsageError(
+            f"none of the {len(files)} input file(s) could be read, nothing predicted: "
+            + "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+        )
+    import pandas as pd
+
+    frame = pd.DataFrame({key: np.concatenate(parts) for key, parts in columns.items()})
+    atomic_write(output, lambda tmp: frame.to_csv(tmp, index=False))
+    unit = "rows" if kind.name == "table" else kind.unit
+    print(summary(frame, loaded, unit, skipped, seconds, output), flush=True)
+    return output
+
+
+def summary(
+    frame: Any, loaded: LoadedModel, unit: str, skipped: list[tuple[Path, str]], seconds: float, output: Path
+) -> str:
+    """A few lines: how many inputs with what, counts per predicted class (or the values), agreement, skips, where."""
+    n = len(frame)
+    lines = [f"predicted {n} {unit} with {loaded.source} in {seconds:.1f} s"]
+    target = loaded.spec.get("target")
+    if "label" in frame:
+        counts = frame["label"].value_counts()
+        names = [str(c) for c in (loaded.spec.get("class_names") or counts.index)]
+        width = max(len(c) for c in [*names, "label"])
+        lines.append(f"  {'label':<{width}}  {'count':>7}  share")
+        lines += [f"  {c:<{width}}  {int(counts.get(c, 0)):>7}  {counts.get(c, 0) / n:5.1%}" for c in names]
+        if target and target in frame:
+            labelled = frame[target].notna()
+            if labelled.any():
+                hits = frame[target][labelled].astype(str) == frame["label"][labelled].astype(str)
+                lines.append(
+                    f"  accuracy against the '{target}' column: {hits.mean():.4f} on {int(labelled.sum())} rows"
+                )
+    elif "value" in frame:
+        v = frame["value"]
+        lines.append(f"  value: mean {v.mean():.4g}, min {v.min():.4g}, max {v.max():.4g}")
+        if target and target in frame:
+            truth = pd_numeric(frame[target])
+            ok = ~np.isnan(truth)
+            if ok.any():
+                mae = float(np.abs(truth[ok] - v.to_numpy()[ok]).mean())
+                lines.append(f"  mean absolute error against the '{target}' column: {mae:.4g} on {int(ok.sum())} rows")
+    if skipped:
+        lines.append(f"skipped {len(skipped)} file(s) that could not be read:")
+        lines += [f"  {path}: {reason}" for path, reason in skipped]
+    lines.append(f"predictions  {output}")
+    return "\n".join(lines)
+
+
+def pd_numeric(series: Any) -> np.ndarray:
+    import pandas as pd
+
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.predict",
+        description="Predict with a trained run on new images or table rows; writes a CSV of predictions.",
+    )
+    parser.add_argument("run", help="run folder (runs/NAME/version_N), experiment folder, .ckpt or .onnx file")
+    parser.add_argument("inputs", nargs="+", help="image files or folders, CSV/Parquet tables: what the model takes")
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default=None,
+        help="torch (the checkpoint, default) or onnx (model.onnx in onnxruntime)",
+    )
+    parser.add_argument("--ckpt_path", default=None, help="checkpoint to use instead of the run's best")
+    parser.add_argument(
+        "--output", default=None, help="predictions CSV (default: RUN/predictions.csv, never replacing one)"
+    )
+    parser.add_argument(
+        "--topk", type=int, default=1, help="classes (with probabilities) per input, best first (default 1)"
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=None, help="inputs per forward pass (default: 256 images, 4096 table rows)"
+    )
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: a GPU when there is one"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="fail on the first unreadable file instead of skipping it"
+    )
+    parser.add_argument(
+        "--unknown_categories",
+        choices=["error", "ignore"],
+        default="error",
+        help="tables: a category never seen in training is an error (default) or encoded as no category",
+    )
+    parser.add_argument("--keep", default=None, help="tables: comma-separated columns copied into the predictions")
+    parser.add_argument("--workers", type=int, default=4, help="threads decoding images (default 4)")
+    parser.add_argument(
+        "--trust_checkpoint",
+        action="store_true",
+        help="allow checkpoints that need code to load (only files you trust)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 done, 2 for anything the user can fix)."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    console.quiet()
+    if args.topk < 1 or (args.batch_size is not None and args.batch_size < 1) or args.workers < 1:
+        console.error("--topk, --batch_size and --workers must be at least 1")
+        return USAGE_ERROR
+    try:
+        predict(args)
+    except console.UsageError as err:
+        console.error(str(err))
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
