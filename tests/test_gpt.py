@@ -72,6 +72,14 @@ def test_gpt2_124m_preset_has_gpt2s_parameter_count() -> None:
     assert model.flops_per_token() == 6 * model.num_params() + 12 * 12 * 12 * 64 * 1024
 
 
+def test_hyperparameters_rebuild_the_model() -> None:
+    model = tiny_gpt(dropout=0.1)
+    # vocab_size and block_size are the task base's num_classes and input_shape: saved once, under their own names.
+    assert "num_classes" not in model.hparams and "input_shape" not in model.hparams
+    again = GPT(**model.hparams)
+    assert again.num_params() == model.num_params() and again.hparams == model.hparams
+
+
 def test_n_embd_must_divide_into_heads() -> None:
     with pytest.raises(ValueError, match=r"model.n_embd \(100\) must be divisible by model.n_head \(3\)"):
         GPT(vocab_size=10, block_size=8, n_layer=1, n_head=3, n_embd=100)

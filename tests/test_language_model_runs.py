@@ -365,3 +365,21 @@ def test_fine_tuning_uses_the_pretrained_models_tokenizer(
     assert "pretrained: loaded" in out
     tuned = torch.load(runs / "stdlib_gpt" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert tuned["tokenizer"] == torch.load(ckpt, weights_only=True)["tokenizer"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
+def test_gpu_precisions_report_tokens_per_second_mfu_and_memory(
+    precision: str, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.cuda.reset_peak_memory_stats()
+    size = ["--model.n_layer", "6", "--model.n_head", "6", "--model.n_embd", "384", "--data.block_size", "256",
+            "--data.batch_size", "32", "--trainer.max_steps", "60", "--trainer.val_check_interval", "60",
+            "--trainer.accelerator", "gpu", "--trainer.precision", precision]  # fmt: skip
+    code, _, err = run_launcher(lm_args(corpus, tmp_path / "runs", *size), capsys)
+    assert code == 0, err
+    acc = events(tmp_path / "runs" / "stdlib_gpt" / "version_0")
+    rate, mfu = acc.Scalars("perf/tokens_per_s")[-1].value, acc.Scalars("perf/mfu")[-1].value
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    print(f"{precision}: {rate:.0f} tokens/s, MFU {mfu:.3f}, peak memory {peak:.0f} MiB")
+    assert rate > 0 and 0 < mfu < 1
