@@ -229,9 +229,10 @@ class TextDataModule(L.LightningDataModule):
         elif self.url is not None:
             root = self.url_file()
             if not root.is_file():
+                why = " (data.download is false)" if not self.download else ""
                 raise DataError(
-                    f"text corpus missing: {root} (data.download is false). Download {self.url} to that file, or "
-                    "rerun with data.download true where the network is reachable"
+                    f"text corpus missing: {root}{why}. Download {self.url} to that file, or rerun with "
+                    "data.download true where the network is reachable"
                 )
             name, exclude = root.parent.name or root.stem, self.exclude or []
         else:

@@ -134,6 +134,9 @@ def test_summary_onnx_and_tokenizer_files(lm_run: Path) -> None:
     dims = onnx.load(str(run / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims] == ["batch", "sequence"]
     assert events(run).Scalars("onnx/max_abs_diff")[-1].value < 1e-4
+    from experiments.view import resolve_model
+
+    assert resolve_model(run) == run / "model.onnx"  # what `python -m experiments.view RUN` serves in Netron
     # The tokenizer as plain data: in the run folder and inside a checkpoint that loads with weights_only=True.
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     saved = json.loads((run / "tokenizer.json").read_text())

@@ -7,6 +7,7 @@ import time
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 
 
 class TextSamples(Callback):
@@ -15,6 +16,7 @@ class TextSamples(Callback):
 
     Active for models that generate (``generate_stream``) and know their tokenizer (``tokenizer``); rank 0 only,
     and not during the sanity check. The same prompt and seed every time, so samples differ only by the weights.
+    Under FSDP no sample is drawn: each process holds only a shard of the weights.
 
     Args:
         enabled: Log samples at all.
@@ -51,6 +53,8 @@ class TextSamples(Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if isinstance(trainer.strategy, FSDPStrategy):
             return
         if not callable(getattr(pl_module, "generate_stream", None)) or getattr(pl_module, "tokenizer", None) is None:
             return
