@@ -4,6 +4,8 @@ from datamodules.base import BatchLoader, InMemoryDataModule, Split
 from datamodules.digits import DigitsDataModule
 from datamodules.image_folder import ImageFolderDataModule
 from datamodules.tabular import BreastCancerDataModule, CSVDataModule, DiabetesDataModule, TabularDataModule
+from datamodules.text import TextDataModule
+from datamodules.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer
 from datamodules.vision import (
     CIFAR10DataModule,
     FashionMNISTDataModule,
@@ -12,7 +14,10 @@ from datamodules.vision import (
 )
 
 __all__ = [
+    "BPETokenizer",
     "BatchLoader",
+    "ByteTokenizer",
+    "CharTokenizer",
     "BreastCancerDataModule",
     "CIFAR10DataModule",
     "CSVDataModule",
@@ -24,5 +29,7 @@ __all__ = [
     "MNISTDataModule",
     "Split",
     "TabularDataModule",
+    "TextDataModule",
+    "Tokenizer",
     "TorchvisionImageDataModule",
 ]

@@ -239,6 +239,11 @@ class InMemoryDataModule(L.LightningDataModule):
         self._device_splits: dict[str, Split] = {}
         self._affine_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
+    def __str__(self) -> str:
+        # Lightning's own __str__ builds every dataloader (loading the data) to report their sizes; the launcher's
+        # config links format datamodules into their notes, long before the data should be read.
+        return f"{type(self).__name__}(batch_size={self.batch_size})"
+
     def load_splits(self) -> dict[str, Split]:
         """Read the data and return the three splits (called once, in :meth:`setup`)."""
         raise NotImplementedError

@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import CheckpointIO
 
-from experiments.callbacks import Dashboards, ONNXExport, SafeTensorBoardLogger
+from experiments.callbacks import Dashboards, ONNXExport, SafeTensorBoardLogger, TextSamples, Throughput
 from experiments.callbacks.checkpoint import ModelCheckpoint
 from experiments.callbacks.progress import AdaptiveProgressBar
 from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard
@@ -53,6 +53,9 @@ FORCED_CALLBACKS: dict[str, type] = {
     "freeze": FreezeSchedule,
     # NaN/inf loss stops the run; SIGINT/SIGTERM and errors save a resumable checkpoint; status.json in the run.
     "safety": FaultGuard,
+    # Language models: tokens/s and MFU in the progress bar and TensorBoard; a generated sample per validation.
+    "throughput": Throughput,
+    "samples": TextSamples,
 }
 
 
@@ -178,8 +181,17 @@ class ZeroTuneCLI(LightningCLI):
         )
         for key, cls in FORCED_CALLBACKS.items():
             parser.add_lightning_class_args(cls, key)
+        # Lightning annotates the batch limits as ``float | int``, so "--trainer.limit_val_batches 1" would parse as
+        # 1.0, the whole split; integers are batch counts, as Lightning means them ("0.25" stays a fraction).
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+            action = parser._option_string_actions.get(f"--trainer.{key}")
+            if action is not None and hasattr(action, "_typehint"):
+                action._typehint = int | float | None
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
+        # Language models: the tokenizer's vocabulary and the context length.
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.block_size", "model.init_args.block_size", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config

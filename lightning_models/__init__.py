@@ -4,6 +4,8 @@ from lightning_models.backprop import HandBackpropMLP
 from lightning_models.base import BinaryClassifierModule, ClassifierModule, RegressorModule, TaskModule
 from lightning_models.binary_mlp import BinaryMLP
 from lightning_models.cnn import SmallCNN
+from lightning_models.gpt import GPT
+from lightning_models.language_model import CausalLMModule
 from lightning_models.lenet import LeNet
 from lightning_models.linear import LinearRegression
 from lightning_models.mlp import MLPClassifier
@@ -13,7 +15,9 @@ from lightning_models.resnet import ResNet18Classifier
 __all__ = [
     "BinaryClassifierModule",
     "BinaryMLP",
+    "CausalLMModule",
     "ClassifierModule",
+    "GPT",
     "HandBackpropMLP",
     "LeNet",
     "LinearRegression",

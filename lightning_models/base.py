@@ -67,6 +67,14 @@ class TaskModule(L.LightningModule):
     #: probabilities), ``logit`` (one per sample: sigmoid gives the positive class's probability) or ``value``.
     output_kind: Literal["logits", "logit", "value"] = "value"
 
+    #: What the model predicts; callbacks that draw per-task figures read it (``classification``, ``regression``,
+    #: ``language_modeling``).
+    task: str = "classification"
+
+    #: ``__init__`` arguments a subclass fills from its own (a language model's ``vocab_size`` is its
+    #: ``num_classes``): not saved as hyperparameters, so ``load_from_checkpoint`` passes them once.
+    derived_hparams: tuple[str, ...] = ()
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -95,7 +103,7 @@ class TaskModule(L.LightningModule):
         if backbone_lr_factor <= 0:
             raise ValueError(f"model.backbone_lr_factor must be positive, got {backbone_lr_factor}")
         # Collects the arguments of every __init__ in the subclass chain.
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=list(self.derived_hparams))
         self.num_classes = int(num_classes)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.example_input_array = torch.zeros(2, *self.input_shape)
@@ -391,6 +399,7 @@ class BinaryClassifierModule(TaskModule):
 class RegressorModule(TaskModule):
     """Regressor: MSE loss; MSE, MAE and R2 metrics. ``num_classes`` is the number of regression targets."""
 
+    task = "regression"
     monitor = "val/loss"
     monitor_mode = "min"
 

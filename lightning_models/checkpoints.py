@@ -212,3 +212,39 @@ def readable_checkpoint(preferred: str | os.PathLike, *, trust: bool | None = No
         epoch, step = ckpt.get("epoch"), ckpt.get("global_step")
         return path, f"{problem}; resuming from {path} instead (epoch {epoch}, global step {step})"
     raise DataError(f"{problem}, and no other readable checkpoint is in {preferred.parent}")
+
+
+def model_from_checkpoint(path: str | os.PathLike, *, trust: bool | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a zerotune checkpoint was saved from, with its weights, through :func:`load_checkpoint`.
+
+    The class and its arguments come from the checkpoint's hyperparameters (LightningCLI stores the class path as
+    ``_class_path``); the model's ``on_load_checkpoint`` then restores what it keeps beside its weights (a language
+    model's tokenizer). The model is returned in eval mode on the CPU.
+
+    Returns:
+        The model and the checkpoint.
+
+    Raises:
+        DataError: an unreadable file, one without hyperparameters or a class, or weights that do not fit.
+    """
+    import importlib
+
+    checkpoint = load_checkpoint(path, trust=trust)
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    class_path = hparams.get("_class_path") if isinstance(hparams, Mapping) else None
+    if not class_path or "state_dict" not in checkpoint:
+        raise DataError(
+            f"'{path}' is not a checkpoint of a zerotune run (it names no model class); pass a .ckpt from a run "
+            "folder's checkpoints/"
+        )
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise DataError(f"'{path}' was saved from {class_path}, which cannot be imported here: {err}") from None
+    model = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    check_compatible(model, checkpoint["state_dict"], source=path)
+    model.load_state_dict(checkpoint["state_dict"])
+    if hasattr(model, "on_load_checkpoint"):
+        model.on_load_checkpoint(checkpoint)
+    return model.eval(), checkpoint

@@ -174,3 +174,72 @@ def write_titanic(path: str | Path, n: int = 400, seed: int = 0, rows: list[dict
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+SHAKESPEARE = """First Citizen:
+Before we proceed any further, hear me speak.
+
+All:
+Speak, speak.
+
+First Citizen:
+You are all resolved rather to die than to famish?
+
+All:
+Resolved. resolved.
+
+ROMEO:
+But, soft! what light through yonder window breaks?
+It is the east, and Juliet is the sun.
+
+"""
+
+
+def write_tinyshakespeare(root: str | Path, repeats: int = 30) -> Path:
+    """Write ``root/tinyshakespeare/input.txt`` as the Tiny Shakespeare download leaves it: plain UTF-8 text of
+    speaker lines and verse (here a few of its lines, repeated).
+
+    Returns:
+        The file.
+    """
+    path = Path(root) / "tinyshakespeare" / "input.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(SHAKESPEARE * repeats, encoding="utf-8")
+    return path
+
+
+CODE = '''import os
+
+
+def walk(root: str) -> list[str]:
+    """Every file under root."""
+    found = []
+    for folder, _, names in os.walk(root):
+        found += [os.path.join(folder, n) for n in names]
+    return found
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, n: int = 1) -> int:
+        self.count += n
+        return self.count
+'''
+
+
+def write_code_corpus(root: str | Path, n_files: int = 12, repeats: int = 3) -> Path:
+    """A folder of small Python files (``pkg_K/mod_K.py`` and ``top_0.py``), variants of :data:`CODE`, as a text
+    corpus on disk.
+
+    Returns:
+        ``root``.
+    """
+    root = Path(root)
+    for i in range(n_files):
+        folder = root / f"pkg_{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        body = (CODE.replace("walk", f"walk_{i}").replace("Counter", f"Counter{i}") + "\n") * repeats
+        (folder / f"mod_{i}.py").write_text(f"# module {i}\n" + body)
+    (root / "top_0.py").write_text(CODE * repeats)
+    return root

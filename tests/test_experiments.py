@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_launcher
-from fakedata import write_cifar10, write_mnist
+from fakedata import write_cifar10, write_mnist, write_tinyshakespeare
 
 from experiments.cli import CONFIG_DIR
 
@@ -33,6 +33,9 @@ FAST = [
     "1",
     "--trainer.num_sanity_val_steps",
     "0",
+    # Validate after the second step: at the end of the 2-batch epoch, and in step-based (language model) configs.
+    "--trainer.val_check_interval",
+    "2",
     "--data.batch_size",
     "4",
     "--data.eval_batch_size",
@@ -46,11 +49,13 @@ FAST = [
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder with fake MNIST, Fashion-MNIST and CIFAR-10 files for every config that reads ``data_dir``."""
+    """One folder with fake MNIST, Fashion-MNIST, CIFAR-10 and Tiny Shakespeare files for every config that reads
+    ``data_dir``."""
     root = tmp_path_factory.mktemp("data")
     write_mnist(root, n_train=60, n_test=20)
     write_mnist(root, n_train=60, n_test=20, fashion=True)
     write_cifar10(root, n_per_batch=12, n_test=20)
+    write_tinyshakespeare(root)
     return root
 
 

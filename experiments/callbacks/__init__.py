@@ -2,5 +2,15 @@
 
 from experiments.callbacks.dashboards import Dashboards, SafeTensorBoardLogger
 from experiments.callbacks.onnx_export import ONNXExport, ONNXExportResult, ONNXExportWarning
+from experiments.callbacks.text_samples import TextSamples
+from experiments.callbacks.throughput import Throughput
 
-__all__ = ["Dashboards", "ONNXExport", "ONNXExportResult", "ONNXExportWarning", "SafeTensorBoardLogger"]
+__all__ = [
+    "Dashboards",
+    "ONNXExport",
+    "ONNXExportResult",
+    "ONNXExportWarning",
+    "SafeTensorBoardLogger",
+    "TextSamples",
+    "Throughput",
+]

@@ -21,6 +21,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
+#: Tasks the figures are made for; models without a ``task`` attribute are judged by their targets' dtype.
+_FIGURE_TASKS = (None, "classification", "regression")
 #: Warnings torch.jit.trace raises for every Lightning model while TensorBoard draws its graph; nothing to act on.
 _GRAPH_NOISE = (
     r".*torch\.jit\.trace.* is deprecated.*",
@@ -65,7 +67,8 @@ class Dashboards(Callback):
     come from ``pl_module.predict_output`` when the module has it (argmax or sign of the logit otherwise). Under
     DDP every rank collects its own shard and rank 0 draws from the gathered whole, so the figures cover the whole
     validation split exactly as in one process. Does nothing without a TensorBoard logger, during the sanity check,
-    and for batches that are not ``(x, y)`` pairs of tensors.
+    for batches that are not ``(x, y)`` pairs of tensors, and for models whose ``task`` attribute names another
+    task (a language model's next-token "classes" are its whole vocabulary).
 
     Args:
         enabled: Draw the figures at all.
@@ -97,7 +100,7 @@ class Dashboards(Callback):
     # -- collecting ------------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
-        self._active = self._should_draw(trainer)
+        self._active = getattr(pl_module, "task", None) in _FIGURE_TASKS and self._should_draw(trainer)
 
     def on_validation_batch_end(
         self,

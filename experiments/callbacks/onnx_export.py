@@ -56,6 +56,7 @@ class ONNXExportResult:
         seconds: Wall time of the export (tracing, conversion, optimization, save).
         max_abs_diff: Largest ``|onnx - torch|`` over every output element and checked batch size.
         batch_sizes: Batch sizes run through onnxruntime.
+        other_shapes: Further dynamic axes checked at a second size, e.g. ``["sequence 32"]``.
         ok: Exported, valid, and within tolerance at every batch size.
         problem: Why ``ok`` is false, one line.
     """
@@ -65,6 +66,7 @@ class ONNXExportResult:
     seconds: float = 0.0
     max_abs_diff: float | None = None
     batch_sizes: list[int] = field(default_factory=list)
+    other_shapes: list[str] = field(default_factory=list)
     ok: bool = False
     problem: str = ""
 
@@ -76,25 +78,31 @@ def export_onnx(
     opset: int = 20,
     optimize: bool = True,
     metadata: Mapping[str, str] | None = None,
+    dynamic_axes: dict[int, str] | None = None,
 ) -> None:
     """Export ``model`` to one self-contained ONNX file with the torch.export-based exporter.
 
-    The input is named ``input`` and the output ``output``; axis 0 of both is the dynamic ``batch`` axis. The file
-    is written atomically. ``model`` must already be in eval mode on the CPU (BatchNorm in train mode cannot run
-    a batch of one, and dropout would make the graph random).
+    The input is named ``input`` and the output ``output``. Axis 0 is the dynamic ``batch`` axis, unless the model
+    declares its dynamic input axes as ``onnx_dynamic_axes`` (a language model: ``{0: "batch", 1: "sequence"}``).
+    The file is written atomically. ``model`` must already be in eval mode on the CPU (BatchNorm in train mode cannot
+    run a batch of one, and dropout would make the graph random).
 
     Args:
         model: The network; its ``forward`` takes one tensor.
-        example: An input batch with at least 2 samples (torch.export specializes sizes 0 and 1).
+        example: An input batch with at least 2 samples (torch.export specializes sizes 0 and 1), and at least 2
+            along every other dynamic axis.
         path: Destination ``.onnx`` file.
         opset: ONNX opset version.
         optimize: Run the ONNX optimizer (constant folding, BatchNorm folded into Conv: a smaller, clearer graph).
         metadata: Model-level ``metadata_props`` (see :func:`model_metadata`); its ``input`` entry also becomes
             the graph input's ``doc_string``, which Netron shows.
+        dynamic_axes: ``{axis: name}`` of the input's dynamic axes; default the model's ``onnx_dynamic_axes``, else
+            ``{0: "batch"}``.
 
     Raises:
         Exception: whatever the exporter raises; see :func:`failure_reason` for a one-line summary.
     """
+    axes = dict(dynamic_axes or getattr(model, "onnx_dynamic_axes", None) or {0: "batch"})
     with _quiet_exporter(), atomic_path(path) as tmp:
         program = torch.onnx.export(
             model,
@@ -102,8 +110,8 @@ def export_onnx(
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            # A named string axis becomes a dynamic dimension called "batch" in the ONNX graph.
-            dynamic_shapes=({0: "batch"},),
+            # A named string axis becomes a dynamic dimension of that name ("batch") in the ONNX graph.
+            dynamic_shapes=(axes,),
             opset_version=opset,
             optimize=optimize,
             report=False,
@@ -345,11 +353,20 @@ class ONNXExport(Callback):
                 "Is the batch axis fixed by the model (a reshape with a literal batch size)?"
             )
             return
+        # Every other dynamic axis (a language model's sequence) is checked at half its length too.
+        axes = getattr(model, "onnx_dynamic_axes", None) or {0: "batch"}
+        for axis, name in sorted(axes.items()):
+            if 0 < axis < x.dim() and x.shape[axis] >= 2:
+                short = x.narrow(axis, 0, x.shape[axis] // 2)
+                label = f"{name} {short.shape[axis]}"
+                diffs[label] = max(onnx_parity(path, model, short, [min(2, len(short))]).values())
+                result.other_shapes.append(label)
         result.max_abs_diff = max(diffs.values())
         worst = max(diffs, key=diffs.get)
         if result.max_abs_diff > self.atol:
             result.problem = (
-                f"ONNX output of {path.name} differs from PyTorch by {result.max_abs_diff:.3g} (batch {worst}), "
+                f"ONNX output of {path.name} differs from PyTorch by {result.max_abs_diff:.3g} "
+                f"({worst if isinstance(worst, str) else f'batch {worst}'}), "
                 f"more than onnx.atol={self.atol:g}"
             )
         else:
@@ -375,7 +392,7 @@ class ONNXExport(Callback):
         if result.path is None:
             line = f"onnx       not exported: {result.problem}"
         else:
-            sizes = "/".join(map(str, result.batch_sizes))
+            sizes = "/".join(map(str, result.batch_sizes)) + "".join(f", {s}" for s in result.other_shapes)
             if result.max_abs_diff is None:
                 check = "not checked"
             else:

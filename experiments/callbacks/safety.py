@@ -286,6 +286,11 @@ class FaultGuard(L.Callback):
         saved, save_error = None, None
         if self._should_save(trainer, exception, signum):
             path = _last_checkpoint_path(trainer)
+            ckpt = trainer.checkpoint_callback
+            if ckpt is not None and hasattr(ckpt, "last_model_path"):
+                # The checkpoint callback's own last.ckpt from now on: stopped before its first save (a language
+                # model's first validation), a resumed run would otherwise write last-v1.ckpt beside it.
+                ckpt.last_model_path = str(path)
             try:
                 trainer.save_checkpoint(path, weights_only=False)
                 saved = path

@@ -1,0 +1,256 @@
+"""Tokenizers for language models: bytes, characters, and byte-level BPE trained with the ``tokenizers`` library.
+
+Every tokenizer turns text into integer ids and back exactly, knows its vocabulary size and how many bytes of UTF-8
+text each token stands for (for bits per byte), and serializes to plain data (:meth:`Tokenizer.to_dict`: strings,
+numbers, lists), which is what checkpoints and run folders store. A checkpoint therefore loads with
+``weights_only=True`` and still brings its tokenizer along.
+
+* ``byte``: the 256 byte values, no training; any text, any language.
+* ``char``: the characters of the corpus, one id each (nanoGPT's ``shakespeare_char``).
+* ``bpe``: byte-level BPE (GPT-2's scheme) trained on the training split, with a chosen vocabulary size; any text
+  round-trips exactly, since unseen characters fall back to their bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from datamodules.errors import DataError
+
+TokenizerKind = Literal["byte", "char", "bpe"]
+
+
+class Tokenizer:
+    """Text to ids and back; subclasses implement the methods below."""
+
+    kind: str = ""
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct token ids (ids are ``0 .. vocab_size - 1``)."""
+        raise NotImplementedError
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text``, a 1-D integer array."""
+        raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids of several texts (faster than one by one where the backend batches)."""
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of ``ids``; incomplete or invalid UTF-8 byte sequences become U+FFFD."""
+        raise NotImplementedError
+
+    def token_bytes(self) -> list[int]:
+        """UTF-8 bytes each token id stands for, indexed by id."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that :func:`tokenizer_from_dict` turns back into an equal tokenizer."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A short hash of :meth:`to_dict`: equal for equal tokenizers."""
+        text = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class ByteTokenizer(Tokenizer):
+    """One token per byte of the UTF-8 encoding: 256 ids, nothing to train."""
+
+    kind = "byte"
+
+    @property
+    def vocab_size(self) -> int:
+        return 256
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self) -> list[int]:
+        return [1] * 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "byte"}
+
+
+class CharTokenizer(Tokenizer):
+    """One token per character of a fixed alphabet (the corpus's characters, sorted).
+
+    Args:
+        chars: The alphabet; id ``i`` is ``chars[i]``.
+    """
+
+    kind = "char"
+
+    def __init__(self, chars: str) -> None:
+        if not chars or len(set(chars)) != len(chars):
+            raise ValueError("a char tokenizer needs a non-empty alphabet without repeated characters")
+        self.chars = chars
+        self._ids = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def train(cls, texts: Iterable[str]) -> CharTokenizer:
+        """The sorted set of characters in ``texts``."""
+        seen: set[str] = set()
+        for text in texts:
+            seen.update(text)
+        return cls("".join(sorted(seen)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        try:
+            return np.fromiter((self._ids[c] for c in text), dtype=np.int32, count=len(text))
+        except KeyError as err:
+            raise ValueError(
+                f"character {err.args[0]!r} is not in this char tokenizer's alphabet of {len(self.chars)} characters "
+                "(the characters of its training corpus)"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def token_bytes(self) -> list[int]:
+        return [len(c.encode("utf-8")) for c in self.chars]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "char", "chars": self.chars}
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE (GPT-2's scheme) of the ``tokenizers`` library.
+
+    Args:
+        spec: The tokenizer in the ``tokenizers`` library's JSON format (``Tokenizer.to_str()``): one trained here,
+            or a downloaded ``tokenizer.json`` such as GPT-2's.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, spec: str) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.spec = spec
+        self._tok = HFTokenizer.from_str(spec)
+        # A BPE model adds tokens by merging; ids of tokens the library adds on top (special tokens) come last.
+        self._size = self._tok.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+        """Train a byte-level BPE of at most ``vocab_size`` tokens (256 bytes plus merges) on ``texts``."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        if vocab_size < 257:
+            raise ValueError(f"a BPE vocabulary needs more than the 256 byte tokens, got vocab_size {vocab_size}")
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=[],
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer)
+        return cls(tok.to_str())
+
+    @property
+    def vocab_size(self) -> int:
+        return self._size
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text).ids, dtype=np.int32)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.int32) for e in self._tok.encode_batch_fast(list(texts))]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_bytes(self) -> list[int]:
+        # A byte-level token's string spells one byte per character; added (special) tokens stand for no text.
+        added = {t.content for t in self._tok.get_added_tokens_decoder().values()}
+        tokens = [self._tok.id_to_token(i) or "" for i in range(self._size)]
+        return [0 if t in added else len(t) for t in tokens]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "bpe", "tokenizer": json.loads(self.spec)}
+
+
+def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
+    """The tokenizer :meth:`Tokenizer.to_dict` described; also accepts a ``tokenizers`` library ``tokenizer.json``.
+
+    Raises:
+        DataError: for data that describes no known tokenizer.
+    """
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "char" and isinstance(data.get("chars"), str):
+        return CharTokenizer(data["chars"])
+    if kind == "bpe" and isinstance(data.get("tokenizer"), dict):
+        return BPETokenizer(json.dumps(data["tokenizer"]))
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):  # the tokenizers library's own format
+        return BPETokenizer(json.dumps(data))
+    raise DataError(f"not a tokenizer description (expected kind byte, char or bpe): {str(data)[:80]}")
+
+
+def train_tokenizer(kind: TokenizerKind, texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+    """A tokenizer of ``kind`` fitted to ``texts`` (``byte`` ignores them; ``vocab_size`` is for ``bpe``)."""
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "char":
+        return CharTokenizer.train(texts)
+    if kind == "bpe":
+        return BPETokenizer.train(texts, vocab_size)
+    raise ValueError(f"tokenizer must be one of byte, char, bpe; got {kind!r}")
+
+
+class StreamDecoder:
+    """Turns tokens arriving one at a time into text that is safe to print as it comes.
+
+    A byte or BPE token can end in the middle of a multi-byte character; such a tail is held back until the
+    character is complete, so the printed stream equals the decoded whole.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._done = 0
+
+    def push(self, ids: Iterable[int]) -> str:
+        """Add tokens; return the new text that is complete."""
+        self._ids.extend(int(i) for i in ids)
+        text = self.tokenizer.decode(self._ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self._done = text[self._done :], len(text)
+        return new
+
+    def flush(self) -> str:
+        """The rest, incomplete characters included (as U+FFFD)."""
+        text = self.tokenizer.decode(self._ids)
+        new, self._done = text[self._done :], len(text)
+        return new

@@ -1,0 +1,233 @@
+"""Generate text with a trained language model, streaming it to the terminal as it is produced.
+
+    python -m experiments.generate RUN_DIR [--prompt "def "] [--max_new_tokens 200] [--temperature 0.8]
+        [--top_k 50] [--top_p 0.95] [--seed 0] [--num_samples 1] [--checkpoint best|last|PATH] [--device auto]
+
+``RUN_DIR`` is a run folder (``runs/stdlib_gpt/version_0``), an experiment folder (its newest run with a
+checkpoint) or a ``.ckpt`` file. The model is rebuilt from the checkpoint through the project's safe loader
+(``weights_only``; ``--trust_checkpoint true`` for files that need code to load) and uses the tokenizer stored in the
+checkpoint (or the run folder's ``tokenizer.json``). With a key/value cache each new token costs one position's
+forward pass (``--no_cache`` to compare). Sampling: ``--temperature`` scales the logits (0: always the most likely
+token), ``--top_k`` keeps the k most likely tokens, ``--top_p`` the smallest set whose probability reaches p.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from experiments import console
+
+USAGE_ERROR = 2
+
+
+def find_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """The checkpoint ``path`` names: a ``.ckpt`` file, or the best (``which="best"``) or last checkpoint of a run
+    folder, or of the newest run of an experiment folder that has one.
+
+    Raises:
+        console.UsageError: no such file or folder, or no checkpoint in it.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise console.UsageError(f"{path} does not exist: pass a run folder (runs/NAME/version_N) or a .ckpt file")
+    runs = [path] if (path / "checkpoints").is_dir() else []
+    versions = [p for p in path.glob("version_*") if p.name[8:].isdigit()]
+    runs += sorted(versions, key=lambda p: int(p.name[8:]), reverse=True)
+    for run in runs:
+        found = _run_checkpoint(run, which)
+        if found is not None:
+            return found
+    raise console.UsageError(
+        f"no checkpoint in {path}: a run saves checkpoints/*.ckpt as it trains; pass a run folder that trained "
+        "for at least one validation, or a .ckpt file"
+    )
+
+
+def _run_checkpoint(run: Path, which: str) -> Path | None:
+    folder = run / "checkpoints"
+    last = folder / "last.ckpt"
+    if which == "last":
+        return last if last.is_file() else None
+    status = run / "status.json"
+    if status.is_file():
+        try:
+            best = json.loads(status.read_text()).get("best_checkpoint")
+        except (OSError, ValueError):
+            best = None
+        if best and Path(best).is_file():
+            return Path(best)
+    best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return best[0] if best else (last if last.is_file() else None)
+
+
+def load_language_model(checkpoint: Path, trust: bool | None = None) -> Any:
+    """The language model saved in ``checkpoint``, with its tokenizer (from the checkpoint or the run folder).
+
+    Raises:
+        console.UsageError: a model that cannot generate, or no tokenizer anywhere.
+    """
+    from lightning_models.checkpoints import model_from_checkpoint
+
+    with console.user_errors():
+        model, _ = model_from_checkpoint(checkpoint, trust=trust)
+    if not callable(getattr(model, "generate_stream", None)):
+        raise console.UsageError(
+            f"{checkpoint} holds a {type(model).__name__}, which does not generate text; pass a language model's run"
+        )
+    if getattr(model, "tokenizer", None) is None:
+        saved = checkpoint.parent.parent / "tokenizer.json"
+        if not saved.is_file():
+            raise console.UsageError(
+                f"no tokenizer for {checkpoint}: the checkpoint holds none and there is no {saved}. Generation needs "
+                "the tokenizer the model was trained with; copy the run's tokenizer.json there"
+            )
+        from datamodules.tokenizer import tokenizer_from_dict
+
+        with console.user_errors():
+            model.set_tokenizer(tokenizer_from_dict(json.loads(saved.read_text())))
+    return model
+
+
+def generate_text(
+    model: Any,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    top_p: float | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+    on_text: Callable[[str], None] | None = None,
+    echo_prompt: bool = False,
+) -> str:
+    """Sample a continuation of ``prompt`` with ``model`` and its tokenizer; returns the new text.
+
+    Args:
+        model: A language model with ``generate_stream`` and ``tokenizer``.
+        prompt: Text to continue (at least one token, at most ``block_size``).
+        max_new_tokens: Tokens to generate.
+        temperature: Logit scale; 0 picks the most likely token.
+        top_k: Sample among the k most likely tokens.
+        top_p: Sample among the most likely tokens that make up probability ``top_p``.
+        seed: Seed of the sampling.
+        use_cache: Keep keys and values of earlier positions.
+        on_text: Called with each new piece of text as soon as it is complete (streaming).
+        echo_prompt: Pass the prompt to ``on_text`` first, once the settings have been checked.
+
+    Raises:
+        ValueError: an empty prompt, one longer than the model's context, characters the tokenizer lacks, or an
+            invalid sampling setting.
+    """
+    import torch
+
+    from datamodules.tokenizer import StreamDecoder
+
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(model.tokenizer.encode(prompt), dtype=torch.long, device=device).view(1, -1)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    decoder = StreamDecoder(model.tokenizer)
+    stream = model.generate_stream(ids, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+    first = next(stream, None)  # checks the prompt and the settings before anything is shown
+    emit = on_text or (lambda text: None)
+    if echo_prompt:
+        emit(prompt)
+    pieces = []
+    for token in itertools.chain([first] if first is not None else [], stream):
+        piece = decoder.push(token.view(-1).tolist())
+        if piece:
+            pieces.append(piece)
+            emit(piece)
+    pieces.append(decoder.flush())
+    emit(pieces[-1])
+    return "".join(pieces)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for a usage error)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.generate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("path", help="run folder (runs/NAME/version_N), experiment folder, or .ckpt file")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--max_new_tokens", type=int, default=200, help="tokens to generate (default 200)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="logit scale; 0: greedy (default 0.8)")
+    parser.add_argument("--top_k", type=int, default=50, help="sample among the k most likely tokens (default 50)")
+    parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass, e.g. 0.95 (default off)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--num_samples", type=int, default=1, help="independent samples (default 1)")
+    parser.add_argument("--checkpoint", default="best", help="best (default), last, or a .ckpt path")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
+    parser.add_argument("--no_cache", action="store_true", help="recompute every position for every token")
+    parser.add_argument(
+        "--trust_checkpoint",
+        type=lambda s: s.lower() in ("1", "true", "yes"),
+        default=False,
+        help="allow checkpoints that need arbitrary code to load (only for files you trust)",
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    console.quiet()
+    try:
+        return _generate(args)
+    except console.UsageError as err:
+        console.error(str(err))
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.num_samples < 1:
+        raise console.UsageError(f"--num_samples must be >= 1, got {args.num_samples}")
+    which = args.checkpoint if args.checkpoint in ("best", "last") else None
+    checkpoint = find_checkpoint(args.checkpoint if which is None else args.path, which or "best")
+    model = load_language_model(checkpoint, trust=args.trust_checkpoint)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    started = False
+
+    def show(text: str) -> None:
+        nonlocal started
+        if not started:  # the prompt and the settings passed their checks: say where the text comes from
+            print(f"# {type(model).__name__} from {checkpoint}", file=sys.stderr, flush=True)
+            started = True
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    for i in range(args.num_samples):
+        if i:
+            show("\n" + "-" * 40 + "\n")
+        try:
+            generate_text(
+                model,
+                args.prompt,
+                args.max_new_tokens,
+                args.temperature,
+                args.top_k,
+                args.top_p,
+                args.seed + i,
+                use_cache=not args.no_cache,
+                on_text=show,
+                echo_prompt=True,
+            )
+        except ValueError as err:
+            raise console.UsageError(str(err)) from None
+    show("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
