@@ -13,9 +13,11 @@ from conftest import run_launcher
 from pretrained_fixtures import QUIET, TINY_SHAPE, TINY_TEXT
 
 from datamodules.errors import DataError
+from experiments import merge_lora
 from experiments.callbacks.onnx_export import export_onnx, onnx_parity
 from lightning_models import GPT, LoRALinear, SequenceClassifier
 from lightning_models.checkpoints import load_checkpoint, model_from_checkpoint
+from lightning_models.finetune import load_pretrained
 
 SMALL = {"vocab_size": 50, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32}
 
@@ -143,6 +145,17 @@ def test_lora_adapters_only_checkpoints_load_resume_and_export(
     own = model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in ckpt["state_dict"].items())
     assert all(torch.equal(own[k], pre[k]) for k in pre if k in own)  # the frozen base, exactly as pre-trained
+
+    # Merged into plain weights: a model without adapters computes what the adapted one does.
+    assert merge_lora.main([str(run), "--out", str(tmp_path / "merged.safetensors")]) == 0
+    plain = GPT(**{k: v for k, v in model.hparams.items() if k in ("vocab_size", "block_size", "n_layer", "n_head",
+                                                                   "n_embd", "bias")}).eval()  # fmt: skip
+    report = load_pretrained(plain, tmp_path / "merged.safetensors")
+    assert len(report.loaded) == report.total and not any(isinstance(m, LoRALinear) for m in plain.modules())
+    best, _ = model_from_checkpoint(next((run / "checkpoints").glob("best-*.ckpt")))
+    x = torch.randint(0, 256, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), best(x), rtol=1e-5, atol=1e-5)
 
     code, out, err = run_launcher(["--resume", str(run), "--trainer.max_steps", "6"], capsys)
     assert code == 0, err[-3000:]
