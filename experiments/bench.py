@@ -418,7 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="docs/benchmark.md", help="Markdown file for the results ('' to skip)")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["startup", "accuracy", "onnx"], help="parts to leave out"
+        "--skip", nargs="*", default=[], choices=["startup", "accuracy", "onnx", "gpt"], help="parts to leave out"
+    )
+    parser.add_argument(
+        "--shakespeare",
+        default="data/tinyshakespeare/input.txt",
+        help="Tiny Shakespeare's input.txt for the GPT rows (the race against nanoGPT's CPU recipe needs it)",
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -486,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
             for batch, (eager, ort_rate) in onnx_inference(Case.from_config(name), work, args.seconds).items():
                 lines.append(f"| {name} | {batch} | {eager:.0f} | {ort_rate:.0f} | {ort_rate / eager:.2f}x |")
                 print(lines[-1], flush=True)
+    if "gpt" not in args.skip:
+        # Language models: tokens/s against a nanoGPT-style loop, and the race to 1.88 (experiments/bench_gpt.py).
+        from experiments import bench_gpt
+
+        lines += bench_gpt.section(args.seconds, work, args.shakespeare, skip=[])
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

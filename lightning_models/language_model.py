@@ -187,10 +187,33 @@ class CausalLMModule(TaskModule):
 
     # -- tokenizer ---------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        loads_pretrained = bool(self.hparams.get("pretrained")) and not self._weights_initialized
         super().setup(stage)
         tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
-        if tokenizer is not None:
-            self.set_tokenizer(tokenizer)
+        if tokenizer is None:
+            return
+        if loads_pretrained and self.trainer.ckpt_path is None:
+            self._check_pretrained_tokenizer(tokenizer)
+        self.set_tokenizer(tokenizer)
+
+    def _check_pretrained_tokenizer(self, tokenizer: Any) -> None:
+        """Refuse pre-trained weights that read another tokenizer's ids than this run's data holds.
+
+        Raises:
+            DataError: naming the file and the setting that makes the data use the model's own tokenizer.
+        """
+        from datamodules.errors import DataError
+        from datamodules.tokenizer import tokenizer_from_dict
+        from lightning_models.checkpoints import load_checkpoint
+
+        path = self.hparams.pretrained
+        saved = load_checkpoint(path)
+        saved = saved.get("tokenizer") if isinstance(saved, dict) else None
+        if saved and tokenizer_from_dict(saved) != tokenizer:
+            raise DataError(
+                f"model.pretrained '{path}' was trained with another tokenizer than this run's data uses, so its "
+                f"token ids would mean other text; pass --data.tokenizer_path {path} to tokenize with the model's own"
+            )
 
     def set_tokenizer(self, tokenizer: Any) -> None:
         """Use ``tokenizer`` (an object with ``vocab_size``, ``token_bytes()`` and ``to_dict()``) from now on.
