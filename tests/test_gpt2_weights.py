@@ -141,18 +141,24 @@ def test_a_gpt2_file_of_another_shape_fails_with_the_mismatch_message(tmp_path: 
     assert "shape mismatch: " in message and "h.0.attn.qkv.weight file [192, 64] vs model [96, 32]" in message
 
 
-def test_launcher_refuses_a_wrong_gpt2_file_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], runs_dir: Path
+@pytest.mark.parametrize("n_layer", [2, 3], ids=["fits", "another shape"])
+def test_launcher_fine_tunes_from_a_gpt2_file_or_refuses_it_in_one_line(
+    n_layer: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], runs_dir: Path
 ) -> None:
     corpus = write_code_corpus(tmp_path / "corpus")
-    save_file(hf_gpt2_state(**{**SMALL, "n_layer": 3}), str(tmp_path / "model.safetensors"))
+    save_file(hf_gpt2_state(**{**SMALL, "n_layer": n_layer, "vocab_size": 256}), str(tmp_path / "model.safetensors"))
     code, out, err = run_launcher(
         ["stdlib_gpt", "--runs_dir", str(runs_dir), "--data.path", str(corpus), "--data.tokenizer", "byte",
          "--data.block_size", "24", "--data.cache_dir", str(tmp_path / "tok"), "--model.n_layer", "2",
          "--model.n_head", "2", "--model.n_embd", "32", "--model.bias", "true", "--trainer.max_steps", "2",
-         "--model.pretrained", str(tmp_path / "model.safetensors")],
+         "--trainer.val_check_interval", "2", "--model.pretrained", str(tmp_path / "model.safetensors"),
+         "--onnx.enabled", "false", "--samples.enabled", "false", "--progress_bar.refresh_rate", "0"],
         capsys,
     )  # fmt: skip
+    if n_layer == 2:
+        assert code == 0, err[-2000:]
+        assert "pretrained: loaded 29/29 tensors" in out  # every tensor, the tied output layer included
+        return
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "not in model: h.2." in lines[0] and "Traceback" not in err, err[-2000:]
