@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import run_launcher
 from fakedata import write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from experiments.callbacks.attention_maps import attention_figure, attention_rollout
+from experiments.cli import CONFIG_DIR
 from lightning_models import ViT
 
 
@@ -89,3 +91,18 @@ def test_patch_size_that_does_not_divide_the_image_is_one_error_line(
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "patch_size 3 must divide the 8x8 images" in lines[0] and "2, 4, 8" in lines[0], err
+
+
+PRESETS = [("vit_tiny", 5_362_762), ("vit_mini", 1_205_898), ("vit_micro", 208_074)]
+
+
+@pytest.mark.parametrize(("preset", "params"), PRESETS)
+def test_vit_presets_are_timm_shaped_overlays(preset: str, params: int) -> None:
+    """Each preset overlays the CIFAR-10 experiment: its width, depth and heads, the experiment's patches and data."""
+    config = yaml.safe_load((CONFIG_DIR / "cifar10_vit.yaml").read_text())["model"]["init_args"]
+    overlay = yaml.safe_load((CONFIG_DIR / "presets" / f"{preset}.yaml").read_text())
+    assert set(overlay) == {"model"} and set(overlay["model"]["init_args"]) == {"n_layer", "n_head", "n_embd"}
+    model = ViT(input_shape=(3, 32, 32), num_classes=10, **{**config, **overlay["model"]["init_args"]})
+    assert sum(p.numel() for p in model.parameters()) == params
+    if preset == "vit_tiny":
+        assert (len(model.backbone.h), model.backbone.h[0].attn.n_head, model.head.in_features) == (12, 3, 192)
