@@ -305,17 +305,20 @@ def run(
     pretrain_steps: int = 1500,
     methods: list[str] | None = None,
     per_class: int = 64,
-    classify_too: bool = True,
+    parts: tuple[str, ...] = ("lm", "classify"),
     extra_lm: list[str] | None = None,
     extra_cls: list[str] | None = None,
 ) -> str:
-    """The whole demo; returns the report. ``extra_lm``/``extra_cls`` are launcher options added to the language
-    model runs (pre-training included) and to the classifier runs (tests make everything tiny with them)."""
+    """The whole demo; returns the report. ``parts`` picks the language-model and/or classification transfer;
+    ``extra_lm``/``extra_cls`` are launcher options added to the language model runs (pre-training included) and
+    to the classifier runs (tests make everything tiny with them)."""
     extra_lm, extra_cls = extra_lm or [], extra_cls or []
     weights = pretrained or pretrain(pretrain_steps, runs_dir, extra_lm)
-    lm = [finetune(m, s, weights, steps, runs_dir, extra_lm) for s in seeds for m in methods or list(METHODS)]
-    report = [f"pre-trained weights: {weights}", lm_report(lm, steps)]
-    if classify_too:
+    report = [f"pre-trained weights: {weights}"]
+    if "lm" in parts:
+        lm = [finetune(m, s, weights, steps, runs_dir, extra_lm) for s in seeds for m in methods or list(METHODS)]
+        report.append(lm_report(lm, steps))
+    if "classify" in parts:
         report.append(classify_report([classify(s, weights, per_class, runs_dir, extra_cls) for s in seeds], per_class))
     return "\n".join(report)
 
@@ -333,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning steps of every method")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="methods to run")
     parser.add_argument("--per_class", type=int, default=64, help="training snippets per class for classification")
-    parser.add_argument("--no_classify", action="store_true", help="skip the classification transfer")
+    parser.add_argument(
+        "--parts", nargs="+", choices=["lm", "classify"], default=["lm", "classify"],
+        help="the language-model transfer, the classification transfer, or both",
+    )  # fmt: skip
     parser.add_argument("--runs_dir", default="runs", help="root folder of the runs")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.steps < 1 or args.pretrain_steps < 1 or args.per_class < 1:
@@ -352,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             args.pretrain_steps,
             args.methods,
             args.per_class,
-            not args.no_classify,
+            tuple(args.parts),
         )
     except console.UsageError as err:
         console.error(str(err))

@@ -47,7 +47,13 @@ class LoRALinear(nn.Linear):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, r: int = 8, alpha: float = 16.0, dropout=0.0
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        r: int = 8,
+        alpha: float = 16.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self._add_adapter(r, alpha, dropout, self.weight.device, self.weight.dtype)
