@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint format bench transfer clean
+.PHONY: help install run test test-all lint format bench transfer finetune-demo clean
 
 help:  ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench: $(STAMP)  ## Throughput benchmark against plain PyTorch loops (writes doc
 
 transfer: $(STAMP)  ## Offline transfer demo: digits 0-4 -> 5-9 from a few images per class, fine-tuned vs from scratch
 	$(PY) -m experiments.transfer $(ARGS)
+
+finetune-demo: $(STAMP)  ## Pre-train a GPT on the standard library, fine-tune it on the held-out email package (full, partial, LoRA vs scratch)
+	$(PY) -m experiments.finetune_demo $(ARGS)
 
 clean:  ## Remove runs/, caches and the virtual environment
 	rm -rf runs .pytest_cache .ruff_cache $(VENV)

@@ -5,6 +5,7 @@ from datamodules.digits import DigitsDataModule
 from datamodules.image_folder import ImageFolderDataModule
 from datamodules.tabular import BreastCancerDataModule, CSVDataModule, DiabetesDataModule, TabularDataModule
 from datamodules.text import TextDataModule
+from datamodules.text_classification import TextClassificationDataModule
 from datamodules.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer
 from datamodules.vision import (
     CIFAR10DataModule,
@@ -29,6 +30,7 @@ __all__ = [
     "MNISTDataModule",
     "Split",
     "TabularDataModule",
+    "TextClassificationDataModule",
     "TextDataModule",
     "Tokenizer",
     "TorchvisionImageDataModule",

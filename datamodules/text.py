@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from datamodules.errors import DataError
-from datamodules.tokenizer import Tokenizer, TokenizerKind, tokenizer_from_dict, train_tokenizer
+from datamodules.tokenizer import Tokenizer, TokenizerKind, read_tokenizer, tokenizer_from_dict, train_tokenizer
 
 SPLITS = ("train", "val", "test")
 #: Packages of the standard-library corpus held out of pre-training by default (a fine-tuning target).
@@ -313,24 +313,7 @@ class TextDataModule(L.LightningDataModule):
         return {"kind": self.tokenizer_kind, "vocab_size": size}
 
     def _read_tokenizer_path(self) -> Tokenizer | None:
-        if self.tokenizer_path is None:
-            return None
-        path = Path(self.tokenizer_path)
-        if path.is_dir() and (path / "tokenizer.json").is_file():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            raise DataError(f"tokenizer not found: '{path}' (data.tokenizer_path); pass a tokenizer.json or a .ckpt")
-        if path.suffix == ".json":
-            try:
-                return tokenizer_from_dict(json.loads(path.read_text()))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise DataError(f"{path} is not a tokenizer file (not JSON: {err})") from None
-        from lightning_models.checkpoints import load_checkpoint
-
-        checkpoint = load_checkpoint(path)
-        if not isinstance(checkpoint, dict) or not checkpoint.get("tokenizer"):
-            raise DataError(f"checkpoint '{path}' holds no tokenizer (it was not trained on text by zerotune)")
-        return tokenizer_from_dict(checkpoint["tokenizer"])
+        return read_tokenizer(self.tokenizer_path) if self.tokenizer_path is not None else None
 
     def cache_folder(self) -> Path:
         """The cache folder of this corpus, tokenizer and split: ``cache_dir/<corpus>-<key>``."""

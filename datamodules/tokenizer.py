@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -215,6 +216,31 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     if isinstance(data, dict) and isinstance(data.get("model"), dict):  # the tokenizers library's own format
         return BPETokenizer(json.dumps(data))
     raise DataError(f"not a tokenizer description (expected kind byte, char or bpe): {str(data)[:80]}")
+
+
+def read_tokenizer(path: str | Path, setting: str = "data.tokenizer_path") -> Tokenizer:
+    """The tokenizer saved at ``path``: a run folder or its ``tokenizer.json``, a ``tokenizers`` library
+    ``tokenizer.json`` (GPT-2's), or a checkpoint of a model trained on text by zerotune.
+
+    Raises:
+        DataError: a missing file, or one that holds no tokenizer (``setting`` names the option in the message).
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "tokenizer.json").is_file():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise DataError(f"tokenizer not found: '{path}' ({setting}); pass a tokenizer.json or a .ckpt")
+    if path.suffix == ".json":
+        try:
+            return tokenizer_from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{path} is not a tokenizer file (not JSON: {err})") from None
+    from lightning_models.checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict) or not checkpoint.get("tokenizer"):
+        raise DataError(f"checkpoint '{path}' holds no tokenizer (it was not trained on text by zerotune)")
+    return tokenizer_from_dict(checkpoint["tokenizer"])
 
 
 def train_tokenizer(kind: TokenizerKind, texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:

@@ -24,7 +24,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import CheckpointIO
 
-from experiments.callbacks import Dashboards, ONNXExport, SafeTensorBoardLogger, TextSamples, Throughput
+from experiments.callbacks import (
+    AttentionMaps,
+    Dashboards,
+    ONNXExport,
+    SafeTensorBoardLogger,
+    TextSamples,
+    Throughput,
+)
 from experiments.callbacks.checkpoint import ModelCheckpoint
 from experiments.callbacks.progress import AdaptiveProgressBar
 from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard
@@ -56,6 +63,8 @@ FORCED_CALLBACKS: dict[str, type] = {
     # Language models: tokens/s and MFU in the progress bar and TensorBoard; a generated sample per validation.
     "throughput": Throughput,
     "samples": TextSamples,
+    # Vision Transformers: a validation image's attention (rollout and last layer's heads) every few epochs.
+    "attention": AttentionMaps,
 }
 
 

@@ -78,9 +78,14 @@ def load_state_dict_file(path: str | os.PathLike, *, trust: bool | None = None) 
         path: The file.
         trust: See :func:`load_checkpoint`.
 
+    A ``.safetensors`` file (Hugging Face's format: tensors only, no pickle) is read with the ``safetensors``
+    library and needs no trust.
+
     Raises:
         DataError: as :func:`load_checkpoint`, or when the file holds no mapping of names to tensors.
     """
+    if Path(path).suffix == ".safetensors":
+        return load_safetensors(path)
     obj = load_checkpoint(path, trust=trust)
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
     if isinstance(state, nn.Module):  # a trusted file holding a whole pickled model
@@ -90,6 +95,24 @@ def load_state_dict_file(path: str | os.PathLike, *, trust: bool | None = None) 
     tensors = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
     if not tensors:
         raise DataError(f"'{path}' holds no tensors: it is not a checkpoint or state_dict")
+    return tensors
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file, with the same one-line errors as :func:`load_checkpoint`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"weights file not found: '{path}'" if not path.exists() else f"'{path}' is not a file")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"cannot read '{path}': not a complete safetensors file ({first[:120]})") from None
+    if not tensors:
+        raise DataError(f"'{path}' holds no tensors")
     return tensors
 
 
@@ -119,10 +142,16 @@ class StateDictDiff:
 
 
 def compare_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> StateDictDiff:
-    """Compare ``state_dict`` with ``model.state_dict()`` key by key and shape by shape."""
+    """Compare ``state_dict`` with ``model.state_dict()`` key by key and shape by shape.
+
+    Keys the model names in ``optional_checkpoint_keys()`` (a LoRA model's frozen base, which adapters-only
+    checkpoints leave out) may be missing.
+    """
     own = model.state_dict()
+    optional = getattr(model, "optional_checkpoint_keys", None)
+    may_miss = optional() if callable(optional) else set()
     diff = StateDictDiff()
-    diff.missing = [k for k in own if k not in state_dict]
+    diff.missing = [k for k in own if k not in state_dict and k not in may_miss]
     diff.unexpected = [k for k in state_dict if k not in own]
     diff.mismatched = [
         (k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items() if k in own and v.shape != own[k].shape
@@ -218,8 +247,9 @@ def model_from_checkpoint(path: str | os.PathLike, *, trust: bool | None = None)
     """Rebuild the model a zerotune checkpoint was saved from, with its weights, through :func:`load_checkpoint`.
 
     The class and its arguments come from the checkpoint's hyperparameters (LightningCLI stores the class path as
-    ``_class_path``); the model's ``on_load_checkpoint`` then restores what it keeps beside its weights (a language
-    model's tokenizer). The model is returned in eval mode on the CPU.
+    ``_class_path``); the model's ``on_load_checkpoint`` restores what it keeps beside its weights (a language
+    model's tokenizer, a LoRA model's base weights) before the weights load. The model is returned in eval mode on
+    the CPU.
 
     Returns:
         The model and the checkpoint.
@@ -243,8 +273,9 @@ def model_from_checkpoint(path: str | os.PathLike, *, trust: bool | None = None)
     except (ImportError, AttributeError) as err:
         raise DataError(f"'{path}' was saved from {class_path}, which cannot be imported here: {err}") from None
     model = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-    check_compatible(model, checkpoint["state_dict"], source=path)
-    model.load_state_dict(checkpoint["state_dict"])
+    # Lightning's order: the model's hook sees the checkpoint first (a LoRA model fills in its base weights there).
     if hasattr(model, "on_load_checkpoint"):
         model.on_load_checkpoint(checkpoint)
+    check_compatible(model, checkpoint["state_dict"], source=path)
+    model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint

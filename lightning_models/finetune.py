@@ -70,7 +70,8 @@ def _short(names: list[str], limit: int = 6) -> str:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a zerotune/Lightning checkpoint (its ``state_dict``) or of a plain ``state_dict`` file.
+    """The tensors of a zerotune/Lightning checkpoint (its ``state_dict``), a plain ``state_dict`` file or a
+    ``.safetensors`` file.
 
     Read with ``weights_only=True`` (see :mod:`lightning_models.checkpoints`): a weights file from elsewhere cannot
     run code when it is loaded, unless the user passed ``--trust_checkpoint true``.
@@ -82,8 +83,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"model.pretrained: no such file '{path}'. Pass a zerotune checkpoint (.ckpt) or a PyTorch state_dict "
-            "file (.pt/.pth) that exists locally, or leave model.pretrained unset to train from scratch."
+            f"model.pretrained: no such file '{path}'. Pass a zerotune checkpoint (.ckpt), a PyTorch state_dict "
+            "file (.pt/.pth/.bin) or a .safetensors file that exists locally, or leave model.pretrained unset to "
+            "train from scratch."
         )
     return load_state_dict_file(path)
 
@@ -161,6 +163,9 @@ def load_pretrained(
         renames: Leading parts of file keys to rename first (see :func:`match_keys`).
     """
     source = read_state_dict(path)
+    convert = getattr(module, "convert_pretrained", None)
+    if callable(convert):  # the model maps a foreign layout (Hugging Face GPT-2) onto its own keys
+        source = convert(dict(source), str(path))
     own = module.state_dict()
     mapping, unused = match_keys(source, own, renames)
     report = LoadReport(str(path), total=len(own), unused=unused)

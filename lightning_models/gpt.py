@@ -18,10 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_models.language_model import CausalLMModule
+from lightning_models.peft import FinetuneMethods
 from lightning_models.transformer import TransformerBackbone, init_gpt2_weights
 
 
-class GPT(CausalLMModule):
+class GPT(FinetuneMethods, CausalLMModule):
     """Decoder-only causal language model.
 
     Args:
@@ -33,8 +34,14 @@ class GPT(CausalLMModule):
         dropout: Dropout on embeddings, attention weights and block outputs (0 for pre-training on much data).
         bias: Biases in linear layers and LayerNorms (GPT-2 has them; without is a little faster).
         activation_checkpointing: Recompute each block's activations in the backward pass (less memory).
-        **kwargs: Optimization and fine-tuning settings, see :class:`~lightning_models.language_model.CausalLMModule`.
+        **kwargs: Optimization settings, see :class:`~lightning_models.language_model.CausalLMModule`; fine-tuning
+            methods (``finetune``: full, partial, lora), see :class:`~lightning_models.peft.FinetuneMethods`.
     """
+
+    embedding_names = ("transformer.wte", "transformer.wpe")
+    blocks_name = "transformer.h"
+    #: Hugging Face GPT-2 files (``model.safetensors``, ``pytorch_model.bin``) load into ``self.transformer``.
+    hf_gpt2_prefix = "transformer."
 
     def __init__(
         self,
@@ -66,6 +73,7 @@ class GPT(CausalLMModule):
         # Weight tying (Press & Wolf, 2017): the output layer reads tokens off the input embedding.
         self.lm_head.weight = self.transformer.wte.weight
         init_gpt2_weights(self, n_layer)
+        self.setup_finetuning()
 
     def forward(self, idx: Tensor) -> Tensor:
         """``(B, T)`` token ids, ``T <= block_size`` -> ``(B, T, vocab_size)`` next-token logits."""

@@ -207,6 +207,8 @@ class CausalLMModule(TaskModule):
         from lightning_models.checkpoints import load_checkpoint
 
         path = self.hparams.pretrained
+        if str(path).endswith(".safetensors"):
+            return  # tensors only (a Hugging Face file): no tokenizer to compare; its own is data.tokenizer_path
         saved = load_checkpoint(path)
         saved = saved.get("tokenizer") if isinstance(saved, dict) else None
         if saved and tokenizer_from_dict(saved) != tokenizer:

@@ -16,6 +16,9 @@ sys.path.insert(0, str(ROOT))
 # small ops many times slower on two cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Session fixtures of the fine-tuning tests: a tiny pre-trained GPT, its corpus and a labelled text set.
+from pretrained_fixtures import code_corpus, labelled_csv, tiny_gpt_ckpt  # noqa: E402, F401
+
 
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:

@@ -175,6 +175,7 @@ def write_titanic(path: str | Path, n: int = 400, seed: int = 0, rows: list[dict
         writer.writerows(rows)
     return path
 
+
 SHAKESPEARE = """First Citizen:
 Before we proceed any further, hear me speak.
 

@@ -1,11 +1,13 @@
 """Callbacks every zerotune run has (registered in :data:`experiments.cli.FORCED_CALLBACKS`); each also works alone."""
 
+from experiments.callbacks.attention_maps import AttentionMaps
 from experiments.callbacks.dashboards import Dashboards, SafeTensorBoardLogger
 from experiments.callbacks.onnx_export import ONNXExport, ONNXExportResult, ONNXExportWarning
 from experiments.callbacks.text_samples import TextSamples
 from experiments.callbacks.throughput import Throughput
 
 __all__ = [
+    "AttentionMaps",
     "Dashboards",
     "ONNXExport",
     "ONNXExportResult",

@@ -329,18 +329,24 @@ class ONNXExport(Callback):
     # -- steps -----------------------------------------------------------------------------------------------------
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, result: ONNXExportResult) -> None:
         model, result.source = self._best_model(trainer, pl_module)
+        # A model may export a simplified equivalent (LoRA adapters merged); parity is checked against the model.
+        exported = model.export_module() if callable(getattr(model, "export_module", None)) else model
+        if exported is not model:
+            result.source += ", adapters merged"
         x = _validation_input(trainer, pl_module)
         spec = _input_spec(trainer)
         if spec and spec.get("kind") == "image":
             # The graph takes raw pixels: the validation batch back in uint8 (it was normalized from uint8).
+            merged = exported is not model
             model = with_input_front(model, spec)
+            exported = with_input_front(exported, spec) if merged else model
             x = _to_pixels(x, spec)
         metadata = model_metadata(spec, getattr(pl_module, "output_kind", "value"))
         # torch.export specializes sizes 0 and 1, so trace with two samples to keep the batch axis symbolic.
         example = x[:2] if x.shape[0] >= 2 else x.repeat(2, *([1] * (x.dim() - 1)))
         path = run_dir(trainer) / self.filename
         start = time.perf_counter()
-        export_onnx(model, example, path, opset=self.opset, optimize=self.optimize, metadata=metadata)
+        export_onnx(exported, example, path, opset=self.opset, optimize=self.optimize, metadata=metadata)
         result.seconds = time.perf_counter() - start
         result.path = path
         sizes = sorted({*self.batch_sizes, int(x.shape[0])})
