@@ -17,6 +17,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Decoded image folders are cached in a temporary folder, never in the user's ``~/.cache``."""
+    os.environ["ZEROTUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+
+
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:
     """A fresh runs root for one test."""
