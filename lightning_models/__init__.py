@@ -9,6 +9,7 @@ from lightning_models.linear import LinearRegression
 from lightning_models.mlp import MLPClassifier
 from lightning_models.mnist_cnn import MNISTCNN
 from lightning_models.resnet import ResNet18Classifier
+from lightning_models.resnet9 import ResNet9
 
 __all__ = [
     "BinaryClassifierModule",
@@ -21,6 +22,7 @@ __all__ = [
     "MNISTCNN",
     "RegressorModule",
     "ResNet18Classifier",
+    "ResNet9",
     "SmallCNN",
     "TaskModule",
 ]
