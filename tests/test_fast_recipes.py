@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -95,6 +96,7 @@ def test_fast_recipes_train_in_bf16_with_channels_last_weights(
     code, out, err = run_launcher(fast_args(name, data, tmp_path, "cpu"), capsys)
     assert code == 0, err[-2000:]
     assert "test/acc=" in out
+    assert re.search(r"^fit +\d+\.\d s, 1 epoch$", out, re.M), out  # the summary says how long training took
     result = launch(build_args(fast_args(name, data, tmp_path / "again", "cpu")))
     assert result.model.trainer.precision == "bf16-mixed"
     conv = next(m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d))

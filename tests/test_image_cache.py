@@ -163,3 +163,22 @@ def test_padded_crop_augmentation_of_image_folders(jpegs: Path, tmp_path: Path) 
         edges = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
         assert bool((edges - black.view(1, 3, 1)).abs().lt(1e-4).all(dim=1).any())
         assert any("RandomCrop" in type(t).__name__ for t in dm.sample_transform(train=True).transforms)
+
+
+def test_cache_mistakes_through_the_launcher_are_one_line(jpegs: Path, tmp_path: Path, capsys) -> None:
+    from conftest import run_launcher
+
+    base = [
+        "cifar10_fast",
+        "--data.root",
+        str(jpegs),
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--trainer.max_epochs",
+        "1",
+    ]
+    code, _, err = run_launcher([*base, "--data.cache_dir", str(jpegs / "cache")], capsys)
+    assert code == 2 and err.strip().count("\n") == 0
+    assert err.startswith(f"error: data.cache_dir {jpegs / 'cache'} lies inside the image folder {jpegs}")
+    code, _, err = run_launcher([*base, "--data.decode_threads", "0"], capsys)
+    assert code == 2 and "data.decode_threads must be >= 1" in err and err.strip().count("\n") == 0
