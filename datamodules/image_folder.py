@@ -1,8 +1,10 @@
 """Your own images, one folder per class (``root/CLASS/*.png``), in memory when they fit, else per sample.
 
 When the decoded dataset fits in ``max_memory_mb`` every image is decoded and resized once into one ``uint8``
-tensor and batches are augmented on the device; larger datasets go through torchvision transforms per sample in
-``DataLoader`` workers. Unreadable images are skipped with a warning naming them (or rejected).
+tensor, by a pool of threads on every core, cached outside the folder for the next run (see
+:mod:`datamodules.image_cache`), and batches are augmented on the device; larger datasets go through torchvision
+transforms per sample in ``DataLoader`` workers. Unreadable images are skipped with a warning naming them (or
+rejected).
 """
 
 from __future__ import annotations
@@ -20,20 +22,20 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms.functional import pil_to_tensor
 
+from datamodules.augment import random_crop_flip
 from datamodules.base import Split, split_indices
 from datamodules.errors import DataError
+from datamodules.image_cache import BAD_IMAGE_ERRORS, FileStamp, default_cache_dir, list_images, load_folder
 from datamodules.image_pipeline import ImagePipelineDataModule, SampleView
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: What PIL raises on unreadable, truncated or corrupt image files.
-BAD_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
-Item = tuple[Path, int]
+#: An image file and its class index.
+Item = tuple[str, int]
 
 
-def load_rgb(path: Path) -> Image.Image:
+def load_rgb(path: str | Path) -> Image.Image:
     """Decode one image file as RGB."""
     with Image.open(path) as img:
         return img.convert("RGB")
@@ -103,9 +105,16 @@ class ImageFolderDataModule(ImagePipelineDataModule):
             is ``None``.
         skip_bad_images: Skip unreadable images with a warning naming each; ``False`` raises instead.
         crop_scale: Area range of the random resized crop (training augmentation).
+        crop_padding: With ``augment``, a random crop of the image padded by this many black pixels (CIFAR's
+            standard shift) instead of the random resized crop; 0 keeps the resized crop.
         augment: Random resized crop (and flip, and ``rotation``/``scale``/``translate`` when set) of training
             images.
         hflip: Random horizontal flip, when ``augment``.
+        cache: Keep the decoded images of the in-memory pipeline in a cache file outside the folder, keyed on the
+            file list, sizes and modification times, so the next run of an unchanged folder skips decoding.
+        cache_dir: Folder of the cache files; ``None`` is ``$ZEROTUNE_CACHE_DIR``, else
+            ``$XDG_CACHE_HOME/zerotune``, else ``~/.cache/zerotune``. It must not lie inside an image folder.
+        decode_threads: Threads decoding the images; ``None`` uses every available core.
         **kwargs: ``mean``/``std`` (ImageNet's by default), ``num_workers``, batch size and seed: see
             :class:`~datamodules.image_pipeline.ImagePipelineDataModule`.
     """
@@ -125,11 +134,15 @@ class ImageFolderDataModule(ImagePipelineDataModule):
         max_memory_mb: float = 2048,
         skip_bad_images: bool = True,
         crop_scale: tuple[float, float] = (0.25, 1.0),
+        crop_padding: int = 0,
         augment: bool = True,
         hflip: bool = True,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        decode_threads: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(augment=augment, hflip=hflip, **kwargs)
+        super().__init__(augment=augment, hflip=hflip, crop_padding=crop_padding, **kwargs)
         if image_size < 1:
             raise ValueError(f"data.image_size must be >= 1, got {image_size}")
         held_out = (0 if val_dir else val_fraction) + (0 if test_dir else test_fraction)
@@ -139,6 +152,10 @@ class ImageFolderDataModule(ImagePipelineDataModule):
             raise ValueError("data.val_fraction/test_fraction must be positive unless data.val_dir/test_dir is given")
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"data.crop_scale must satisfy 0 < min <= max <= 1, got {list(crop_scale)}")
+        if crop_padding < 0:
+            raise ValueError(f"data.crop_padding must be >= 0, got {crop_padding}")
+        if decode_threads is not None and decode_threads < 1:
+            raise ValueError(f"data.decode_threads must be >= 1 (or null for every core), got {decode_threads}")
         self.root = root
         self.image_size = image_size
         self.val_fraction = val_fraction
@@ -149,8 +166,15 @@ class ImageFolderDataModule(ImagePipelineDataModule):
         self.max_memory_mb = max_memory_mb
         self.skip_bad_images = skip_bad_images
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.decode_threads = decode_threads
         self.input_shape = (3, image_size, image_size)
         self._items: dict[str, list[Item]] = {}
+        self._scans: dict[str, list[Item]] = {}
+        self._stamps: dict[str, list[FileStamp]] = {}
+        #: Whether each folder's images came from the cache in the last :meth:`load_splits` (folder -> hit).
+        self.cache_hits: dict[str, bool] = {}
 
     # -- listing ---------------------------------------------------------------------------------------------------
     @cached_property
@@ -187,6 +211,11 @@ class ImageFolderDataModule(ImagePipelineDataModule):
 
     def scan(self, folder: str) -> list[Item]:
         """``(path, class index)`` of every image file under ``folder/CLASS/``, sorted by class then name."""
+        if folder not in self._scans:
+            self._scans[folder] = self._scan(folder)
+        return self._scans[folder]
+
+    def _scan(self, folder: str) -> list[Item]:
         base = Path(folder)
         if not base.is_dir():
             raise DataError(f"image folder not found: {base}")
@@ -197,11 +226,14 @@ class ImageFolderDataModule(ImagePipelineDataModule):
         if unknown:
             raise DataError(f"{base} has class folder(s) {unknown} that {self.root} lacks; classes: {self.classes}")
         items: list[Item] = []
+        stamps: list[FileStamp] = []
         for name in self.classes:
-            files = sorted(p for p in (base / name).glob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+            files = list_images(base / name)
             if not files and base == Path(self.root):
                 raise DataError(f"class folder {base / name} has no images ({', '.join(IMG_EXTENSIONS)})")
-            items += [(p, index[name]) for p in files]
+            items += [(stamp.path, index[name]) for stamp in files]
+            stamps += files
+        self._stamps[folder] = stamps
         return items
 
     def split_items(self) -> dict[str, list[Item]]:
@@ -230,7 +262,7 @@ class ImageFolderDataModule(ImagePipelineDataModule):
                     raise DataError(f"{folder} has no images in class folders named like those of {self.root}")
         return splits
 
-    def _bad(self, path: Path, err: BaseException) -> None:
+    def _bad(self, path: str, err: BaseException | str) -> None:
         if not self.skip_bad_images:
             raise DataError(f"cannot decode image {path}: {err}; delete or replace the file") from None
         warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
@@ -246,23 +278,42 @@ class ImageFolderDataModule(ImagePipelineDataModule):
             self.per_sample = not in_memory
         super().setup(stage)
 
-    def decode(self, items: list[Item]) -> Split:
-        """Decode and resize every image once into ``(N, 3, S, S)`` uint8, skipping unreadable ones."""
-        resize = T.Resize((self.image_size, self.image_size))
-        x = torch.empty(len(items), *self.input_shape, dtype=torch.uint8)
-        labels, n = [], 0
-        for path, label in items:
-            try:
-                x[n] = pil_to_tensor(resize(load_rgb(path)))
-            except BAD_IMAGE_ERRORS as err:
-                self._bad(path, err)
-                continue
-            labels.append(label)
-            n += 1
-        return Split(x[:n].clone(), torch.tensor(labels, dtype=torch.long))
+    def _cache_dir(self) -> Path:
+        """The cache folder, refused when it lies inside one of the image folders (it would become a class)."""
+        cache_dir = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        for folder in filter(None, (self.root, self.val_dir, self.test_dir)):
+            if cache_dir.resolve().is_relative_to(Path(folder).resolve()):
+                raise DataError(
+                    f"data.cache_dir {cache_dir} lies inside the image folder {folder}; choose a folder outside it"
+                )
+        return cache_dir
 
     def load_splits(self) -> dict[str, Split]:
-        return {name: self.decode(items) for name, items in self._items.items()}
+        """Decode each folder once (or read it from the cache) and gather the splits' rows from it."""
+        folders = {"train": self.root, "val": self.val_dir or self.root, "test": self.test_dir or self.root}
+        cache_dir = self._cache_dir() if self.cache else None
+        decoded, rows = {}, {}
+        for folder in dict.fromkeys(folders.values()):
+            paths = [path for path, _ in self.scan(folder)]
+            decoded[folder] = load_folder(
+                folder, self._stamps[folder], self.image_size, cache_dir, cache=self.cache, threads=self.decode_threads
+            )
+            rows[folder] = {path: i for i, path in enumerate(paths)}
+            self.cache_hits[folder] = decoded[folder].cache_hit
+        splits = {}
+        for name, items in self._items.items():
+            folder = decoded[folders[name]]
+            index, labels = [], []
+            for path, label in items:
+                row = rows[folders[name]][path]
+                if row in folder.errors:
+                    self._bad(path, folder.errors[row])
+                    continue
+                index.append(row)
+                labels.append(label)
+            idx = torch.tensor(index, dtype=torch.long)
+            splits[name] = Split(folder.images.index_select(0, idx), torch.tensor(labels, dtype=torch.long))
+        return splits
 
     def readable(self, items: list[Item]) -> list[Item]:
         """Items whose file passes PIL's integrity check (header and, for PNG, the chunk checksums)."""
@@ -287,7 +338,10 @@ class ImageFolderDataModule(ImagePipelineDataModule):
     def sample_transform(self, train: bool) -> Any:
         size = (self.image_size, self.image_size)
         if train and self.augment:
-            steps: list[Any] = [T.RandomResizedCrop(size, scale=self.crop_scale)]
+            if self.crop_padding:
+                steps: list[Any] = [T.Resize(size), T.RandomCrop(size, padding=self.crop_padding)]
+            else:
+                steps = [T.RandomResizedCrop(size, scale=self.crop_scale)]
             if self.hflip:
                 steps.append(T.RandomHorizontalFlip())
             steps += self.affine_steps()
@@ -296,6 +350,10 @@ class ImageFolderDataModule(ImagePipelineDataModule):
         return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def train_transform(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        if self.augment and self.crop_padding:
+            # The padded crop on the uint8 batch, as the torchvision datasets' pipeline does it.
+            x = random_crop_flip(x, self.crop_padding, self.hflip, gen)
+            return self.affine_augment(self.normalize(x), gen)
         x = self.normalize(x)
         # Bilinear resampling is linear, so cropping the normalized batch equals normalizing the cropped one.
         if not self.augment:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -255,9 +256,17 @@ def launch(args: list[str]) -> RunResult:
         # Set on the trainer rather than passed to fit: the model sees it in setup() and does not load
         # model.pretrained weights that the checkpoint replaces anyway.
         trainer.ckpt_path = cli.ckpt_path
+        start = time.perf_counter()
         # An interrupt, a NaN loss or an error saves what can be resumed, marks the run and raises TrainingStopped.
         guarded(trainer, lambda: trainer.fit(model, datamodule=dm))
         trainer.ckpt_path = None
+        # For the summary: the whole fit, data setup, validation, checkpoints and the fit-end ONNX export included.
+        if not hasattr(trainer, "zerotune_summary"):
+            trainer.zerotune_summary = []
+        epochs = trainer.current_epoch
+        trainer.zerotune_summary.insert(
+            0, f"fit        {time.perf_counter() - start:.1f} s, {epochs} epoch{'' if epochs == 1 else 's'}"
+        )
         test_metrics: dict[str, float] = {}
         if cli.config.test_after_fit and not trainer.interrupted:
             ckpt = trainer.checkpoint_callback

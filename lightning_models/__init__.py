@@ -13,6 +13,7 @@ from lightning_models.mlp import MLPClassifier
 from lightning_models.mnist_cnn import MNISTCNN
 from lightning_models.peft import FinetuneMethods, LoRALinear
 from lightning_models.resnet import ResNet18Classifier
+from lightning_models.resnet9 import ResNet9
 from lightning_models.sequence_classifier import SequenceClassifier
 from lightning_models.vit import ViT
 
@@ -33,6 +34,7 @@ __all__ = [
     "RegressorModule",
     "ResNet18Classifier",
     "SequenceClassifier",
+    "ResNet9",
     "SmallCNN",
     "TaskModule",
     "ViT",

@@ -54,6 +54,8 @@ class TaskModule(L.LightningModule):
             the backbone and the rest become separate optimizer parameter groups named ``backbone`` and ``head``.
         compile: ``torch.compile`` the network's submodules in place when training starts (state_dict keys,
             checkpoints and ONNX export are unaffected).
+        channels_last: Store 4-D weights channels-last (NHWC) from setup on: oneDNN on the CPU and cuDNN's tensor
+            cores run convolutions faster in that layout (conv nets: about 2x on an AVX-512 CPU with bf16-mixed).
     """
 
     #: Leading parts of pre-trained file keys renamed before matching, e.g. ``{"fc.": "head."}`` for torchvision.
@@ -92,6 +94,7 @@ class TaskModule(L.LightningModule):
         pretrained_skip: list[str] | None = None,
         backbone_lr_factor: float = 1.0,
         compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -200,12 +203,16 @@ class TaskModule(L.LightningModule):
 
     # -- pre-trained weights, compilation, checkpoints ---------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Load ``pretrained`` weights once, before the first fit/validate/test of a model built from scratch.
+        """Switch to channels-last weights when asked; load ``pretrained`` weights once, before the first
+        fit/validate/test of a model built from scratch.
 
         Skipped when the trainer restores a checkpoint set through ``trainer.ckpt_path`` (the launcher's ``--resume``
         and ``--ckpt_path``) and for models made by ``load_from_checkpoint``. With ``trainer.fit(ckpt_path=...)``
         the weights are loaded here and then replaced by the checkpoint's.
         """
+        if self.hparams.get("channels_last"):
+            # Convolutions given channels-last weights produce channels-last outputs: the whole net follows.
+            self.to(memory_format=torch.channels_last)
         pretrained = self.hparams.get("pretrained")
         if pretrained and not self._weights_initialized and self.trainer.ckpt_path is None:
             from lightning_models.finetune import load_pretrained

@@ -20,6 +20,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pretrained_fixtures import code_corpus, labelled_csv, tiny_gpt_ckpt  # noqa: E402, F401
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Decoded image folders are cached in a temporary folder, never in the user's ``~/.cache``."""
+    os.environ["ZEROTUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+
+
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:
     """A fresh runs root for one test."""

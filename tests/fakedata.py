@@ -244,3 +244,22 @@ def write_code_corpus(root: str | Path, n_files: int = 12, repeats: int = 3) -> 
         (folder / f"mod_{i}.py").write_text(f"# module {i}\n" + body)
     (root / "top_0.py").write_text(CODE * repeats)
     return root
+
+
+def write_jpeg_folder(
+    root: str | Path, classes: list[str] | None = None, n_per_class: int = 6, size: int = 32, seed: int = 0
+) -> Path:
+    """Write ``root/CLASS/NNNN.jpg`` RGB JPEGs, the layout of the CIFAR-10 JPEG folders (``cat/0000.jpg``...).
+
+    Returns:
+        ``root``.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for k, name in enumerate(classes or CIFAR10_CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(blob_images(np.full(n_per_class, k % 10), size, 3, rng)):
+            Image.fromarray(img).save(root / name / f"{i:04d}.jpg", quality=90)
+    return root

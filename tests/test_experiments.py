@@ -1,7 +1,8 @@
 """Every named experiment config runs through the real launcher on tiny data, in-process.
 
 Configs are discovered with a glob (``_*.yaml`` are shared defaults, not experiments), so a new config is covered
-the moment it is added. Datasets that are read from ``data_dir`` get small fake files in the real on-disk formats.
+the moment it is added. Datasets that are read from ``data_dir`` get small fake files in the real on-disk formats;
+image-folder experiments get a folder of fake JPEGs laid out like the CIFAR-10 JPEG folder.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_launcher
-from fakedata import write_cifar10, write_mnist, write_tinyshakespeare
+from fakedata import write_cifar10, write_jpeg_folder, write_mnist, write_tinyshakespeare
 
 from experiments.cli import CONFIG_DIR
 
@@ -56,6 +57,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_mnist(root, n_train=60, n_test=20, fashion=True)
     write_cifar10(root, n_per_batch=12, n_test=20)
     write_tinyshakespeare(root)
+    write_jpeg_folder(root / "cifar10-train", n_per_class=4)
     return root
 
 
@@ -66,14 +68,15 @@ def datamodule_class(config: Path) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def takes_data_dir(cls: type) -> bool:
-    """Whether the class (or a base whose ``__init__`` it forwards to) accepts a ``data_dir`` argument."""
-    return any("data_dir" in inspect.signature(c.__init__).parameters for c in cls.__mro__ if "__init__" in vars(c))
+def takes(cls: type, arg: str) -> bool:
+    """Whether the class (or a base whose ``__init__`` it forwards to) accepts the argument ``arg``."""
+    return any(arg in inspect.signature(c.__init__).parameters for c in cls.__mro__ if "__init__" in vars(c))
 
 
 def test_configs_are_discovered() -> None:
     names = {p.stem for p in CONFIGS}
     assert {"mnist_mlp", "mnist_cnn", "mnist_cnn_classic", "cifar10_lenet", "cifar10_resnet18"} <= names
+    assert {"mnist_fast", "cifar10_fast", "cifar10_lenet_folder", "cifar10_resnet18_folder"} <= names
     assert {"tabular_regression", "binary_mlp", "digits_backprop"} <= names
     for path in CONFIGS:
         first = path.read_text().splitlines()[0]
@@ -86,8 +89,10 @@ def test_experiment_runs_on_tiny_data(
 ) -> None:
     runs = tmp_path / "runs"
     args = [config.stem, "--runs_dir", str(runs), *FAST]
-    if takes_data_dir(datamodule_class(config)):
+    if takes(datamodule_class(config), "data_dir"):
         args += ["--data.data_dir", str(data_dir), "--data.download", "false"]
+    if takes(datamodule_class(config), "root"):
+        args += ["--data.root", str(data_dir / "cifar10-train")]
     code, out, err = run_launcher(args, capsys)
     assert code == 0, f"{config.stem} failed:\n{err[-3000:]}"
 
