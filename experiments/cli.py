@@ -23,6 +23,7 @@ from lightning.pytorch.plugins import CheckpointIO
 
 from experiments.callbacks import Dashboards, ONNXExport, SafeTensorBoardLogger
 from experiments.callbacks.checkpoint import ModelCheckpoint
+from experiments.callbacks.early_stopping import EarlyStopping
 from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard
 from experiments.console import UsageError, explain_config_error, parser_options
 from experiments.files import atomic_write_text
@@ -43,6 +44,8 @@ FORCED_CALLBACKS: dict[str, type] = {
     "dashboards": Dashboards,
     # Off by default (unfreeze_at_epoch 0); --freeze.unfreeze_at_epoch N trains the head alone for N epochs.
     "freeze": FreezeSchedule,
+    # Off by default; --early_stopping.enabled true stops once the checkpoint's metric stops improving.
+    "early_stopping": EarlyStopping,
     # NaN/inf loss stops the run; SIGINT/SIGTERM and errors save a resumable checkpoint; status.json in the run.
     "safety": FaultGuard,
 }
@@ -63,6 +66,7 @@ class AtomicSaveConfig(SaveConfigCallback):
             if self.overwrite or resuming or not path.exists():
                 config = self.config.clone()
                 config.resume = None
+                config.version = None  # the folder this run got; a run started from this file gets its own
                 atomic_write_text(path, self.parser.dump(config, skip_unset=False))
         self.already_saved = trainer.strategy.broadcast(True)
 
@@ -120,6 +124,20 @@ class ZeroTuneCLI(LightningCLI):
             type=str,
             default="runs",
             help="Root folder of all runs (TensorBoard logs, checkpoints, config, ONNX).",
+        )
+        parser.add_argument(
+            "--version",
+            type=str | None,
+            default=None,
+            help="Name of this run's folder under RUNS_DIR/NAME (default: the next free version_N). An existing "
+            "folder is used only while it holds no run (no config.yaml).",
+        )
+        parser.add_argument(
+            "--auto_lr",
+            type=bool,
+            default=False,
+            help="Run the learning-rate range test first (python -m experiments.lr_find) and train at the rate "
+            "it suggests: the optimizer, the scheduler, config.yaml and the checkpoints all hold that rate.",
         )
         parser.add_argument(
             "--test_after_fit",
@@ -230,6 +248,16 @@ class ZeroTuneCLI(LightningCLI):
             self.run_dir = Path(cfg.resume)
             root, version = self.run_dir.parent.parent, self.run_dir.name
             cfg.name = self.run_dir.parent.name
+        elif cfg.get("version"):
+            # A folder named by the caller (e.g. a sweep's trial_N), the same on every rank.
+            version = cfg.version
+            self.run_dir = root / cfg.name / version
+            if (self.run_dir / "config.yaml").exists():
+                raise UsageError(
+                    f"--version {version}: {self.run_dir} already holds a run; pass another --version, or "
+                    f"--resume {self.run_dir} to continue it"
+                )
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         elif _is_global_zero():
             self.run_dir, version = allocate_run_dir(root, cfg.name)
             os.environ[RUN_VERSION_ENV] = str(version)
