@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint format bench transfer clean
+.PHONY: help install run test test-all lint format bench transfer sweep lr-find clean
 
 help:  ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ bench: $(STAMP)  ## Throughput benchmark against plain PyTorch loops (writes doc
 
 transfer: $(STAMP)  ## Offline transfer demo: digits 0-4 -> 5-9 from a few images per class, fine-tuned vs from scratch
 	$(PY) -m experiments.transfer $(ARGS)
+
+sweep: $(STAMP)  ## Hyperparameter study of an experiment (default digits_cnn, 20 TPE trials); e.g. ARGS="digits_cnn --workers 2"
+	$(PY) -m experiments.sweep $(ARGS)
+
+lr-find: $(STAMP)  ## Learning-rate range test: suggested rate, plot and the command that trains at it; e.g. ARGS="mnist_cnn"
+	$(PY) -m experiments.lr_find $(ARGS)
 
 clean:  ## Remove runs/, caches and the virtual environment
 	rm -rf runs .pytest_cache .ruff_cache $(VENV)

@@ -71,3 +71,20 @@ class SigintAtStep(L.Callback):
     ) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+class SigkillInRun(L.Callback):
+    """Kills this process with SIGKILL (as the OOM killer or a lost node would) in the run folder named ``folder``.
+
+    Args:
+        folder: Name of the run folder (e.g. a sweep's ``trial_2``) whose first training step ends the process.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.log_dir and Path(trainer.log_dir).name == self.folder:
+            os.kill(os.getpid(), signal.SIGKILL)
