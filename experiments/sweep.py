@@ -52,7 +52,7 @@ import yaml
 
 from experiments import console
 from experiments.console import UsageError
-from experiments.trials import LOCK_FILE, TRIAL_SETTINGS, spawn_workers, work
+from experiments.trials import LOCK_FILE, TRIAL_SETTINGS, spawn_workers, work, write_hparams_config
 
 SWEEPS_DIR = Path(__file__).resolve().parent / "sweeps"
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
@@ -93,6 +93,7 @@ class Sweep:
         seed: Seed of the sampler.
         trials: Trials the study runs to.
         max_epochs: The trials' ``trainer.max_epochs`` (Hyperband's largest budget).
+        monitor: The trials' checkpoint metric, whose best value each trial logs as ``hp_metric``.
     """
 
     experiment: str
@@ -108,6 +109,7 @@ class Sweep:
     seed: int = 0
     trials: int = DEFAULT_TRIALS
     max_epochs: int | None = None
+    monitor: str = "val/loss"
 
     def base_args(self) -> list[str]:
         """The launcher arguments that select the experiment."""
@@ -396,8 +398,9 @@ def make_sweep(name: str | None, opts: argparse.Namespace, overrides: list[str])
         raise UsageError(f"--sampler {sweep.sampler}: must be one of {', '.join(SAMPLERS)}")
     if sweep.pruner not in PRUNERS:
         raise UsageError(f"--pruner {sweep.pruner}: must be one of {', '.join(PRUNERS)}")
-    monitor, mode, sweep.max_epochs = check_with_launcher(sweep, source)
-    sweep.objectives = _objectives(objective if isinstance(objective, list) else [objective], monitor, mode)
+    sweep.monitor, mode, sweep.max_epochs = check_with_launcher(sweep, source)
+    given = objective if isinstance(objective, list) else [objective]
+    sweep.objectives = _objectives(given, sweep.monitor, mode)
     if len(sweep.objectives) > 1:
         if pruner_given not in (None, "none"):
             raise UsageError(
@@ -502,6 +505,7 @@ def start_study(sweep: Sweep, opts: argparse.Namespace) -> tuple[StudyRef, Any, 
         if sweep.trials != stored.trials:
             study.set_user_attr("zerotune", {**asdict(stored), "trials": sweep.trials})
     _write_pointer(ref)
+    write_hparams_config(ref.folder, sweep)
     return ref, study, created
 
 

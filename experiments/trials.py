@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from experiments.sweep import StudyRef, Sweep
 
 LOCK_FILE = ".sweep.lock"
+#: Event file with the study's description for TensorBoard's HParams tab (see :func:`write_hparams_config`).
+STUDY_EVENTS = "events.out.tfevents.0.study"
 #: Trials in a row that end with an error (not a pruned or diverged run) before a worker gives up.
 MAX_FAILURES_IN_A_ROW = 3
 #: Settings of every trial that shape what it learns (``best.yaml`` keeps them); the sweep's own settings win.
@@ -109,6 +112,7 @@ def run_trial(study: Any, trial: Any, sweep: Sweep, ref: StudyRef) -> TrialOutco
     params = SearchSpace.parse(sweep.space).suggest(trial)
     folder = ref.folder / f"trial_{trial.number}"
     folder.mkdir(parents=True, exist_ok=True)
+    write_hparams_config(folder, sweep)
     trial.set_user_attr("run_dir", str(folder))
     args = [
         *sweep.base_args(),
@@ -293,3 +297,40 @@ def spawn_workers(ref: StudyRef, workers: int, storage: str | None) -> int:
     if not bad:
         return 0
     return 130 if 130 in bad else 143 if 143 in bad else max(bad) if max(bad) in (1, 2) else 1
+
+
+def write_hparams_config(folder: Path, sweep: Sweep) -> None:
+    """Tell TensorBoard's HParams tab which hyperparameters the study searches and which metrics compare trials.
+
+    Every trial logs all of its hyperparameters, and TensorBoard takes the table's columns from the description
+    of whichever run it reads first. Written into the sweep folder and, before each trial starts, into the trial's
+    folder (as the first event file there), this description makes the columns the searched settings (by their
+    logged names, ``model/lr`` for ``model.lr``) and the metrics ``hp_metric`` (the best value of the monitored
+    metric) and the last ``val/loss``.
+    """
+    from tensorboard.plugins.hparams import summary_v2 as hp
+    from torch.utils.tensorboard import SummaryWriter
+
+    from experiments.search_space import SearchSpace
+
+    path = folder / STUDY_EVENTS
+    if path.exists():
+        return
+    hparams = []
+    for d in SearchSpace.parse(sweep.space).dims:
+        if d.kind == "choice":
+            values = [d.encode(c) if d.encoded else c for c in d.args]
+            same_type = len({type(v) for v in values}) == 1 and not isinstance(values[0], bool | type(None))
+            domain = hp.Discrete(values if same_type else [str(v) for v in values])
+        elif d.kind in ("int", "logint"):
+            domain = hp.IntInterval(int(d.args[0]), int(d.args[1]))
+        else:
+            domain = hp.RealInterval(float(d.args[0]), float(d.args[1]))
+        hparams.append(hp.HParam(d.key.replace(".init_args.", ".").replace(".", "/"), domain, display_name=d.key))
+    metrics = [hp.Metric("hp_metric", display_name=f"best {sweep.monitor}"), hp.Metric("val/loss")]
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        writer = SummaryWriter(tmp)
+        writer._get_file_writer().add_summary(hp.hparams_config_pb(hparams, metrics))
+        writer.close()
+        # Named to sort before the event files of the trial's run, whose first description TensorBoard keeps.
+        os.replace(next(Path(tmp).glob("events.out.tfevents.*")), path)
