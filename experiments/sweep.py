@@ -281,42 +281,48 @@ def _cli_classes() -> tuple[type, type]:
     return ParseOnly, BuildModel
 
 
-def check_with_launcher(sweep: Sweep, source: str) -> tuple[str, str, int | None]:
-    """Parse the trials' settings and build their models at every bound and choice of the space.
+def check_with_launcher(sweep: Sweep, sources: dict[str, str]) -> tuple[str, str, int | None]:
+    """Parse the trials' settings, and build their classes at every bound and choice of each searched setting.
+
+    Args:
+        sweep: The sweep to check.
+        sources: Where each searched setting was declared (the sweep file, or ``--param``), for the messages.
 
     Returns:
         The checkpoint's monitored metric, its mode, and ``trainer.max_epochs``.
 
     Raises:
-        UsageError: for a bad setting; one in the search space is named as such.
+        UsageError: for a bad setting; one of the search space names its source, key and value.
     """
     from experiments.run import make_cli
     from experiments.search_space import SearchSpace, format_value, launcher_args
 
     _, build = _cli_classes()
-    space = SearchSpace.parse(sweep.space, source)
+    space = SearchSpace.parse(sweep.space)
     fixed_keys = {a[2:].split("=", 1)[0] for a in sweep.fixed if a.startswith("--")}
     both = [k for k in space.keys if k in fixed_keys]
     if both:
-        raise UsageError(f"{source}: {', '.join(both)} is searched and also fixed; remove one of the two")
+        raise UsageError(f"search space: {', '.join(both)} is searched and also fixed; remove one of the two")
+    base = [*sweep.base_args(), *TRIAL_SETTINGS, *sweep.fixed]
     with _quiet_build():
-        cli = make_cli([*sweep.base_args(), *TRIAL_SETTINGS, *sweep.fixed], cli_class=build)
+        cli = make_cli(base, cli_class=build)
     devices = cli.config.trainer.devices
     if str(devices) not in ("1", "None"):
         raise UsageError(
             f"a sweep trains each trial on one device (trainer.devices is {devices}): use --workers N to run N "
             "trials at once, one per device"
         )
-    monitor, mode = cli.config.checkpoint.monitor, cli.config.checkpoint.mode
-    max_epochs = cli.config.trainer.max_epochs
-    for point in space.corner_points():
-        try:
-            with _quiet_build():
-                make_cli([*sweep.base_args(), *TRIAL_SETTINGS, *sweep.fixed, *launcher_args(point)], cli_class=build)
-        except UsageError as err:
-            shown = ", ".join(f"{k}={format_value(v)}" for k, v in point.items())
-            raise UsageError(f"{source}: {err} (trying {shown})") from None
-    return monitor, mode, max_epochs
+    for dim in space.dims:
+        for value in dim.corners():
+            try:
+                with _quiet_build():
+                    make_cli([*base, *launcher_args({dim.key: value})], cli_class=build)
+            except UsageError as err:
+                where = f"search space ({sources.get(dim.key, 'search space')})"
+                if f"--{dim.key}" in str(err):
+                    raise UsageError(f"{where}: {err}") from None
+                raise UsageError(f"{where}: {dim.key}={format_value(value)}: {err}") from None
+    return cli.config.checkpoint.monitor, cli.config.checkpoint.mode, cli.config.trainer.max_epochs
 
 
 @contextlib.contextmanager
@@ -362,6 +368,7 @@ def make_sweep(name: str | None, opts: argparse.Namespace, overrides: list[str])
 
         build_args([experiment])  # an unknown name fails here, with the list of valid ones
     space = dict(data.get("space") or {})
+    sources = {str(k): str(space_file) for k in space}
     for text in opts.param:
         key, sep, spec = text.partition("=")
         if not sep:
@@ -372,6 +379,7 @@ def make_sweep(name: str | None, opts: argparse.Namespace, overrides: list[str])
             raise UsageError(f"--param {text}: '{spec}' is not valid YAML") from None
         parse_dimension(key.strip(), parsed, "--param")
         space[key.strip().removeprefix("--")] = parsed
+        sources[key.strip().removeprefix("--")] = "--param"
     if not space:
         where = f"no {space_file}" if space_file is not None else "no sweep file"
         raise UsageError(
@@ -398,7 +406,7 @@ def make_sweep(name: str | None, opts: argparse.Namespace, overrides: list[str])
         raise UsageError(f"--sampler {sweep.sampler}: must be one of {', '.join(SAMPLERS)}")
     if sweep.pruner not in PRUNERS:
         raise UsageError(f"--pruner {sweep.pruner}: must be one of {', '.join(PRUNERS)}")
-    sweep.monitor, mode, sweep.max_epochs = check_with_launcher(sweep, source)
+    sweep.monitor, mode, sweep.max_epochs = check_with_launcher(sweep, sources)
     given = objective if isinstance(objective, list) else [objective]
     sweep.objectives = _objectives(given, sweep.monitor, mode)
     if len(sweep.objectives) > 1:

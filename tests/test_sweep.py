@@ -15,6 +15,7 @@ from conftest import ROOT, run_launcher
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from experiments import console
 from experiments.sweep import SWEEPS_DIR, main, make_sweep, parse_command
 
 # Tiny trials: 2 epochs of 4 training batches, validation on 2 batches (128 images).
@@ -244,6 +245,7 @@ def test_workers_creating_one_study_at_once_share_it(tmp_path: Path, backend: st
 
 @pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_sweep_file_is_valid(path: Path) -> None:
+    console.quiet()
     name, opts, rest = parse_command([path.stem])
     sweep_, source = make_sweep(name, opts, rest)
     assert source == str(path) and sweep_.space and sweep_.trials >= 1
@@ -335,6 +337,7 @@ def test_multi_objective_study_writes_each_pareto_optimal_config(
 def test_samplers_and_pruners_are_built_from_the_command(args: list[str], expected: tuple[str, str]) -> None:
     from experiments.studies import make_pruner, make_sampler
 
+    console.quiet()
     space = ["--space", "none", "--param", "model.lr={loguniform: [1e-4, 1e-1]}", "--param"]
     name, opts, rest = parse_command(["digits_cnn", *space, "model.dropout={uniform: [0, 0.5, 0.1]}", *args])
     sweep_, _ = make_sweep(name, opts, rest)
