@@ -175,10 +175,23 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _boot_id() -> str | None:
+    """This machine's boot id (Linux): tells two machines that share a host name apart."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def worker_identity() -> dict[str, Any]:
-    """This process as the owner of a trial: host, PID and the process's start time."""
+    """This process as the owner of a trial: host, boot, PID and the process's start time."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid)}
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "start": _process_start(pid)}
+
+
+def _here(owner: dict[str, Any]) -> bool:
+    """Whether ``owner`` ran on this machine (since its last boot), where its process can be looked up."""
+    return owner.get("host") == socket.gethostname() and owner.get("boot") == _boot_id()
 
 
 def _alive(owner: dict[str, Any]) -> bool:
@@ -200,7 +213,7 @@ def is_dead(trial: FrozenTrial, now: float, stale_after: float = STALE_AFTER_SEC
     if owner is None:
         # Owners are recorded right after a trial is created; one without for this long lost its worker.
         return "its worker stopped before recording itself" if now - started > stale_after else None
-    if owner.get("host") == socket.gethostname() and not _alive(owner):
+    if _here(owner) and not _alive(owner):
         return f"its worker (process {owner.get('pid')} on {owner.get('host')}) is gone"
     beat = float(trial.user_attrs.get(HEARTBEAT_ATTR, started))
     if now - beat > stale_after:

@@ -573,8 +573,9 @@ def report(ref: StudyRef, sweep: Sweep, seconds: float | None = None) -> str:
     failed = states[TrialState.FAIL] - interrupted
     lines = ["", "=" * 72]
     took = f" in {_duration(seconds)}" if seconds is not None else ""
+    done = states[TrialState.COMPLETE] + states[TrialState.PRUNED] + failed
     lines.append(
-        f"study      {ref.name}: {states[TrialState.COMPLETE] + states[TrialState.PRUNED] + failed} of {sweep.trials} "
+        f"study      {ref.name}: {done} of {sweep.trials} "
         f"trials{took} ({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, {failed} failed"
         + (f", {interrupted} interrupted" if interrupted else "")
         + (f", {states[TrialState.RUNNING]} running" if states[TrialState.RUNNING] else "")
@@ -621,7 +622,9 @@ def report(ref: StudyRef, sweep: Sweep, seconds: float | None = None) -> str:
     from experiments.studies import shown_url
 
     lines.append(f"dashboard  {dash} {shlex.quote(shown_url(ref.url))} --host 127.0.0.1")
-    if sweep.sampler != "grid":
+    if done < sweep.trials:
+        lines.append(f"continue   {python} -m experiments.sweep --resume {folder}")
+    elif sweep.sampler != "grid":
         lines.append(f"more       {python} -m experiments.sweep --resume {folder} --trials {sweep.trials + 10}")
     lines.append("=" * 72)
     text = "\n".join(lines)
