@@ -211,7 +211,6 @@ def work(ref: StudyRef, sweep: Sweep, rank: int | None = None) -> int:
         study_name=ref.name, storage=storage, sampler=make_sampler(sweep, stream), pruner=make_pruner(sweep)
     )
     failures = 0
-    best: float | None = _best_value(study, sweep)
     while True:
         try:
             with _lock(ref):
@@ -224,10 +223,7 @@ def work(ref: StudyRef, sweep: Sweep, rank: int | None = None) -> int:
         except KeyboardInterrupt:
             return 130  # between trials: nothing was running
         outcome = run_trial(study, trial, sweep, ref)
-        if outcome.values and outcome.state == "complete" and len(sweep.objectives) == 1:
-            better = best is None or (outcome.values[0] > best) == (sweep.objectives[0][1] == "maximize")
-            best = outcome.values[0] if better else best
-        print(outcome.line(sweep, best), flush=True)
+        print(outcome.line(sweep, _best_value(study, sweep)), flush=True)  # the study's best, all workers
         if outcome.state == "interrupted":
             return outcome.exit_code or 130
         failures = failures + 1 if outcome.error else 0
@@ -275,9 +271,10 @@ def spawn_workers(ref: StudyRef, workers: int, storage: str | None) -> int:
         command += ["--_threads", str(threads)]
         if storage is not None:
             env["ZEROTUNE_SWEEP_STORAGE"] = storage
-        procs.append(subprocess.Popen(command, env=env))
+        # In a session of their own: Ctrl+C reaches this process only, which passes it on once to each worker.
+        procs.append(subprocess.Popen(command, env=env, start_new_session=True))
 
-    def forward(signum: int, frame: Any) -> None:
+    def forward(signum: int, frame: Any = None) -> None:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
@@ -289,8 +286,8 @@ def spawn_workers(ref: StudyRef, workers: int, storage: str | None) -> int:
                 codes = [p.wait() for p in procs]
                 break
             except KeyboardInterrupt:
-                # Ctrl+C reached the workers too: each saves and marks its trial; wait for them to finish.
-                continue
+                # Each worker stops its trial after the batch (a second Ctrl+C: at once) and marks it interrupted.
+                forward(signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
     bad = [c for c in codes if c != 0]
