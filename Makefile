@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint format bench transfer finetune-demo clean
+.PHONY: help install run test test-all lint format bench transfer finetune-demo sweep lr-find clean
 
 help:  ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,6 +44,12 @@ transfer: $(STAMP)  ## Offline transfer demo: digits 0-4 -> 5-9 from a few image
 
 finetune-demo: $(STAMP)  ## Pre-train a GPT on the standard library, fine-tune it on the held-out email package (full, partial, LoRA vs scratch)
 	$(PY) -m experiments.finetune_demo $(ARGS)
+
+sweep: $(STAMP)  ## Hyperparameter study of an experiment (default digits_cnn, 20 TPE trials); e.g. ARGS="digits_cnn --workers 2"
+	$(PY) -m experiments.sweep $(ARGS)
+
+lr-find: $(STAMP)  ## Learning-rate range test: suggested rate, plot and the command that trains at it; e.g. ARGS="mnist_cnn"
+	$(PY) -m experiments.lr_find $(ARGS)
 
 clean:  ## Remove runs/, caches and the virtual environment
 	rm -rf runs .pytest_cache .ruff_cache $(VENV)

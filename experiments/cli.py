@@ -33,6 +33,7 @@ from experiments.callbacks import (
     Throughput,
 )
 from experiments.callbacks.checkpoint import ModelCheckpoint
+from experiments.callbacks.early_stopping import EarlyStopping
 from experiments.callbacks.progress import AdaptiveProgressBar
 from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard
 from experiments.console import UsageError, explain_config_error, parser_options
@@ -58,6 +59,8 @@ FORCED_CALLBACKS: dict[str, type] = {
     "dashboards": Dashboards,
     # Off by default (unfreeze_at_epoch 0); --freeze.unfreeze_at_epoch N trains the head alone for N epochs.
     "freeze": FreezeSchedule,
+    # Off by default; --early_stopping.enabled true stops once the checkpoint's metric stops improving.
+    "early_stopping": EarlyStopping,
     # NaN/inf loss stops the run; SIGINT/SIGTERM and errors save a resumable checkpoint; status.json in the run.
     "safety": FaultGuard,
     # Language models: tokens/s and MFU in the progress bar and TensorBoard; a generated sample per validation.
@@ -83,6 +86,7 @@ class AtomicSaveConfig(SaveConfigCallback):
             if self.overwrite or resuming or not path.exists():
                 config = self.config.clone()
                 config.resume = None
+                config.version = None  # the folder this run got; a run started from this file gets its own
                 atomic_write_text(path, self.parser.dump(config, skip_unset=False))
             describe = getattr(trainer.datamodule, "input_spec", None)
             if callable(describe):
@@ -150,6 +154,20 @@ class ZeroTuneCLI(LightningCLI):
             type=str,
             default="runs",
             help="Root folder of all runs (TensorBoard logs, checkpoints, config, ONNX).",
+        )
+        parser.add_argument(
+            "--version",
+            type=str | None,
+            default=None,
+            help="Name of this run's folder under RUNS_DIR/NAME (default: the next free version_N). An existing "
+            "folder is used only while it holds no run (no config.yaml).",
+        )
+        parser.add_argument(
+            "--auto_lr",
+            type=bool,
+            default=False,
+            help="Run the learning-rate range test first (python -m experiments.lr_find) and train at the rate "
+            "it suggests: the optimizer, the scheduler, config.yaml and the checkpoints all hold that rate.",
         )
         parser.add_argument(
             "--test_after_fit",
@@ -281,6 +299,20 @@ class ZeroTuneCLI(LightningCLI):
             version = int(number) if number.isdigit() else version
             cfg.name = self.run_dir.parent.name
             if _is_global_zero():
+                write_status(self.run_dir, "starting")
+        elif cfg.get("version"):
+            # A folder named by the caller (e.g. a sweep's trial_N), the same on every rank.
+            version = str(cfg.version)
+            if version in (".", "..") or any(sep and sep in version for sep in ("/", os.sep, os.altsep, "\0")):
+                raise UsageError(f"--version {version!r} must be one folder name, such as trial_3 (no '/' or '..')")
+            self.run_dir = root / cfg.name / version
+            if _is_global_zero():
+                if (self.run_dir / "config.yaml").exists():
+                    raise UsageError(
+                        f"--version {version}: {self.run_dir} already holds a run; pass another --version, or "
+                        f"--resume {self.run_dir} to continue it"
+                    )
+                self.run_dir.mkdir(parents=True, exist_ok=True)
                 write_status(self.run_dir, "starting")
         elif _is_global_zero():
             try:

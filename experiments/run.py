@@ -12,6 +12,7 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from experiments import console
 if TYPE_CHECKING:
     import lightning as L
 
+    from experiments.cli import ZeroTuneCLI
+
 DEFAULT_EXPERIMENT = "digits_cnn"
 USAGE_ERROR = 2
 USAGE = "python -m experiments.run [NAME] [--key value ...]"
@@ -31,6 +34,9 @@ FULL_HELP = """All options. Besides the trainer, model, data and callback settin
     --list              list the named experiments and exit
     --resume RUN_DIR    continue an interrupted run in its own folder, from its last checkpoint, with the config
                         saved there; options after it override that config; --force if its status says running
+    --version NAME      name of the run folder under RUNS_DIR/NAME (default: the next free version_N)
+    --auto_lr true      run the learning-rate range test first and train at the rate it suggests
+    --early_stopping.enabled true  stop once the validation metric stops improving (--early_stopping.patience N)
     --model.help CLASS  every argument of a model class, e.g. --model.help lightning_models.SmallCNN
                         (likewise --data.help datamodules.DigitsDataModule)"""
 
@@ -229,33 +235,60 @@ def run(args: list[str]) -> int:
     return 0
 
 
-def launch(args: list[str]) -> RunResult:
-    """Parse ``args``, fit (resuming when asked), test the best checkpoint, print the summary; return the result.
+def make_cli(
+    args: list[str], callbacks: Sequence[L.Callback] = (), cli_class: type[ZeroTuneCLI] | None = None
+) -> ZeroTuneCLI:
+    """Parse ``args`` and build the run: model, datamodule, trainer (with ``callbacks`` added), run folder.
+
+    Args:
+        args: Launcher arguments (see :func:`build_args`).
+        callbacks: Callback objects added to the trainer without appearing in the config.
+        cli_class: A :class:`~experiments.cli.ZeroTuneCLI` subclass to build with (e.g. one that only checks).
 
     Raises:
-        TrainingStopped: the run was interrupted or failed; it has said so and marked its run folder.
+        UsageError: for a bad setting, with one line naming it.
     """
-    from experiments.callbacks.safety import guarded, mark_completed, mark_stopped
     from experiments.cli import ZeroTuneCLI
-    from experiments.summary import finish_run
 
     # The arguments are passed explicitly; hiding argv keeps LightningCLI from warning that both are set.
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         with console.user_errors(config=True):
-            cli = ZeroTuneCLI(
+            return (cli_class or ZeroTuneCLI)(
                 args=args,
                 run=False,
                 parser_kwargs={"description": FULL_HELP, "formatter_class": _HelpFormatter, "usage": USAGE},
+                trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
             )
     finally:
         sys.argv = argv
+
+
+def launch(args: list[str], callbacks: Sequence[L.Callback] = ()) -> RunResult:
+    """Parse ``args``, fit (resuming when asked), test the best checkpoint, print the summary; return the result.
+
+    Args:
+        args: Launcher arguments (see :func:`build_args`).
+        callbacks: Callback objects added to the trainer without appearing in the config (e.g. a sweep's trial
+            reporter).
+
+    Raises:
+        TrainingStopped: the run was interrupted or failed; it has said so and marked its run folder.
+    """
+    from experiments.callbacks.safety import guarded, mark_completed, mark_stopped
+    from experiments.summary import finish_run
+
+    cli = make_cli(args, callbacks)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     # An interrupt outside fit and test (which report their own) still leaves one line and an honest status.
     with mark_stopped(trainer), console.user_errors():
         # Set on the trainer rather than passed to fit: the model sees it in setup() and does not load
         # model.pretrained weights that the checkpoint replaces anyway.
         trainer.ckpt_path = cli.ckpt_path
+        if cli.config.get("auto_lr"):
+            from experiments.lr_find import apply_auto_lr
+
+            apply_auto_lr(cli)
         start = time.perf_counter()
         # An interrupt, a NaN loss or an error saves what can be resumed, marks the run and raises TrainingStopped.
         guarded(trainer, lambda: trainer.fit(model, datamodule=dm))

@@ -23,15 +23,22 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def log_hparams(trainer: L.Trainer, model: L.LightningModule, test_metrics: dict[str, float]) -> float | None:
+def log_hparams(
+    trainer: L.Trainer, model: L.LightningModule, test_metrics: dict[str, float], best_value: float | None = None
+) -> float | None:
     """Write the hparams event with ``hp_metric`` (best monitored value) and the test metrics as its metrics.
 
     Lightning writes no hparams event when ``default_hp_metric=False``, so the call is made here, explicitly,
     once the best value is known. Returns the best monitored value.
+
+    Args:
+        best_value: The best monitored value, when the checkpoint callback does not know it yet (a run stopped
+            inside a validation hook, before the checkpoint callback saw that epoch).
     """
-    ckpt = trainer.checkpoint_callback
-    best = ckpt.best_model_score if ckpt is not None else None
-    best_value = float(best) if best is not None else None
+    if best_value is None:
+        ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_score if ckpt is not None else None
+        best_value = float(best) if best is not None else None
     logger = trainer.logger
     if logger is None:
         return best_value

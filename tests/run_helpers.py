@@ -130,3 +130,20 @@ class PauseAt(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             self._pause("on_train_epoch_end")
+
+
+class SigkillInRun(L.Callback):
+    """Kills this process with SIGKILL (as the OOM killer or a lost node would) in the run folder named ``folder``.
+
+    Args:
+        folder: Name of the run folder (e.g. a sweep's ``trial_2``) whose first training step ends the process.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.log_dir and Path(trainer.log_dir).name == self.folder:
+            os.kill(os.getpid(), signal.SIGKILL)

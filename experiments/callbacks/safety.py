@@ -54,6 +54,24 @@ class TrainingStopped(Exception):
         self.outcome = outcome
 
 
+class CleanStop(Exception):
+    """Raised by a callback to end a fit on purpose, e.g. a sweep pruning its trial.
+
+    The fault guard marks the run folder with ``state`` and the message, saves no checkpoint and prints no
+    traceback; the launcher ends with ``exit_code``.
+
+    Args:
+        message: One line saying why the run stopped.
+        state: The ``status.json`` state, e.g. ``pruned``.
+        exit_code: The process exit code to end with.
+    """
+
+    def __init__(self, message: str, state: str = "stopped", exit_code: int = 0) -> None:
+        super().__init__(message)
+        self.state = state
+        self.exit_code = exit_code
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, permissions); the previous file at that path is intact."""
 
@@ -271,6 +289,11 @@ class FaultGuard(L.Callback):
         """Save what can be resumed, set :attr:`outcome` and mark the run folder."""
         run_dir = _run_dir(trainer)
         where = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        if isinstance(exception, CleanStop):
+            self.outcome = Outcome(exception.state, str(exception), "", exception.exit_code)
+            if run_dir is not None and trainer.is_global_zero:
+                write_status(run_dir, exception.state, reason=str(exception), **where)
+            return
         if isinstance(exception, _USER_ERRORS):
             # The launcher prints these as usage errors; the folder still says why the run stopped.
             if run_dir is not None and trainer.is_global_zero:
@@ -435,7 +458,7 @@ def report(outcome: Outcome) -> None:
         import traceback
 
         traceback.print_exception(outcome.exception, file=sys.stderr)
-    label = "interrupted" if outcome.state == "interrupted" else "error"
+    label = "error" if outcome.state == "failed" else outcome.state
     end_progress_line()
     print(f"{label}: {outcome.message}", file=sys.stderr)
     if outcome.hint:
@@ -457,6 +480,8 @@ def mark_completed(trainer: L.Trainer, test_metrics: Mapping[str, float] | None 
         global_step=trainer.global_step,
         best_checkpoint=best,
         test_metrics=metrics,
+        # What callbacks add, e.g. the early-stopping epoch and reason.
+        **getattr(trainer, "zerotune_status", {}),
     )
 
 

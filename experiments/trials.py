@@ -1,0 +1,333 @@
+"""Running a sweep's trials: each one a launcher run in its own folder, one progress line each, N at once.
+
+A worker takes trials from the study until it holds the number asked for: it fails (and queues again) the trials
+of workers that died, asks the study for the next point, runs it through :func:`experiments.run.launch` with
+everything the run prints sent to ``trial_N/output.log``, and tells the study how it ended (complete, pruned or
+failed). ``--workers N`` starts N such workers as processes, each with its share of the CPU cores or its own GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from experiments import console
+from experiments.console import UsageError
+
+if TYPE_CHECKING:
+    from experiments.sweep import StudyRef, Sweep
+
+LOCK_FILE = ".sweep.lock"
+#: Event file with the study's description for TensorBoard's HParams tab (see :func:`write_hparams_config`).
+STUDY_EVENTS = "events.out.tfevents.0.study"
+#: Trials in a row that end with an error (not a pruned or diverged run) before a worker gives up.
+MAX_FAILURES_IN_A_ROW = 3
+#: Settings of every trial that shape what it learns (``best.yaml`` keeps them); the sweep's own settings win.
+TRIAL_SETTINGS = ["--early_stopping.enabled", "true", "--trainer.devices", "1"]
+#: Settings of trials only (``best.yaml`` runs with the experiment's): one line per trial instead of a progress
+#: bar, no ONNX export or image dashboards, and no test: trials are compared on validation only.
+TRIAL_ONLY = [
+    "--trainer.enable_progress_bar",
+    "false",
+    "--onnx.enabled",
+    "false",
+    "--dashboards.enabled",
+    "false",
+    "--test_after_fit",
+    "false",
+]
+
+
+@dataclass
+class TrialOutcome:
+    """How one trial ended, for its progress line and the worker's loop."""
+
+    number: int
+    state: str  # complete, pruned, failed, diverged, interrupted
+    values: list[float] | None
+    params: dict[str, Any]
+    seconds: float
+    note: str = ""
+    exit_code: int = 0
+    error: bool = False  # a usage error or a bug (counts towards MAX_FAILURES_IN_A_ROW)
+
+    def line(self, sweep: Sweep, best: float | None) -> str:
+        from experiments.search_space import format_value
+
+        metric = sweep.objectives[0][0]
+        label = self.state if not self.note or self.state != "pruned" else self.note
+        shown = "  ".join(f"{k}={format_value(v)}" for k, v in self.params.items())
+        if self.values:
+            value = "  ".join(f"{m} {v:.4f}" for (m, _), v in zip(sweep.objectives, self.values, strict=False))
+        else:
+            value = f"{metric} -"
+        best_text = f"  (best {best:.4f})" if best is not None and len(sweep.objectives) == 1 else ""
+        line = f"trial {self.number:>3}  {label:<17} {value}{best_text}  {self.seconds:6.1f}s  {shown}"
+        if self.state in ("failed", "diverged", "interrupted") and self.note:
+            line += f"\n           {self.note}"
+        return line
+
+
+@contextlib.contextmanager
+def captured(path: Path) -> Iterator[None]:
+    """Send everything the process prints (Python and C level) to ``path`` while the block runs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(path, "a", buffering=1) as log:
+        saved = (os.dup(1), os.dup(2))
+        streams = (sys.stdout, sys.stderr)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        sys.stdout = sys.stderr = log
+        try:
+            yield
+        finally:
+            log.flush()
+            sys.stdout, sys.stderr = streams
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_trial(study: Any, trial: Any, sweep: Sweep, ref: StudyRef) -> TrialOutcome:
+    """Run ``trial`` as a launcher run in ``SWEEP_DIR/trial_N`` and tell the study how it ended."""
+    from optuna.trial import TrialState
+
+    from experiments.callbacks.trial import PARAMS, TrialReporter
+    from experiments.search_space import SearchSpace, launcher_args
+    from experiments.studies import Heartbeat, fail_interrupted
+
+    params = SearchSpace.parse(sweep.space).suggest(trial)
+    folder = ref.folder / f"trial_{trial.number}"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_hparams_config(folder, sweep)
+    trial.set_user_attr("run_dir", str(folder))
+    args = [
+        *sweep.base_args(),
+        *TRIAL_SETTINGS,
+        *TRIAL_ONLY,
+        *sweep.fixed,
+        *launcher_args(params),
+        *["--runs_dir", str(ref.folder.parent), "--name", ref.folder.name, "--version", folder.name],
+    ]
+    reporter = TrialReporter(trial, sweep.objectives, pruner=sweep.pruner if sweep.pruner != "none" else "")
+    outcome = TrialOutcome(trial.number, "complete", None, params, 0.0)
+    start = time.monotonic()
+    log = folder / "output.log"
+    with Heartbeat(trial), captured(log):
+        model = _launch(args, reporter, outcome)
+    outcome.seconds = time.monotonic() - start
+    metric = sweep.objectives[0][0]
+    if outcome.state == "complete":
+        values = [
+            float(sum(p.numel() for p in model.parameters())) if m == PARAMS else reporter.best.get(m)
+            for m, _ in sweep.objectives
+        ]
+        if None in values:
+            outcome.state, outcome.exit_code, outcome.error = "failed", 2, True
+            outcome.note = f"no finite {metric} was logged (does the run validate?)"
+        else:
+            outcome.values = values
+    if outcome.state in ("failed", "diverged"):
+        outcome.note += f" (log: {log})"
+    if outcome.state == "complete":
+        study.tell(trial, outcome.values)
+    elif outcome.state == "pruned":
+        outcome.values = [reporter.best[metric]] if metric in reporter.best else None
+        study.tell(trial, state=TrialState.PRUNED)
+    elif outcome.state == "interrupted":
+        fail_interrupted(study, study._storage.get_trial(trial._trial_id), outcome.note)
+    else:
+        trial.set_user_attr("error", outcome.note)
+        study.tell(trial, state=TrialState.FAIL)
+    return outcome
+
+
+def _launch(args: list[str], reporter: Any, outcome: TrialOutcome) -> Any:
+    """Run the trial's launcher run; set how it ended on ``outcome``; return the trained model (``None`` if none).
+
+    Ends: ``complete``; ``pruned``; ``interrupted`` (Ctrl+C, SIGTERM); ``diverged`` (a NaN loss: a result of its
+    parameters, counted like any trial); ``failed`` with ``error`` set (a usage error, exit code 2, or a bug, 1).
+    """
+    from experiments.callbacks.safety import TrainingStopped
+    from experiments.run import launch
+
+    try:
+        return launch(args, callbacks=[reporter]).model
+    except TrainingStopped as stop:
+        how = stop.outcome
+        outcome.note, outcome.exit_code = how.message, how.exit_code
+        if how.state == "pruned":
+            epoch = re.search(r"epoch (\d+)", how.message)
+            outcome.state, outcome.note = "pruned", f"pruned at epoch {epoch.group(1)}" if epoch else "pruned"
+        elif how.state == "interrupted":
+            outcome.state = "interrupted"
+        elif how.exception is None and how.exit_code != 2:
+            outcome.state, outcome.exit_code = "diverged", 0
+        else:
+            outcome.state, outcome.error = "failed", True
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        outcome.state, outcome.note, outcome.exit_code, outcome.error = "failed", str(err), 2, True
+    except KeyboardInterrupt:
+        outcome.state, outcome.note, outcome.exit_code = "interrupted", "interrupted (Ctrl+C)", 130
+    except Exception as err:  # noqa: BLE001 - a bug in one trial is reported and the sweep goes on
+        traceback.print_exc()
+        outcome.state, outcome.note, outcome.exit_code = "failed", f"{type(err).__name__}: {err}", 1
+        outcome.error = True
+    return None
+
+
+def work(ref: StudyRef, sweep: Sweep, rank: int | None = None) -> int:
+    """Run trials of the study until it has ``sweep.trials``; returns the exit code (0, 1, 2, 130 or 143).
+
+    Args:
+        ref: The study.
+        sweep: Its settings.
+        rank: This worker's number among ``--workers`` (``None`` for a sweep run in one process).
+    """
+    import optuna
+
+    from experiments.studies import WORKER_ATTR, counted, make_pruner, make_sampler, open_storage, reap, worker_identity
+
+    storage = open_storage(ref.url)
+    n_before = len(optuna.load_study(study_name=ref.name, storage=storage).trials)
+    # The seed alone for a fresh single-process study (reproducible); other streams of it for other workers and
+    # for a resumed study, which would otherwise draw its first points again.
+    stream = 0 if rank is None and n_before == 0 else 1 + n_before * 1000 + (rank or 0)
+    study = optuna.load_study(
+        study_name=ref.name, storage=storage, sampler=make_sampler(sweep, stream), pruner=make_pruner(sweep)
+    )
+    failures = 0
+    while True:
+        try:
+            with _lock(ref):
+                for number, reason in reap(study):
+                    print(f"trial {number:>3}  failed: {reason}; its parameters are queued to run again", flush=True)
+                if counted(study) >= sweep.trials:
+                    return 0
+                trial = study.ask()
+                trial.set_user_attr(WORKER_ATTR, worker_identity())
+        except KeyboardInterrupt:
+            return 130  # between trials: nothing was running
+        outcome = run_trial(study, trial, sweep, ref)
+        print(outcome.line(sweep, _best_value(study, sweep)), flush=True)  # the study's best, all workers
+        if outcome.state == "interrupted":
+            return outcome.exit_code or 130
+        failures = failures + 1 if outcome.error else 0
+        if failures >= MAX_FAILURES_IN_A_ROW:
+            console.error(f"{failures} trials in a row failed, the last with: {outcome.note}")
+            return outcome.exit_code or 1
+
+
+@contextlib.contextmanager
+def _lock(ref: StudyRef) -> Iterator[None]:
+    from experiments.studies import file_lock
+
+    with file_lock(ref.folder / LOCK_FILE):
+        yield
+
+
+def _best_value(study: Any, sweep: Sweep) -> float | None:
+    if len(sweep.objectives) != 1:
+        return None
+    try:
+        return float(study.best_value)
+    except ValueError:
+        return None
+
+
+def spawn_workers(ref: StudyRef, workers: int, storage: str | None) -> int:
+    """Run ``workers`` worker processes on this machine, each with its share of the cores (or its own GPU)."""
+    import torch
+
+    import experiments
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // workers)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in range(gpus))).split(",")
+    root = str(Path(experiments.__file__).resolve().parent.parent)
+    procs = []
+    for rank in range(workers):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        # The workers import this very checkout of zerotune, wherever they are started from.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = visible[rank % len(visible)]
+        command = [sys.executable, "-m", "experiments.sweep", "--resume", str(ref.folder), "--_worker", str(rank)]
+        command += ["--_threads", str(threads)]
+        if storage is not None:
+            env["ZEROTUNE_SWEEP_STORAGE"] = storage
+        # In a session of their own: Ctrl+C reaches this process only, which passes it on once to each worker.
+        procs.append(subprocess.Popen(command, env=env, start_new_session=True))
+
+    def forward(signum: int, frame: Any = None) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                codes = [p.wait() for p in procs]
+                break
+            except KeyboardInterrupt:
+                # Each worker stops its trial after the batch (a second Ctrl+C: at once) and marks it interrupted.
+                forward(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    bad = [c for c in codes if c != 0]
+    if not bad:
+        return 0
+    return 130 if 130 in bad else 143 if 143 in bad else max(bad) if max(bad) in (1, 2) else 1
+
+
+def write_hparams_config(folder: Path, sweep: Sweep) -> None:
+    """Tell TensorBoard's HParams tab which hyperparameters the study searches and which metrics compare trials.
+
+    Every trial logs all of its hyperparameters, and TensorBoard takes the table's columns from the description
+    of whichever run it reads first. Written into the sweep folder and, before each trial starts, into the trial's
+    folder (as the first event file there), this description makes the columns the searched settings (by their
+    logged names, ``model/lr`` for ``model.lr``) and the metrics ``hp_metric`` (the best value of the monitored
+    metric) and the last ``val/loss``.
+    """
+    from tensorboard.plugins.hparams import summary_v2 as hp
+    from torch.utils.tensorboard import SummaryWriter
+
+    from experiments.search_space import SearchSpace
+
+    path = folder / STUDY_EVENTS
+    if path.exists():
+        return
+    hparams = []
+    for d in SearchSpace.parse(sweep.space).dims:
+        if d.kind == "choice":
+            values = [d.encode(c) if d.encoded else c for c in d.args]
+            same_type = len({type(v) for v in values}) == 1 and not isinstance(values[0], bool | type(None))
+            domain = hp.Discrete(values if same_type else [str(v) for v in values])
+        elif d.kind in ("int", "logint"):
+            domain = hp.IntInterval(int(d.args[0]), int(d.args[1]))
+        else:
+            domain = hp.RealInterval(float(d.args[0]), float(d.args[1]))
+        hparams.append(hp.HParam(d.key.replace(".init_args.", ".").replace(".", "/"), domain, display_name=d.key))
+    metrics = [hp.Metric("hp_metric", display_name=f"best {sweep.monitor}"), hp.Metric("val/loss")]
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        writer = SummaryWriter(tmp)
+        writer._get_file_writer().add_summary(hp.hparams_config_pb(hparams, metrics))
+        writer.close()
+        # Named to sort before the event files of the trial's run, whose first description TensorBoard keeps.
+        os.replace(next(Path(tmp).glob("events.out.tfevents.*")), path)
