@@ -314,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise console.UsageError(f"{flag} is a training option: the range test always starts from scratch")
         args = build_args(rest)
         name = _last_option(args, "--name") or "experiment"
-        cli = make_cli([*args, "--name", f"{name}/lr_find"])
+        root = Path(_last_option(args, "--runs_dir") or "runs")
+        # RUNS/NAME/lr_find/version_N: beside the experiment's runs, as a run name of its own.
+        cli = make_cli([*args, "--runs_dir", str(root / name), "--name", "lr_find"])
         with console.user_errors():
             lr = find_lr(cli.trainer, cli.model, cli.datamodule, test)
         run_dir = cli.run_dir
