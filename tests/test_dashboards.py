@@ -198,3 +198,16 @@ def test_figures_render_as_rgb_arrays() -> None:
     wrong = [(torch.rand(3, 8, 8), 0, 1), (torch.rand(3, 8, 8), 1, 0)]
     grid = _misclassified_figure(wrong, ["cat", "dog"], None, epoch=0)
     assert grid.shape[1] > grid.shape[0] > 50
+
+
+@pytest.mark.parametrize("n_wrong", [1, 2, 9])
+def test_misclassified_grid_draws_any_number_of_images(n_wrong: int) -> None:
+    """One misclassified image makes a 1x1 grid (a single Axes): drawn like any other count, not a crash."""
+    from experiments.callbacks.dashboards import _misclassified_figure
+
+    wrong = [(torch.rand(1, 8, 8), i % 10, (i + 1) % 10) for i in range(n_wrong)]
+    image = _misclassified_figure(wrong, [str(i) for i in range(10)], None, epoch=3)
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    # Wider with more columns (up to 8 per row), taller with more rows.
+    one = _misclassified_figure(wrong[:1], [str(i) for i in range(10)], None, epoch=3)
+    assert image.shape[1] >= one.shape[1] and image.shape[0] >= one.shape[0]

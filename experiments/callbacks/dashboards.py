@@ -239,6 +239,7 @@ def _misclassified_figure(
     cols = min(8, len(wrong))
     rows = math.ceil(len(wrong) / cols)
     fig, axes = _figure(1.5 * cols, 1.7 * rows + 0.4, rows, cols)
+    axes = np.atleast_1d(axes)  # one wrong image: a single Axes, not a grid
     for ax in axes.flat:
         ax.axis("off")
     for ax, (image, true, pred) in zip(axes.flat, wrong, strict=False):
