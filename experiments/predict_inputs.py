@@ -380,6 +380,7 @@ class TextLines(InputKind):
         from datamodules.text_classification import TEXT_TABLE_FORMATS, read_rows
 
         found = 0
+        where = "<stdin>" if path == STDIN else str(path)
         if path.suffix.lower() in TEXT_TABLE_FORMATS:
             for line, row in read_rows(path):
                 if self.text_column not in row:
@@ -392,7 +393,6 @@ class TextLines(InputKind):
                     found += 1
                     yield f"{path}:{line}", str(text), None if label is None else str(label).strip()
         else:
-            where = "<stdin>" if path == STDIN else str(path)
             data = sys.stdin.buffer.read() if path == STDIN else path.read_bytes()
             try:
                 content = data.decode("utf-8-sig")
@@ -406,10 +406,10 @@ class TextLines(InputKind):
                     found += 1
                     yield f"{where}:{number}", line, None
         if not found:
-            what = "is empty" if path != STDIN and path.stat().st_size == 0 else "has only blank lines"
             if path.suffix.lower() in TEXT_TABLE_FORMATS:
-                what = f"has no rows with text in column '{self.text_column}'"
-            raise DataError(f"{'<stdin>' if path == STDIN else path} {what}: nothing to predict; pass text files")
+                raise DataError(f"{where} has no rows with text in column '{self.text_column}': nothing to predict")
+            what = "is empty" if path != STDIN and path.stat().st_size == 0 else "has only blank lines"
+            raise DataError(f"{where} {what}: nothing to predict; pass files with one text per line")
 
     def encode(self, ids: list[str], texts: list[str]) -> np.ndarray:
         """``(N, block_size)`` int64 ids, as training encoded its texts."""
