@@ -3,8 +3,9 @@
 :class:`TextClassificationDataModule` reads a ``text`` and a ``label`` column (names configurable), splits the rows
 into train/val/test (stratified by class, by ``seed``; or separate files), tokenizes every text once with the
 tokenizer of a pre-trained model (``tokenizer_path``) or one fitted to the training texts, truncates it to
-``block_size`` tokens and right-pads it with :data:`PAD_ID`. Splits are in-memory tensors served by the shared
-:class:`~datamodules.base.BatchLoader`.
+``block_size`` tokens and right-pads it with :data:`PAD_ID` (:func:`encode_texts`). Splits are in-memory tensors
+served by the shared :class:`~datamodules.base.BatchLoader`. :meth:`~TextClassificationDataModule.input_spec`
+describes that encoding for ``experiments.predict``, which encodes new texts with the same function.
 
 **The offline default** (no ``path``): snippets of the running Python's standard library source, labelled with the
 top-level package they come from. Each ``.py`` file of eight packages present in every CPython install
