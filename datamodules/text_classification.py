@@ -3,8 +3,9 @@
 :class:`TextClassificationDataModule` reads a ``text`` and a ``label`` column (names configurable), splits the rows
 into train/val/test (stratified by class, by ``seed``; or separate files), tokenizes every text once with the
 tokenizer of a pre-trained model (``tokenizer_path``) or one fitted to the training texts, truncates it to
-``block_size`` tokens and right-pads it with :data:`PAD_ID`. Splits are in-memory tensors served by the shared
-:class:`~datamodules.base.BatchLoader`.
+``block_size`` tokens and right-pads it with :data:`PAD_ID` (:func:`encode_texts`). Splits are in-memory tensors
+served by the shared :class:`~datamodules.base.BatchLoader`. :meth:`~TextClassificationDataModule.input_spec`
+describes that encoding for ``experiments.predict``, which encodes new texts with the same function.
 
 **The offline default** (no ``path``): snippets of the running Python's standard library source, labelled with the
 top-level package they come from. Each ``.py`` file of eight packages present in every CPython install
@@ -21,6 +22,7 @@ import csv
 import json
 import random
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ PAD_ID = -1
 #: Packages of the default task: large enough for hundreds of snippets each, and in every CPython install.
 STDLIB_PACKAGES = ("asyncio", "email", "http", "importlib", "logging", "multiprocessing", "unittest", "xml")
 _SKIP = {"test", "tests", "idle_test", "__pycache__"}
+#: Files of texts with labels, one row per text.
+TEXT_TABLE_FORMATS = (".csv", ".tsv", ".jsonl")
 
 
 class TextClassificationDataModule(InMemoryDataModule):
@@ -168,30 +172,20 @@ class TextClassificationDataModule(InMemoryDataModule):
         file = Path(path)
         if not file.is_file():
             raise DataError(f"text classification file not found: {file}")
-        suffix = file.suffix.lower()
-        if suffix not in (".csv", ".tsv", ".jsonl"):
-            raise DataError(f"{file}: unknown format '{suffix}'; use a .csv, .tsv or .jsonl file")
         texts, labels = [], []
-        try:
-            with open(file, newline="", encoding="utf-8-sig") as f:
-                rows = _json_rows(f, file) if suffix == ".jsonl" else _csv_rows(f, "\t" if suffix == ".tsv" else ",")
-                for line, row in rows:
-                    missing = [c for c in (self.text_column, self.label_column) if c not in row]
-                    if missing:
-                        raise DataError(
-                            f"{file}, line {line}: no column {missing} (data.text_column / data.label_column); it has "
-                            f"{sorted(row)}"
-                        )
-                    text, label = row[self.text_column], row[self.label_column]
-                    if label is None or str(label).strip() == "":
-                        raise DataError(f"{file}, line {line}: empty label in column '{self.label_column}'")
-                    if text is not None and str(text).strip():
-                        texts.append(str(text))
-                        labels.append(str(label).strip())
-        except UnicodeDecodeError as err:
-            raise DataError(f"{file} is not UTF-8 text: {err.reason}") from None
-        except csv.Error as err:
-            raise DataError(f"{file} is malformed: {err}") from None
+        for line, row in read_rows(file):
+            missing = [c for c in (self.text_column, self.label_column) if c not in row]
+            if missing:
+                raise DataError(
+                    f"{file}, line {line}: no column {missing} (data.text_column / data.label_column); it has "
+                    f"{sorted(row)}"
+                )
+            text, label = row[self.text_column], row[self.label_column]
+            if label is None or str(label).strip() == "":
+                raise DataError(f"{file}, line {line}: empty label in column '{self.label_column}'")
+            if text is not None and str(text).strip():
+                texts.append(str(text))
+                labels.append(str(label).strip())
         if not texts:
             raise DataError(f"{file} has no rows with text")
         return texts, labels
@@ -199,15 +193,69 @@ class TextClassificationDataModule(InMemoryDataModule):
     def load_splits(self) -> dict[str, Split]:
         names = self.class_names
         index = {name: i for i, name in enumerate(names)}
-        tokenizer = self.tokenizer
         splits = {}
         for split, (texts, labels) in self.texts().items():
-            x = torch.full((len(texts), self.block_size), PAD_ID, dtype=torch.long)
-            for i, ids in enumerate(tokenizer.encode_batch(texts)):
-                ids = torch.as_tensor(ids[: self.block_size], dtype=torch.long)
-                x[i, : len(ids)] = ids
+            x = encode_texts(self.tokenizer, texts, self.block_size)
             splits[split] = Split(x, torch.tensor([index[label] for label in labels], dtype=torch.long))
         return splits
+
+    # -- what a raw input is, for prediction and export -------------------------------------------------------------
+    def input_spec(self) -> dict[str, Any]:
+        """Text: how a text becomes the model's ``(block_size,)`` ids (:func:`encode_texts`), and the class names.
+
+        The tokenizer is named by its fingerprint, not copied: the classifier's checkpoints carry it
+        (``checkpoint["tokenizer"]``) and so does its ONNX file (``metadata_props`` ``tokenizer``).
+        """
+        tokenizer = self.tokenizer
+        return {
+            "kind": "text",
+            "shape": [self.block_size],
+            "dtype": "int64",
+            "block_size": self.block_size,
+            "pad_id": PAD_ID,
+            "truncation": "the first block_size tokens are kept",
+            "padding": "right, with pad_id",
+            "tokenizer": {
+                "kind": tokenizer.kind,
+                "vocab_size": tokenizer.vocab_size,
+                "fingerprint": tokenizer.fingerprint(),
+            },
+            "text_column": self.text_column,
+            "label_column": self.label_column,
+            "class_names": self.class_names,
+        }
+
+
+def encode_texts(tokenizer: Tokenizer, texts: list[str], block_size: int) -> torch.Tensor:
+    """``(N, block_size)`` int64 ids of ``texts``: each cut to its first ``block_size`` tokens, right-padded with
+    :data:`PAD_ID`. Training and prediction both encode with this.
+
+    Raises:
+        ValueError: a ``char`` tokenizer meets a character outside its alphabet.
+    """
+    x = torch.full((len(texts), block_size), PAD_ID, dtype=torch.long)
+    for i, ids in enumerate(tokenizer.encode_batch(texts)):
+        ids = torch.as_tensor(ids[:block_size], dtype=torch.long)
+        x[i, : len(ids)] = ids
+    return x
+
+
+def read_rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` of each row of a ``.csv``, ``.tsv`` (with a header) or ``.jsonl`` file.
+
+    Raises:
+        DataError: another format, a file that is not UTF-8, malformed CSV or a line that is not a JSON object.
+    """
+    suffix = file.suffix.lower()
+    if suffix not in TEXT_TABLE_FORMATS:
+        raise DataError(f"{file}: unknown format '{suffix}'; use a .csv, .tsv or .jsonl file")
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as f:
+            yield from _json_rows(f, file) if suffix == ".jsonl" else _csv_rows(f, "\t" if suffix == ".tsv" else ",")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{file} is not UTF-8 text: {err.reason}") from None
+    except csv.Error as err:
+        raise DataError(f"{file} is malformed: {err}") from None
 
 
 def _csv_rows(f: Any, delimiter: str):

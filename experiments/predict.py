@@ -2,16 +2,18 @@
 
 ``RUN`` is a run folder (``runs/NAME/version_N``; an experiment folder ``runs/NAME`` means its newest run), a
 checkpoint file, or an exported ``.onnx`` file. ``INPUT`` is what the model takes, as its datamodule declared it:
-image files and folders of images, or CSV/Parquet tables. Predictions go to ``RUN/predictions.csv`` (an earlier
-one is kept: the next is ``predictions_1.csv``) or to ``--output``: one row per input (file, and row for tables),
-the predicted class name and its probability (``--topk`` for more), or the value for regressors. The summary
-counts the predicted classes.
+image files and folders of images, CSV/Parquet tables, or texts (lines of ``.txt`` files, ``-`` for standard
+input, or the text column of CSV/TSV/JSON Lines files). Predictions go to ``RUN/predictions.csv`` (an earlier one is
+kept: the next is ``predictions_1.csv``) or to ``--output``: one row per input (file, and row for tables; ``id``
+``FILE:LINE`` for texts), the predicted class name and its probability (``--topk`` for more), or the value for
+regressors. The summary counts the predicted classes.
 
 Both backends apply what training applied: the checkpoint backend (``--backend torch``, default) rebuilds the
 model and its input description from the checkpoint alone; ``--backend onnx`` runs ``model.onnx`` with onnxruntime
 and reads the input description from the file's own metadata. Files that cannot be read are listed and skipped
 (``--strict``: the first one is an error); inputs of the wrong kind, a table without a training column or with an
-unseen category are one ``error:`` line, exit code 2, and nothing is written.
+unseen category, a text file that is not UTF-8 or holds no text are one ``error:`` line, exit code 2, and nothing
+is written.
 """
 
 from __future__ import annotations
@@ -107,6 +109,33 @@ def input_spec_of(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def with_tokenizer(spec: dict[str, Any], saved: Mapping[str, Any] | None, source: Path) -> dict[str, Any]:
+    """``spec`` with the tokenizer it names (by fingerprint) filled in from the model file's own copy.
+
+    Text datamodules name their tokenizer in the input description without copying it; the checkpoint
+    (``checkpoint["tokenizer"]``) and the ONNX file (``metadata_props`` ``tokenizer``) carry it.
+
+    Raises:
+        UsageError: the model file holds no tokenizer, or another one than its inputs were made with.
+    """
+    named = spec.get("tokenizer")
+    if not isinstance(named, Mapping) or "fingerprint" not in named:
+        return spec
+    from datamodules.tokenizer import tokenizer_from_dict
+
+    if not saved:
+        raise console.UsageError(
+            f"{source} holds no tokenizer, but the model reads text split by a {named.get('kind')} tokenizer: "
+            "predict from the run folder (its checkpoint carries the tokenizer)"
+        )
+    if tokenizer_from_dict(dict(saved)).fingerprint() != named["fingerprint"]:
+        raise console.UsageError(
+            f"{source} holds another tokenizer than the one its model was trained with (fingerprint "
+            f"{named['fingerprint']}): predict from the run folder"
+        )
+    return {**spec, "tokenizer": dict(saved)}
+
+
 def _model_class(checkpoint: Mapping[str, Any], run: Path, ckpt: Path) -> type:
     hparams = checkpoint.get("hyper_parameters") or {}
     class_path = hparams.get("_class_path")
@@ -139,6 +168,7 @@ def load_torch(ckpt: Path, run: Path, device: str, trust: bool | None = None) ->
             f"{ckpt} holds no input description (zerotune_input): its datamodule has no input_spec(); "
             "retrain with a zerotune datamodule, or predict from its model.onnx with --backend onnx"
         )
+    spec = with_tokenizer(spec, checkpoint.get("tokenizer"), ckpt)
     cls = _model_class(checkpoint, run, ckpt)
     hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not str(k).startswith("_")}
     # Weights come from the checkpoint itself: no pre-trained file is read, nothing is compiled.
@@ -181,13 +211,14 @@ def load_onnx(path: Path, device: str) -> LoadedModel:
         )
     name = session.get_inputs()[0].name
     used = session.get_providers()[0].replace("ExecutionProvider", "").lower()
+    spec = with_tokenizer(json.loads(meta["input_spec"]), json.loads(meta.get("tokenizer") or "null"), path)
 
     def forward(x: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(None, {name: np.ascontiguousarray(x)})[0], dtype=np.float32)
 
     return LoadedModel(
         forward,
-        json.loads(meta["input_spec"]),
+        spec,
         meta.get("output_kind", "logits"),
         f"{path} (onnx, {used})",
         path.parent,
@@ -357,17 +388,24 @@ def predict(args: argparse.Namespace) -> Path:
     frame = pd.DataFrame({key: np.concatenate(parts) for key, parts in columns.items()})
     atomic_write(output, lambda tmp: frame.to_csv(tmp, index=False))
     unit = "rows" if kind.name == "table" else kind.unit
-    print(summary(frame, loaded, unit, skipped, seconds, output), flush=True)
+    print(summary(frame, loaded, unit, skipped, seconds, output, target=kind.target), flush=True)
     return output
 
 
 def summary(
-    frame: Any, loaded: LoadedModel, unit: str, skipped: list[tuple[Path, str]], seconds: float, output: Path
+    frame: Any,
+    loaded: LoadedModel,
+    unit: str,
+    skipped: list[tuple[Path, str]],
+    seconds: float,
+    output: Path,
+    target: str | None = None,
 ) -> str:
-    """A few lines: how many inputs with what, counts per predicted class (or the values), agreement, skips, where."""
+    """A few lines: how many inputs with what, counts per predicted class (or the values), agreement with the
+    ``target`` column (default: the spec's target), skips, where."""
     n = len(frame)
     lines = [f"predicted {n} {unit} with {loaded.source} in {seconds:.1f} s"]
-    target = loaded.spec.get("target")
+    target = target or loaded.spec.get("target")
     if "label" in frame:
         counts = frame["label"].value_counts()
         names = [str(c) for c in (loaded.spec.get("class_names") or counts.index)]
@@ -406,10 +444,14 @@ def pd_numeric(series: Any) -> np.ndarray:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.predict",
-        description="Predict with a trained run on new images or table rows; writes a CSV of predictions.",
+        description="Predict with a trained run on new images, table rows or texts; writes a CSV of predictions.",
     )
     parser.add_argument("run", help="run folder (runs/NAME/version_N), experiment folder, .ckpt or .onnx file")
-    parser.add_argument("inputs", nargs="+", help="image files or folders, CSV/Parquet tables: what the model takes")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="what the model takes: image files or folders, CSV/Parquet tables, .txt files of texts (- for stdin)",
+    )
     parser.add_argument(
         "--backend",
         choices=["torch", "onnx"],
@@ -424,7 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--topk", type=int, default=1, help="classes (with probabilities) per input, best first (default 1)"
     )
     parser.add_argument(
-        "--batch_size", type=int, default=None, help="inputs per forward pass (default: 256 images, 4096 table rows)"
+        "--batch_size",
+        type=int,
+        default=None,
+        help="inputs per forward pass (default: 256 images or texts, 4096 table rows)",
     )
     parser.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: a GPU when there is one"

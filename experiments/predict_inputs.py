@@ -1,13 +1,14 @@
 """Input kinds of ``experiments.predict``: how raw inputs (image files, table rows) become model input batches.
 
 Each kind is one small class registered under the ``kind`` that a datamodule declares in its ``input_spec()``
-(``image``, ``table``); prediction picks the reader by that name alone, never by the model or dataset. Adding a
-kind (text lines for language models) is one more class decorated with :func:`register`. Every kind reads inputs
-exactly as its datamodule read training data, from the plain-data description saved with the model.
+(``image``, ``table``, ``text``); prediction picks the reader by that name alone, never by the model or dataset.
+Adding a kind is one more class decorated with :func:`register`. Every kind reads inputs exactly as its datamodule
+read training data, from the plain-data description saved with the model.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,8 +46,10 @@ class Batch:
     """Model inputs and what identifies them.
 
     Attributes:
-        x: Inputs as the model (or the ONNX graph) takes them: ``uint8`` images, ``float32`` features.
-        ids: Columns of the predictions file that say which input each row is (``file``, ``row``, kept columns).
+        x: Inputs as the model (or the ONNX graph) takes them: ``uint8`` images, ``float32`` features, ``int64``
+            token ids.
+        ids: Columns of the predictions file that say which input each row is (``file``, ``row``, kept columns;
+            ``id`` for texts).
     """
 
     x: np.ndarray
@@ -138,7 +141,7 @@ class InputKind:
                 files += found
             elif path.is_file():
                 other = kind_of_file(path)
-                if other is not None and other != self.name:
+                if other is not None and other != self.name and path.suffix.lower() not in self.extensions:
                     raise UsageError(
                         f"{path} is {KINDS[other].noun}, but this model takes {self.describe()}: pass "
                         f"{self.unit} or folders of them"
@@ -151,6 +154,11 @@ class InputKind:
     def total(self, files: list[Path]) -> int | None:
         """How many items the files hold, when known before reading them (for the progress line)."""
         return None
+
+    @property
+    def target(self) -> str | None:
+        """The predictions column holding the known answer (copied from the inputs), if any: the summary compares."""
+        return self.spec.get("target")
 
     def batches(self, files: list[Path], batch_size: int, on_skip: OnSkip) -> Iterator[Batch]:
         """Model input batches of at most ``batch_size`` items; unreadable files go to ``on_skip``."""
@@ -311,3 +319,120 @@ class TableFiles(InputKind):
             for start in range(0, table.num_rows, batch_size):
                 stop = start + batch_size
                 yield Batch(x[start:stop], {k: v[start:stop] for k, v in ids.items()})
+
+
+# -- text ------------------------------------------------------------------------------------------------------------
+#: Stands for standard input among the collected files (``-`` on the command line).
+STDIN = Path("-")
+
+
+@register
+class TextLines(InputKind):
+    """Texts, tokenized, cut and padded by the datamodule's own :func:`~datamodules.text_classification.encode_texts`.
+
+    A ``.txt`` file (or standard input, ``-``) holds one text per non-empty line, its id ``FILE:LINE``; a ``.csv``,
+    ``.tsv`` or ``.jsonl`` file holds one per row in the text column training read (``data.text_column``), its id
+    ``FILE:LINE`` too, and a row's label column, when there is one, is copied as ``true_label``. Files must be UTF-8.
+    The tokenizer is the one the spec names, filled in by the loader from the checkpoint or the ONNX file.
+    """
+
+    name = "text"
+    extensions = frozenset({".txt", ".csv", ".tsv", ".jsonl"})
+    noun = "a text file"
+    unit = "texts"
+
+    def __init__(self, spec: Mapping[str, Any], options: PredictOptions) -> None:
+        from datamodules.tokenizer import tokenizer_from_dict
+
+        super().__init__(spec, options)
+        self.tokenizer = tokenizer_from_dict(dict(spec["tokenizer"]))
+        self.block_size = int(spec["block_size"])
+        self.text_column = spec.get("text_column", "text")
+        self.label_column = spec.get("label_column", "label")
+
+    def describe(self) -> str:
+        return (
+            f"text (lines of .txt files, or the '{self.text_column}' column of .csv/.tsv/.jsonl files; "
+            f"{self.tokenizer.kind} tokens, the first {self.block_size} kept)"
+        )
+
+    @property
+    def target(self) -> str | None:
+        return "true_label"
+
+    def collect(self, inputs: list[str]) -> list[Path]:
+        files: list[Path] = []
+        for raw in inputs:
+            if raw == "-":
+                if STDIN in files:
+                    raise UsageError("- (standard input) is given twice: it can be read once")
+                files.append(STDIN)
+            else:
+                files += super().collect([raw])
+        return files
+
+    def texts(self, path: Path) -> Iterator[tuple[str, str, str | None]]:
+        """``(id, text, label or None)`` of each text of a file.
+
+        Raises:
+            DataError: a file that is not UTF-8, has no text, or lacks the text column.
+        """
+        from datamodules.text_classification import TEXT_TABLE_FORMATS, read_rows
+
+        found = 0
+        where = "<stdin>" if path == STDIN else str(path)
+        if path.suffix.lower() in TEXT_TABLE_FORMATS:
+            for line, row in read_rows(path):
+                if self.text_column not in row:
+                    raise DataError(
+                        f"{path}, line {line}: no column '{self.text_column}' (the text column the model was trained "
+                        f"on); it has {sorted(row)}"
+                    )
+                text, label = row[self.text_column], row.get(self.label_column)
+                if text is not None and str(text).strip():
+                    found += 1
+                    yield f"{path}:{line}", str(text), None if label is None else str(label).strip()
+        else:
+            data = sys.stdin.buffer.read() if path == STDIN else path.read_bytes()
+            try:
+                content = data.decode("utf-8-sig")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{where} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8"
+                ) from None
+            for number, line in enumerate(content.split("\n"), start=1):
+                line = line.removesuffix("\r")
+                if line.strip():  # as training, which skips texts that are only blanks
+                    found += 1
+                    yield f"{where}:{number}", line, None
+        if not found:
+            if path.suffix.lower() in TEXT_TABLE_FORMATS:
+                raise DataError(f"{where} has no rows with text in column '{self.text_column}': nothing to predict")
+            what = "is empty" if path != STDIN and path.stat().st_size == 0 else "has only blank lines"
+            raise DataError(f"{where} {what}: nothing to predict; pass files with one text per line")
+
+    def encode(self, ids: list[str], texts: list[str]) -> np.ndarray:
+        """``(N, block_size)`` int64 ids, as training encoded its texts."""
+        from datamodules.text_classification import encode_texts
+
+        try:
+            return encode_texts(self.tokenizer, texts, self.block_size).numpy()
+        except ValueError:  # a char tokenizer meets an unseen character: name the text
+            for id_, text in zip(ids, texts, strict=True):
+                try:
+                    self.tokenizer.encode(text)
+                except ValueError as err:
+                    raise DataError(f"{id_}: {err}; the model cannot read this text") from None
+            raise
+
+    def batches(self, files: list[Path], batch_size: int, on_skip: OnSkip) -> Iterator[Batch]:
+        # Every file is read before the first forward pass: a bad file ends the command before any work is done,
+        # and the known labels are a column of every batch or of none.
+        items = [item for path in files for item in self.texts(path)]
+        labelled = any(label is not None for _, _, label in items)
+        for start in range(0, len(items), batch_size):
+            ids, texts, labels = (list(column) for column in zip(*items[start : start + batch_size], strict=True))
+            batch = Batch(self.encode(ids, texts), {"id": ids})
+            if labelled:
+                batch.ids["true_label"] = labels
+            yield batch

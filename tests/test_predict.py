@@ -243,6 +243,7 @@ def test_checkpoint_backend_normalizes_raw_pixels_as_training_did(digits_run: Pa
     [
         ("colour image", "is a colour image (mode RGB), but the model was trained on grayscale images (1x8x8)"),
         ("table for an image model", "is a table, but this model takes grayscale images (1x8x8)"),
+        ("text file for an image model", "notes.txt is a text file, but this model takes grayscale images (1x8x8)"),
         ("folder without images", "has no images"),
         ("onnx backend for a checkpoint", "is a checkpoint: --backend onnx needs the run folder or its .onnx file"),
         ("only unreadable files", "none of the 1 input file(s) could be read, nothing predicted: "),
@@ -259,6 +260,9 @@ def test_bad_image_inputs_are_one_line(
         inputs = [tmp_path / "red.png"]
     elif case == "table for an image model":
         inputs = [write_titanic(tmp_path / "t.csv", n=3)]
+    elif case == "text file for an image model":
+        (tmp_path / "notes.txt").write_text("hello\n")
+        inputs = [tmp_path / "notes.txt"]
     elif case == "folder without images":
         (tmp_path / "notes.txt").write_text("hello")
         inputs = [tmp_path]

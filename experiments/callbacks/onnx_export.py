@@ -9,7 +9,8 @@ The file describes itself: ``metadata_props`` hold the zerotune version, the cla
 output are, and the datamodule's whole input description (``input_spec``, JSON) when it has one. Image models take
 raw ``uint8`` pixels: the datamodule's normalization is the first operation of the graph (:class:`ImageInput`).
 Table models take the preprocessed features; the preprocessing (imputation, scaling, one-hot encoding) stays
-outside the graph and is described in ``input_spec``, the feature order in ``features``.
+outside the graph and is described in ``input_spec``, the feature order in ``features``. Text models take token
+ids; the tokenizer that makes them is in ``tokenizer`` (JSON, as ``Tokenizer.to_dict``).
 """
 
 from __future__ import annotations
@@ -178,6 +179,12 @@ def describe_input(spec: Mapping[str, Any] | None) -> str:
             f"preprocessing of the raw columns {spec['columns']} (imputation, scaling, category encoding) is not in "
             "the graph: 'input_spec' describes it and python -m experiments.predict applies it"
         )
+    if kind == "text":
+        return (
+            f"int64 token ids (batch, sequence), sequence at most {spec['block_size']}: each text tokenized with the "
+            f"tokenizer in 'tokenizer', its first {spec['block_size']} tokens kept, right-padded with "
+            f"{spec['pad_id']} (padding is never attended to nor pooled)"
+        )
     if spec and "shape" in spec:
         return f"float32 (batch, {', '.join(map(str, spec['shape']))})"
     return "the tensor the model's forward takes, with a leading batch axis"
@@ -342,6 +349,10 @@ class ONNXExport(Callback):
             exported = with_input_front(exported, spec) if merged else model
             x = _to_pixels(x, spec)
         metadata = model_metadata(spec, getattr(pl_module, "output_kind", "value"))
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        if spec and spec.get("tokenizer") and callable(getattr(tokenizer, "to_dict", None)):
+            # The input description names the tokenizer by fingerprint; the file carries the tokenizer itself.
+            metadata["tokenizer"] = json.dumps(tokenizer.to_dict())
         # torch.export specializes sizes 0 and 1, so trace with two samples to keep the batch axis symbolic.
         example = x[:2] if x.shape[0] >= 2 else x.repeat(2, *([1] * (x.dim() - 1)))
         path = run_dir(trainer) / self.filename
