@@ -198,6 +198,7 @@ def test_callback_error_saves_checkpoint_and_names_the_callback(
 ) -> None:
     run = runs_dir / "digits_mlp" / "version_0"
     args = [*FAST, "--runs_dir", str(runs_dir), "--trainer.max_epochs", "2", "--test_after_fit", "false"]
+    sigint_before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     code, _, err = run_launcher([*args, "--trainer.callbacks+=test_faults.Explode"], capsys)
     assert code == 1
     line = "error: RuntimeError in callback Explode.on_train_batch_end at epoch 1, global step 25: boom"
@@ -207,7 +208,7 @@ def test_callback_error_saves_checkpoint_and_names_the_callback(
     assert f"after fixing it, resume with: {sys.executable} -m experiments.run --resume {run}" in err
     assert _status(run)["state"] == "failed"
     assert _ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 25
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl+C works again after the fault
+    assert signal.getsignal(signal.SIGINT) is sigint_before  # Ctrl+C handling is back as it was after the fault
 
     # Resumed past the faulty step, the run completes.
     assert run_launcher(["--resume", str(run)], capsys)[0] == 0
