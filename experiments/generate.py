@@ -56,14 +56,11 @@ def _run_checkpoint(run: Path, which: str) -> Path | None:
     last = folder / "last.ckpt"
     if which == "last":
         return last if last.is_file() else None
-    status = run / "status.json"
-    if status.is_file():
-        try:
-            best = json.loads(status.read_text()).get("best_checkpoint")
-        except (OSError, ValueError):
-            best = None
-        if best and Path(best).is_file():
-            return Path(best)
+    from experiments.status import recorded_best_checkpoint
+
+    recorded = recorded_best_checkpoint(run)
+    if recorded is not None:
+        return recorded
     best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
     return best[0] if best else (last if last.is_file() else None)
 

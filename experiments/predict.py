@@ -73,16 +73,11 @@ def find_checkpoint(run: Path) -> Path:
     Raises:
         UsageError: no checkpoint in the folder.
     """
-    status = run / "status.json"
-    if status.is_file():
-        try:
-            best = json.loads(status.read_text()).get("best_checkpoint")
-        except (OSError, ValueError):
-            best = None
-        # Recorded as the training saw it: relative to where it ran, or absolute (the run folder may have moved).
-        for candidate in (Path(best), run / "checkpoints" / Path(best).name) if best else ():
-            if candidate.is_file():
-                return candidate
+    from experiments.status import recorded_best_checkpoint
+
+    recorded = recorded_best_checkpoint(run)
+    if recorded is not None:
+        return recorded
     folder = run / "checkpoints"
     best_files = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     if best_files:

@@ -114,3 +114,22 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     """Whether the run folder holds a checkpoint a resume could start from."""
     folder = Path(run_dir) / "checkpoints"
     return (folder / "last.ckpt").is_file() or any(folder.glob("*.ckpt"))
+
+
+def recorded_best_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The best checkpoint the run's ``status.json`` records, if that file exists.
+
+    Recorded as the training saw it (relative to where it ran, or absolute); when that path no longer holds it, the
+    file of the same name in the run's own ``checkpoints/`` (the run folder was moved or copied) is used.
+    """
+    run_dir = Path(run_dir)
+    try:
+        best = json.loads((run_dir / STATUS_FILE).read_text()).get("best_checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not best:
+        return None
+    for candidate in (Path(best), run_dir / "checkpoints" / Path(best).name):
+        if candidate.is_file():
+            return candidate
+    return None
