@@ -180,8 +180,8 @@ def time_zerotune(plan: dict[str, Any], work: str, target: float | None = None, 
     args += ["--runs_dir", f"{work}/runs", "--test_after_fit", "false", "--trainer.accelerator", plan["device"]]
     args += ["--trainer.callbacks+=experiments.bench_real.TargetProbe"]
     args += [f"--trainer.callbacks.init_args.target={plan['target'] if target is None else target}"]
-    if target is not None and target > 1:  # only the start is timed
-        args += ["--trainer.max_steps", "1", "--onnx.enabled", "false", "--dashboards.enabled", "false"]
+    if target is not None and target > 1:  # only the start is timed, with the defaults that act before it
+        args += ["--trainer.max_steps", "1", "--onnx.enabled", "false"]  # the export comes after the first step
     cache = cache_dir or tempfile.mkdtemp(prefix="zerotune-cache-", dir=work)
     return _spawn(args, {"ZEROTUNE_CACHE_DIR": cache})
 

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from fakedata import MNIST_FILES, write_cifar10, write_image_folder, write_mnist
@@ -385,3 +386,56 @@ def test_augmentation_ranges_are_checked() -> None:
     for bad in ({"rotation": -1}, {"scale": 1.0}, {"translate": -0.5}):
         with pytest.raises(ValueError, match="data.rotation and data.translate must be >= 0"):
             DigitsDataModule(augment=True, **bad)
+
+
+class _ValBatchSizes(L.Callback):
+    """Records the size of every validation batch, and whether it came in the sanity check."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bool, int]] = []
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.seen.append((trainer.sanity_checking, len(batch[0])))
+
+
+@pytest.mark.parametrize("sanity_batch_size", [8, None])
+def test_sanity_check_batches_are_cut_and_validation_batches_are_whole(sanity_batch_size: int | None) -> None:
+    from datamodules import DigitsDataModule
+    from lightning_models import MLPClassifier
+
+    dm = DigitsDataModule(batch_size=32, eval_batch_size=100, sanity_batch_size=sanity_batch_size)
+    dm.setup()
+    model = MLPClassifier(num_classes=dm.num_classes, input_shape=dm.input_shape, hidden=[16])
+    sizes = _ValBatchSizes()
+    trainer = L.Trainer(
+        max_epochs=1, num_sanity_val_steps=2, callbacks=[sizes], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    sanity = [n for checking, n in sizes.seen if checking]
+    validation = [n for checking, n in sizes.seen if not checking]
+    assert sanity == ([8, 8] if sanity_batch_size else [100, 100])
+    assert validation[0] == 100 and sum(validation) == len(dm.splits["val"])
+    assert trainer.callback_metrics["val/acc"] > 0  # the sanity batches were not counted twice or left behind
+
+
+def test_sanity_batch_size_is_checked() -> None:
+    from datamodules import DigitsDataModule
+
+    with pytest.raises(ValueError, match="data.sanity_batch_size must be >= 1 or null"):
+        DigitsDataModule(sanity_batch_size=0)
+
+
+def test_package_imports_its_modules_on_first_use() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, datamodules; assert 'pandas' not in sys.modules, 'pandas at import';"
+        "datamodules.MNISTDataModule; assert 'pandas' not in sys.modules, 'pandas for images';"
+        "from datamodules import CSVDataModule; assert 'pandas' in sys.modules;"
+        "assert 'CSVDataModule' in dir(datamodules) and sorted(datamodules.__all__) == datamodules.__all__;"
+        "\ntry:\n    datamodules.NoSuchModule\nexcept AttributeError as e:\n    print(e)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "has no attribute 'NoSuchModule'" in out
