@@ -426,7 +426,7 @@ class InMemoryDataModule(L.LightningDataModule):
         The sanity check runs ``validation_step`` end to end before training so that a bug there shows at once,
         not after the first epoch; a few samples do that. A whole evaluation batch (``eval_batch_size``, 4x the
         training batch by default) costs seconds on a CPU: 4.3 s of ``cifar10_fast``'s 9.4 s from command to first
-        training step on 2 cores, against 0.8 s for 8 samples.
+        training step on 2 cores, against under a second for 8 samples.
         """
         trainer = self.trainer
         cut = self.sanity_batch_size

@@ -13,6 +13,7 @@ number of steps in three ways, plus a fourth that splits zerotune's cost from Li
 (L) ``bare Lightning``: the same LightningModule and datamodule in a plain ``lightning.Trainer`` with no logger,
     progress bar, checkpoints or callbacks: (c)/(L) is what zerotune adds on top of Lightning's own loop.
 
+All four follow the recipe's precision (bf16 autocast for ``bf16-mixed``) and memory format (``channels_last``).
 Steady-state samples/s are timed after warm-up steps. It also times the launcher's startup (command to first
 training step), the default experiment's time to accuracy, and ONNX Runtime against PyTorch eager inference.
 
@@ -55,19 +56,24 @@ class Case:
     model_args: dict
     data_cls: type
     data_args: dict
+    #: The recipe's ``trainer.precision`` (``_defaults.yaml``, then the experiment's YAML).
+    precision: str = "32-true"
 
     @classmethod
     def from_config(cls, name: str) -> Case:
-        from experiments.cli import CONFIG_DIR, _import
+        from experiments.cli import CONFIG_DIR, DEFAULTS_FILE, _import
 
         cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+        defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
         m, d = cfg["model"], cfg["data"]
+        trainer = {**defaults.get("trainer", {}), **cfg.get("trainer", {})}
         return cls(
             name,
             _import(m["class_path"]),
             dict(m.get("init_args") or {}),
             _import(d["class_path"]),
             dict(d.get("init_args") or {}),
+            str(trainer.get("precision", "32-true")),
         )
 
     def datamodule(self):
@@ -75,6 +81,25 @@ class Case:
 
     def model(self, dm) -> torch.nn.Module:
         return self.model_cls(num_classes=dm.num_classes, input_shape=dm.input_shape, **self.model_args)
+
+    def training_model(self, dm, device: torch.device) -> torch.nn.Module:
+        """The model on ``device`` in training mode and in the recipe's memory format, as zerotune's setup leaves it."""
+        model = self.model(dm).to(device).train()
+        if model.hparams.get("channels_last"):
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The recipe's mixed precision for a hand-written loop: bf16 autocast for ``bf16-mixed``, else none.
+
+        ``16-mixed`` would also need a gradient scaler; no benchmarked recipe uses it, so it is refused rather than
+        timed without one.
+        """
+        if self.precision == "bf16-mixed":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        if self.precision in ("32-true", "32", "64-true", "64"):
+            return contextlib.nullcontext()
+        raise ValueError(f"{self.name}: the hand-written loops time precision 32 and bf16-mixed, not {self.precision}")
 
 
 def synthetic_split(dm, n: int, seed: int = 0):
@@ -141,7 +166,7 @@ def run_tutorial(case: Case, split, steps: int, device: torch.device, workers: i
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
     )
-    model = case.model(dm).to(device).train()
+    model = case.training_model(dm, device)
     opt = model.build_optimizer()
     timer, step = _Timer(steps, device), 0
     while True:
@@ -149,7 +174,8 @@ def run_tutorial(case: Case, split, steps: int, device: torch.device, workers: i
             if not timer.tick(step):
                 return timer.seconds
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = model.compute_loss(model(x), y)
+            with case.autocast(device):
+                loss = model.compute_loss(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -163,7 +189,7 @@ def run_hand(case: Case, split, steps: int, device: torch.device, logdir: str) -
     from datamodules.base import BatchLoader
 
     dm = case.datamodule()
-    model = case.model(dm).to(device).train()
+    model = case.training_model(dm, device)
     opt = model.build_optimizer()
     loader = BatchLoader(split.to(device), dm.batch_size, shuffle=True, transform=dm.train_transform)
     writer = SummaryWriter(logdir)
@@ -173,7 +199,8 @@ def run_hand(case: Case, split, steps: int, device: torch.device, logdir: str) -
             if not timer.tick(step):
                 writer.close()
                 return timer.seconds
-            loss = model.compute_loss(model(x), y)
+            with case.autocast(device):
+                loss = model.compute_loss(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -210,6 +237,7 @@ def run_lightning(case: Case, split, steps: int, device: torch.device) -> float:
     trainer = L.Trainer(
         accelerator=device.type,
         devices=1,
+        precision=case.precision,
         max_steps=WARMUP + steps + 1,
         max_epochs=-1,
         limit_val_batches=0,

@@ -21,3 +21,21 @@ def test_bench_runs_every_loop_and_removes_its_temporary_folder(
     rates = [float(cell) for cell in row.split("|")[4:8]]  # samples/s of (a), (b), (L) and (c)
     assert all(rate > 0 for rate in rates), row
     assert [p.name for p in tmp_path.iterdir()] == ["bench.md"]  # no zerotune-bench-* folder left behind
+
+
+def test_hand_written_loops_follow_the_recipes_precision_and_memory_format() -> None:
+    import torch
+
+    from experiments.bench import Case
+
+    fast, plain = Case.from_config("mnist_fast"), Case.from_config("mnist_mlp")
+    assert (fast.precision, plain.precision) == ("bf16-mixed", "32-true")
+    cpu = torch.device("cpu")
+    dm = fast.datamodule()
+    model = fast.training_model(dm, cpu)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert model.training and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with fast.autocast(cpu):
+        assert model(torch.zeros(2, *dm.input_shape)).dtype == torch.bfloat16
+    with plain.autocast(cpu):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32

@@ -39,6 +39,7 @@ BAD_ARGS = [
     (["digits_mlp", "--trainer.max_epochs", "abc"], ["--trainer.max_epochs expects an int (or null), got 'abc'"]),
     (["digits_mlp", "--data.batch_size", "x"], ["--data.batch_size expects an int, got 'x'"]),
     (["digits_mlp", "--model.lr", "-1"], ["model.lr must be positive, got -1.0"]),
+    (["digits_mlp", "--data.sanity_batch_size", "0"], ["data.sanity_batch_size must be >= 1 or null, got 0"]),
     (
         ["digits_mlp", "--model.optimizer", "adamx"],
         ["--model.optimizer must be one of adam, adamw, sgd; got 'adamx' (did you mean 'adam'?)"],
