@@ -211,3 +211,4 @@ def test_misclassified_grid_draws_any_number_of_images(n_wrong: int) -> None:
     # Wider with more columns (up to 8 per row), taller with more rows.
     one = _misclassified_figure(wrong[:1], [str(i) for i in range(10)], None, epoch=3)
     assert image.shape[1] >= one.shape[1] and image.shape[0] >= one.shape[0]
+    assert one.shape[1] >= 4 * 80  # a single image still leaves room for the heading (4 inches at 80 dpi)

@@ -236,16 +236,38 @@ def _confusion_figure(cm: Tensor, names: list[str], epoch: int) -> np.ndarray:
 def _misclassified_figure(
     wrong: list[tuple[Tensor, int, int]], names: list[str], mean_std: tuple[Tensor, Tensor] | None, epoch: int
 ) -> np.ndarray:
+    """The wrong images, up to 8 per row, each titled with its true and predicted class; ``(H, W, 3)`` uint8 RGB.
+
+    Drawn on one Axes that covers the figure, in inches: one small Axes per image under a layout solver took 0.41 s
+    per validation epoch on a CPU, a tenth of an MNIST epoch; this takes a few hundredths.
+    """
     cols = min(8, len(wrong))
     rows = math.ceil(len(wrong) / cols)
-    fig, axes = _figure(1.5 * cols, 1.7 * rows + 0.4, rows, cols)
-    axes = np.atleast_1d(axes)  # one wrong image: a single Axes, not a grid
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (image, true, pred) in zip(axes.flat, wrong, strict=False):
-        ax.imshow(_displayable(image, mean_std), cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
-        ax.set_title(f"true {_name(names, true)}\npred {_name(names, pred)}", fontsize=8, color="#b00020")
-    fig.suptitle(f"misclassified validation images, epoch {epoch}", fontsize=9)
+    cell_w, cell_h, side, top = 1.5, 1.7, 1.15, 0.4  # inches: a cell holds the 2-line title above its image
+    # At least 4 inches wide, so that the heading fits above a single image.
+    width, height = max(cell_w * cols, 4.0), cell_h * rows + top
+    left = (width - cell_w * cols) / 2
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=80)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    for k, (image, true, pred) in enumerate(wrong):
+        x = left + (k % cols) * cell_w + (cell_w - side) / 2
+        y = top + (k // cols) * cell_h + (cell_h - side)
+        ax.imshow(
+            _displayable(image, mean_std),
+            cmap="gray" if image.shape[0] == 1 else None,
+            vmin=0,
+            vmax=1,
+            extent=(x, x + side, y + side, y),
+            interpolation="nearest",
+        )
+        title = f"true {_name(names, true)}\npred {_name(names, pred)}"
+        ax.text(x + side / 2, y - 0.04, title, ha="center", va="bottom", fontsize=8, color="#b00020")
+    ax.text(width / 2, top / 2, f"misclassified validation images, epoch {epoch}", ha="center", va="center", fontsize=9)
     return _render(fig)
 
 
