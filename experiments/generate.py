@@ -52,17 +52,12 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 
 def _run_checkpoint(run: Path, which: str) -> Path | None:
-    folder = run / "checkpoints"
-    last = folder / "last.ckpt"
     if which == "last":
+        last = run / "checkpoints" / "last.ckpt"
         return last if last.is_file() else None
-    from experiments.status import recorded_best_checkpoint
+    from experiments.status import best_checkpoint
 
-    recorded = recorded_best_checkpoint(run)
-    if recorded is not None:
-        return recorded
-    best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return best[0] if best else (last if last.is_file() else None)
+    return best_checkpoint(run)
 
 
 def load_language_model(checkpoint: Path, trust: bool | None = None) -> Any:

@@ -73,17 +73,12 @@ def find_checkpoint(run: Path) -> Path:
     Raises:
         UsageError: no checkpoint in the folder.
     """
-    from experiments.status import recorded_best_checkpoint
+    from experiments.status import best_checkpoint
 
-    recorded = recorded_best_checkpoint(run)
-    if recorded is not None:
-        return recorded
+    found = best_checkpoint(run)
+    if found is not None:
+        return found
     folder = run / "checkpoints"
-    best_files = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    if best_files:
-        return best_files[-1]
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
     anywhere = sorted(run.glob("*.ckpt"))
     if anywhere:
         return anywhere[-1]
