@@ -41,7 +41,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 
 BENCH_EXPERIMENTS = ["mnist_mlp", "mnist_cnn", "cifar10_lenet", "cifar10_resnet18"]
 WARMUP = 5
@@ -61,19 +60,17 @@ class Case:
 
     @classmethod
     def from_config(cls, name: str) -> Case:
-        from experiments.cli import CONFIG_DIR, DEFAULTS_FILE, _import
+        from experiments.cli import _import, read_recipe
 
-        cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
-        defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
+        cfg = read_recipe(name)
         m, d = cfg["model"], cfg["data"]
-        trainer = {**defaults.get("trainer", {}), **cfg.get("trainer", {})}
         return cls(
             name,
             _import(m["class_path"]),
             dict(m.get("init_args") or {}),
             _import(d["class_path"]),
             dict(d.get("init_args") or {}),
-            str(trainer.get("precision", "32-true")),
+            str(cfg["trainer"].get("precision", "32-true")),
         )
 
     def datamodule(self):

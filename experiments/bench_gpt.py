@@ -36,7 +36,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import yaml
 
 SPEED_EXPERIMENTS = ["shakespeare_char_gpt", "stdlib_gpt"]
 TARGET = 1.88
@@ -46,9 +45,9 @@ SHAKESPEARE = "data/tinyshakespeare/input.txt"
 
 # -- tokens/s: the hand-written loop and zerotune ---------------------------------------------------------------
 def _config(name: str) -> dict:
-    from experiments.cli import CONFIG_DIR
+    from experiments.cli import read_recipe
 
-    return yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    return read_recipe(name)
 
 
 def _datamodule(name: str, data_path: str | None, data_dir: str):

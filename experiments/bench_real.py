@@ -31,7 +31,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 
 from experiments.handloops import Clock
 
@@ -96,12 +95,11 @@ def data_args(kind: str, path: str) -> list[str]:
 
 def make_plan(kind: str, path: str, device: str, workers: int) -> dict[str, Any]:
     """What the hand-written loops need to know of the experiment's config, read from its YAML and datamodule."""
-    from experiments.cli import CONFIG_DIR, DEFAULTS_FILE, _import
+    from experiments.cli import _import, read_recipe
 
     name, target = TASKS[kind]
-    defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
-    cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
-    trainer = {**defaults["trainer"], **cfg.get("trainer", {})}
+    cfg = read_recipe(name)
+    trainer = cfg["trainer"]
     init = dict(cfg["data"].get("init_args") or {})
     init.update({"data_dir": path, "download": False} if kind == "mnist" else {"root": path})
     dm = _import(cfg["data"]["class_path"])(**init)
@@ -126,7 +124,7 @@ def make_plan(kind: str, path: str, device: str, workers: int) -> dict[str, Any]
         "target": target,
         "device": device,
         "workers": workers,
-        "seed_everything": defaults.get("seed_everything", 0),
+        "seed_everything": cfg.get("seed_everything", 0),
         "max_epochs": trainer["max_epochs"],
         "precision": str(trainer.get("precision", "32-true")),
         "data": data,
@@ -192,9 +190,9 @@ def setup_seconds(folder: str, cache_dir: str) -> dict[str, Any]:
 
 
 def _setup_main(folder: str) -> None:
-    from experiments.cli import CONFIG_DIR, _import
+    from experiments.cli import _import, read_recipe
 
-    cfg = yaml.safe_load((CONFIG_DIR / "cifar10_fast.yaml").read_text())
+    cfg = read_recipe("cifar10_fast")
     dm = _import(cfg["data"]["class_path"])(**{**cfg["data"]["init_args"], "root": folder})
     start = time.perf_counter()
     dm.setup("fit")

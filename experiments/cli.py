@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
@@ -44,6 +45,16 @@ from lightning_models.finetune import FreezeSchedule
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULTS_FILE = CONFIG_DIR / "_defaults.yaml"
+
+
+def read_recipe(name: str) -> dict[str, Any]:
+    """Experiment ``name``'s YAML over ``_defaults.yaml`` (its ``trainer`` section key by key), as the launcher
+    layers them before any command-line override: for tools that read a recipe without launching it."""
+    defaults = yaml.safe_load(DEFAULTS_FILE.read_text()) or {}
+    cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()) or {}
+    return {**defaults, **cfg, "trainer": {**(defaults.get("trainer") or {}), **(cfg.get("trainer") or {})}}
+
+
 # Set by rank 0 before DDP launches its worker processes, so every rank logs into the same run folder.
 RUN_VERSION_ENV = "ZEROTUNE_RUN_VERSION"
 #: The datamodule's input description (``input_spec()``: normalization, fitted table preprocessing) in a run folder.
