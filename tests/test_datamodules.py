@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from conftest import TINY, run_launcher
 from fakedata import MNIST_FILES, write_cifar10, write_image_folder, write_mnist
 
 from datamodules import (
@@ -388,11 +389,17 @@ def test_augmentation_ranges_are_checked() -> None:
             DigitsDataModule(augment=True, **bad)
 
 
-class _ValBatchSizes(L.Callback):
-    """Records the size of every validation batch, and whether it came in the sanity check."""
+class ValBatchSizes(L.Callback):
+    """Records the size of every validation batch, and whether it came in the sanity check.
+
+    ``instances`` keeps every one made, so a test can read the one the launcher built from its config.
+    """
+
+    instances: list[ValBatchSizes] = []
 
     def __init__(self) -> None:
         self.seen: list[tuple[bool, int]] = []
+        ValBatchSizes.instances.append(self)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self.seen.append((trainer.sanity_checking, len(batch[0])))
@@ -406,7 +413,7 @@ def test_sanity_check_batches_are_cut_and_validation_batches_are_whole(sanity_ba
     dm = DigitsDataModule(batch_size=32, eval_batch_size=100, sanity_batch_size=sanity_batch_size)
     dm.setup()
     model = MLPClassifier(num_classes=dm.num_classes, input_shape=dm.input_shape, hidden=[16])
-    sizes = _ValBatchSizes()
+    sizes = ValBatchSizes()
     trainer = L.Trainer(
         max_epochs=1, num_sanity_val_steps=2, callbacks=[sizes], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
@@ -417,6 +424,16 @@ def test_sanity_check_batches_are_cut_and_validation_batches_are_whole(sanity_ba
     assert sanity == ([8, 8] if sanity_batch_size else [100, 100])
     assert validation[0] == 100 and sum(validation) == len(dm.splits["val"])
     assert trainer.callback_metrics["val/acc"] > 0  # the sanity batches were not counted twice or left behind
+
+
+def test_launcher_default_sanity_check_is_one_cut_batch(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ValBatchSizes.instances.clear()
+    args = ["digits_mlp", "--runs_dir", str(runs_dir), *TINY, "--trainer.callbacks+=test_datamodules.ValBatchSizes"]
+    code, _, err = run_launcher(args, capsys)
+    assert code == 0, err
+    seen = ValBatchSizes.instances[-1].seen
+    assert [n for checking, n in seen if checking] == [8]  # _defaults.yaml: one batch, of data.sanity_batch_size
+    assert all(n > 8 for checking, n in seen if not checking)  # validation itself sees whole batches
 
 
 def test_sanity_batch_size_is_checked() -> None:
