@@ -250,7 +250,7 @@ class ZeroTuneCLI(LightningCLI):
         cfg = self.config
         # Bad data (a single class, an empty split, files missing) is found before a run folder exists.
         check = getattr(self.datamodule, "check_data", None)
-        if self.check_data and callable(check) and _is_global_zero():
+        if self.check_data and callable(check) and is_global_zero():
             check()
         if cfg.trainer.fast_dev_run:
             kwargs["logger"] = False
@@ -309,7 +309,7 @@ class ZeroTuneCLI(LightningCLI):
             number = version.removeprefix("version_")
             version = int(number) if number.isdigit() else version
             cfg.name = self.run_dir.parent.name
-            if _is_global_zero():
+            if is_global_zero():
                 write_status(self.run_dir, "starting")
         elif cfg.get("version"):
             # A folder named by the caller (e.g. a sweep's trial_N), the same on every rank.
@@ -317,7 +317,7 @@ class ZeroTuneCLI(LightningCLI):
             if version in (".", "..") or any(sep and sep in version for sep in ("/", os.sep, os.altsep, "\0")):
                 raise UsageError(f"--version {version!r} must be one folder name, such as trial_3 (no '/' or '..')")
             self.run_dir = root / cfg.name / version
-            if _is_global_zero():
+            if is_global_zero():
                 if (self.run_dir / "config.yaml").exists():
                     raise UsageError(
                         f"--version {version}: {self.run_dir} already holds a run; pass another --version, or "
@@ -325,7 +325,7 @@ class ZeroTuneCLI(LightningCLI):
                     )
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 write_status(self.run_dir, "starting")
-        elif _is_global_zero():
+        elif is_global_zero():
             try:
                 self.run_dir, version = allocate_run_dir(root, cfg.name)
             except OSError as err:
@@ -436,7 +436,7 @@ def _precision_note(cfg: Namespace, trainer: Any) -> None:
         )
 
 
-def _is_global_zero() -> bool:
+def is_global_zero() -> bool:
     """Whether this process is global rank 0, from the launcher's environment (torchrun, SLURM, Lightning's DDP)."""
     # Worker processes started by Lightning inherit SLURM_PROCID from an interactive SLURM shell; their local rank
     # says they are not rank 0.

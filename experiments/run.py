@@ -150,10 +150,11 @@ def _resume_args(run_dir: str, name: str | None, args: list[str]) -> list[str]:
 
 
 def _is_worker_process() -> bool:
-    """Whether this process is a non-zero rank started by a multi-process launcher (Lightning's DDP, torchrun)."""
-    import os
+    """Whether this process is not global rank 0 of a multi-process run (Lightning's DDP, torchrun, SLURM, or a node
+    started with ``NODE_RANK``), by the launcher's environment."""
+    from experiments.cli import is_global_zero
 
-    return int(os.environ.get("LOCAL_RANK", 0)) != 0 or int(os.environ.get("RANK", 0)) != 0
+    return not is_global_zero()
 
 
 def _hostname() -> str:

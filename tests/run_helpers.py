@@ -147,3 +147,51 @@ class SigkillInRun(L.Callback):
     ) -> None:
         if trainer.log_dir and Path(trainer.log_dir).name == self.folder:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class MarkAtStep(L.Callback):
+    """Writes ``rank{N}.pid`` (this process's PID) once the global step reaches ``step``, then slows every later step
+    by ``sleep`` seconds, so a test can signal one process of a running multi-process run at a known point.
+
+    Args:
+        out_dir: Folder for the files.
+        step: The global step after which the file is written.
+        sleep: Seconds to sleep after each training step from then on.
+    """
+
+    def __init__(self, out_dir: str, step: int = 3, sleep: float = 0.2) -> None:
+        self.out_dir = Path(out_dir)
+        self.step = step
+        self.sleep = sleep
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step < self.step:
+            return
+        marker = self.out_dir / f"rank{trainer.global_rank}.pid"
+        if not marker.exists():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(os.getpid()))
+        import time
+
+        time.sleep(self.sleep)
+
+
+class StepLog(L.Callback):
+    """Appends ``rank{N}.steps`` with one line per training batch: ``epoch global_step batch_idx`` (resumed runs
+    append), so a test can tell where a run started and stopped on each rank.
+
+    Args:
+        out_dir: Folder for the files.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / f"rank{trainer.global_rank}.steps", "a") as f:
+            f.write(f"{trainer.current_epoch} {trainer.global_step} {batch_idx}\n")

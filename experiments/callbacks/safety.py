@@ -3,7 +3,9 @@
 * A NaN or infinite loss stops training at once and names the step; checkpoints are never overwritten with
   non-finite weights, so the last good one stays.
 * Ctrl+C (SIGINT) finishes the current batch, then saves a resumable ``last.ckpt`` (a second Ctrl+C stops at
-  once). SIGTERM (a scheduler's timeout, ``kill``) does the same through Lightning's own SIGTERM handling.
+  once). SIGTERM (a scheduler's timeout, ``kill``) does the same. Under several processes a signal that reaches one
+  of them stops all of them at the same batch: the processes agree on it after every training batch, so every rank
+  joins the save, even on a node that never saw the signal.
 * An exception in a callback or the model saves a checkpoint too (single process), names where it came from,
   and marks the run failed.
 * Every run folder has a ``status.json`` (``running``, ``interrupted``, ``failed``, ``completed``) with the reason
@@ -38,6 +40,8 @@ from lightning_models.checkpoints import check_compatible, load_checkpoint, load
 #: Exit codes: a failed run, and the shell's ``128 + signal`` for interrupted ones.
 EXIT_FAILED = 1
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+#: Which stop signal wins when processes received different ones: a scheduler's SIGTERM over a Ctrl+C.
+_URGENCY = {signal.SIGINT: 1, signal.SIGTERM: 2}
 #: Errors the user fixes in their data or paths; the launcher prints them as usage errors (exit code 2).
 _USER_ERRORS = (DataError, FileNotFoundError, NotADirectoryError)
 
@@ -76,24 +80,19 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, permissions); the previous file at that path is intact."""
 
 
-# -- SIGTERM outside the training loop ---------------------------------------------------------------------------
-#: Whether Lightning's training loop is running: it then stops by itself at the next batch on SIGTERM (its handler
-#: calls ours as a part of it), and the fault guard saves a resumable checkpoint there.
-_training_loop_stops_on_sigterm = False
-
-
+# -- SIGTERM outside Lightning's loops --------------------------------------------------------------------------
 def _raise_on_sigterm(signum: int, frame: Any) -> None:
-    if not _training_loop_stops_on_sigterm:
-        raise SIGTERMException
+    raise SIGTERMException
 
 
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Make SIGTERM raise :class:`SIGTERMException` wherever the process is, except inside the training loop.
+    """Make SIGTERM raise :class:`SIGTERMException` wherever the process is, outside Lightning's loops.
 
     Python's default SIGTERM ends the process on the spot, without a word and with the run folder still saying
-    ``running``. Inside the training loop Lightning's own handler stops after the current batch instead (and runs
-    this one as a part of it, which then does nothing). The previous handler is restored on exit.
+    ``running``. Inside a fit or test the :class:`FaultGuard` takes the signal over instead (it stops after the
+    current batch, on every rank together); Lightning restores this handler when the fit or test ends. The previous
+    handler is restored on exit.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -103,11 +102,6 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _set_training_loop(active: bool) -> None:
-    global _training_loop_stops_on_sigterm
-    _training_loop_stops_on_sigterm = active
 
 
 # -- atomic checkpoint files -----------------------------------------------------------------------------------------
@@ -181,8 +175,10 @@ class FaultGuard(L.Callback):
         self.outcome: Outcome | None = None
         self._pending: list[tuple[int, int, int, Tensor]] = []  # (global step, epoch, batch index, loss)
         self._step = (0, 0, 0)
-        self._stop_signal: int | None = None
-        self._previous_sigint: Callable | int | None = None
+        #: The stop signal this process received (the most urgent one, see :data:`_URGENCY`), and the one every
+        #: process agreed on when the run stopped.
+        self._requested: int | None = None
+        self._agreed: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -192,36 +188,55 @@ class FaultGuard(L.Callback):
             check_compatible(pl_module, load_state_dict_file(path), source=path)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.outcome, self._pending, self._stop_signal = None, [], None
+        self.outcome, self._pending, self._requested, self._agreed = None, [], None, None
         run_dir = _run_dir(trainer)
         if run_dir is not None and trainer.is_global_zero:
             write_status(run_dir, "running")
 
+    # Lightning installs its signal handlers when a fit or test starts running, and restores the ones before when it
+    # ends (an exception included). Its SIGTERM handler makes a collective call from inside the handler and stops only
+    # the process it reached, which leaves the others waiting for it; the guard's handlers replace it here.
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_signals()
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Installed here, after Lightning has recorded the handlers it restores when the fit ends.
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-        _set_training_loop(True)
+        self._take_signals()
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _set_training_loop(False)
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._requested, self._agreed = None, None
+        self._take_signals()
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        _set_training_loop(False)
-        self._restore_sigint()
+    def _take_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) != self._on_signal:
+                signal.signal(signum, self._on_signal)
 
-    def _restore_sigint(self) -> None:
-        # Also after an exception, where Lightning calls no teardown hook and leaves SIGINT ignored.
-        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Note the stop; the process stops at the next point where every process can agree on it."""
+        if signum == signal.SIGINT and self._requested is not None:
             raise KeyboardInterrupt  # a second Ctrl+C: stop now
-        self._stop_signal = signum
-        end_progress_line()
-        print("interrupt: saving a checkpoint after this batch (Ctrl+C again to stop at once)", file=sys.stderr)
+        first = self._requested is None
+        if first or _URGENCY.get(signum, 0) > _URGENCY.get(self._requested, 0):
+            self._requested = signum
+        if first and signum == signal.SIGINT:
+            end_progress_line()
+            print("interrupt: saving a checkpoint after this batch (Ctrl+C again to stop at once)", file=sys.stderr)
+
+    def _stop_if_requested(self, trainer: L.Trainer) -> None:
+        """Raise :class:`KeyboardInterrupt` on every process once any of them received a stop signal.
+
+        Under several processes the most urgent signal any of them received is agreed on with one reduction (every
+        process calls this at the same point), so every process stops at the same batch and joins the save.
+        """
+        urgency = _URGENCY.get(self._requested, 0)
+        if trainer.world_size > 1:
+            flag = torch.tensor(float(urgency), device=trainer.strategy.root_device)
+            urgency = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        if urgency:
+            self._agreed = next(s for s, u in _URGENCY.items() if u == urgency)
+            raise KeyboardInterrupt
 
     # -- per step ------------------------------------------------------------------------------------------------
     def on_train_batch_start(
@@ -239,11 +254,23 @@ class FaultGuard(L.Callback):
                 self._check_losses()
         # Stop here, with this batch's step done: Lightning restores a checkpoint saved at this point as "batch
         # completed", so a resumed run neither repeats nor skips a step.
-        requested = self._stop_signal is not None
-        if trainer.world_size > 1:  # every rank stops at the same batch, or collectives would hang
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if requested:
-            raise KeyboardInterrupt
+        self._stop_if_requested(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A signal during the last validation: training is done, but the run stops before testing.
+        self._stop_if_requested(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # One process stops at once; several finish the validation (their shares of it differ in batches).
+        if trainer.world_size == 1 and not trainer.sanity_checking:
+            self._stop_if_requested(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.world_size == 1:
+            self._stop_if_requested(trainer)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_requested(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check_losses()
@@ -279,11 +306,7 @@ class FaultGuard(L.Callback):
     # -- faults --------------------------------------------------------------------------------------------------
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.outcome = None
-        _set_training_loop(False)
-        try:
-            self._handle(trainer, exception)
-        finally:
-            self._restore_sigint()
+        self._handle(trainer, exception)
 
     def _handle(self, trainer: L.Trainer, exception: BaseException) -> None:
         """Save what can be resumed, set :attr:`outcome` and mark the run folder."""
@@ -299,7 +322,7 @@ class FaultGuard(L.Callback):
             if run_dir is not None and trainer.is_global_zero:
                 write_status(run_dir, "failed", reason=str(exception), **where)
             return
-        signum = _signal_of(exception, self._stop_signal)
+        signum = _signal_of(exception, self._agreed or self._requested)
         if signum is None and not isinstance(exception, NonFiniteLossError | CheckpointWriteError):
             # Anything but an interrupt surfaces pending non-finite losses first: they are the likelier cause.
             try:
