@@ -195,3 +195,29 @@ class StepLog(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / f"rank{trainer.global_rank}.steps", "a") as f:
             f.write(f"{trainer.current_epoch} {trainer.global_step} {batch_idx}\n")
+
+
+class BatchRecorder(L.Callback):
+    """Saves ``rank{N}.pt`` at the end of fit: every training batch's inputs this process trained on, in order (the
+    first ``width`` columns of each), so a test can compare what several processes saw with what one process sees.
+
+    Args:
+        out_dir: Folder for the files.
+        width: Columns of each input row kept (tokens of a window; enough to tell windows apart).
+    """
+
+    def __init__(self, out_dir: str, width: int = 16) -> None:
+        self.out_dir = Path(out_dir)
+        self.width = width
+        self.batches: list[Any] = []
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.batches.append(batch[0][:, : self.width].detach().cpu().clone())
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import torch
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(self.batches, self.out_dir / f"rank{trainer.global_rank}.pt")
