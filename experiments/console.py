@@ -29,6 +29,7 @@ _NOISE_LOG_SUBSTRINGS = (
     "Loaded model weights from the checkpoint",
     "Detected KeyboardInterrupt",  # the launcher says what was interrupted and how to resume
     "Received SIGTERM",
+    "SLURM auto-requeueing enabled",  # zerotune's fault guard obeys the requeue signal and says so when it comes
 )
 
 #: Known-harmless warnings, each matched by a precise message regex; everything else is shown.

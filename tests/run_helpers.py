@@ -179,8 +179,8 @@ class MarkAtStep(L.Callback):
 
 
 class StepLog(L.Callback):
-    """Appends ``rank{N}.steps`` with one line per training batch: ``epoch global_step batch_idx`` (resumed runs
-    append), so a test can tell where a run started and stopped on each rank.
+    """Appends ``rank{N}.steps`` with one line per training batch: ``epoch global_step batch_idx pid`` (resumed runs
+    append), so a test can tell where each process of a run started and stopped on each rank.
 
     Args:
         out_dir: Folder for the files.
@@ -194,7 +194,7 @@ class StepLog(L.Callback):
     ) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / f"rank{trainer.global_rank}.steps", "a") as f:
-            f.write(f"{trainer.current_epoch} {trainer.global_step} {batch_idx}\n")
+            f.write(f"{trainer.current_epoch} {trainer.global_step} {batch_idx} {os.getpid()}\n")
 
 
 class BatchRecorder(L.Callback):

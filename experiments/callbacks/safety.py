@@ -8,8 +8,12 @@
   joins the save, even on a node that never saw the signal.
 * An exception in a callback or the model saves a checkpoint too (single process), names where it came from,
   and marks the run failed.
-* Every run folder has a ``status.json`` (``running``, ``interrupted``, ``failed``, ``completed``) with the reason
-  and the command that resumes it; checkpoints are written atomically by :class:`AtomicCheckpointIO`.
+* A SLURM job with Lightning's auto-requeue (its default) that gets the requeue signal (``#SBATCH
+  --signal=SIGUSR1@90``) saves the same way, marks the run ``requeued`` and calls ``scontrol requeue``; the requeued
+  job, running the same command, continues the run in its own folder from that checkpoint (see
+  :func:`experiments.status.find_requeued_run`).
+* Every run folder has a ``status.json`` (``running``, ``interrupted``, ``requeued``, ``failed``, ``completed``) with
+  the reason and the command that resumes it; checkpoints are written atomically by :class:`AtomicCheckpointIO`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -27,21 +33,20 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from datamodules.errors import DataError
 from experiments.console import end_progress_line
 from experiments.files import atomic_path
-from experiments.status import has_checkpoint, resume_command, write_status
+from experiments.status import has_checkpoint, resume_command, slurm_job, write_status
 from lightning_models.checkpoints import check_compatible, load_checkpoint, load_state_dict_file
 
-#: Exit codes: a failed run, and the shell's ``128 + signal`` for interrupted ones.
+#: Exit code of a failed run; interrupted ones end with the shell's ``128 + signal`` (130 for Ctrl+C).
 EXIT_FAILED = 1
-_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-#: Which stop signal wins when processes received different ones: a scheduler's SIGTERM over a Ctrl+C.
-_URGENCY = {signal.SIGINT: 1, signal.SIGTERM: 2}
 #: Errors the user fixes in their data or paths; the launcher prints them as usage errors (exit code 2).
 _USER_ERRORS = (DataError, FileNotFoundError, NotADirectoryError)
 
@@ -80,28 +85,78 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, permissions); the previous file at that path is intact."""
 
 
-# -- SIGTERM outside Lightning's loops --------------------------------------------------------------------------
-def _raise_on_sigterm(signum: int, frame: Any) -> None:
-    raise SIGTERMException
+# -- stop signals outside Lightning's loops -------------------------------------------------------------------------
+class StopSignal(SIGTERMException):
+    """A stop signal that arrived outside Lightning's loops: SIGTERM, or SLURM's requeue signal.
+
+    Args:
+        signum: The signal.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise StopSignal(signum)
+
+
+def requeue_signal(trainer: L.Trainer | None = None) -> int | None:
+    """The signal that asks this SLURM job to save and requeue itself, or ``None`` when there is none to obey.
+
+    It is the one of Lightning's ``SLURMEnvironment`` (SIGUSR1 unless ``--trainer.plugins`` sets another
+    ``requeue_signal``), obeyed while its ``auto_requeue`` is on (Lightning's default). Outside SLURM, in an
+    interactive allocation, and before a trainer exists with a plugin saying otherwise: SIGUSR1 under SLURM, else
+    ``None``.
+    """
+    strategy = trainer.strategy if trainer is not None else None
+    environment = strategy.cluster_environment if isinstance(strategy, ParallelStrategy) else None
+    if isinstance(environment, SLURMEnvironment):
+        return int(environment.requeue_signal) if environment.auto_requeue and environment.requeue_signal else None
+    # A single task (or no trainer yet): under srun, with Lightning's defaults.
+    return int(signal.SIGUSR1) if slurm_job() is not None and "SLURM_NTASKS" in os.environ else None
+
+
+def requeue_job() -> tuple[bool, str]:
+    """Ask SLURM to requeue this job (``scontrol requeue JOB``), as Lightning's auto-requeue does.
+
+    Returns:
+        Whether SLURM took the request, and a sentence saying what happened.
+    """
+    job = slurm_job()
+    if job is None:
+        return False, "not a SLURM batch job, so it cannot be requeued"
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return False, f"could not requeue SLURM job {job} (scontrol: {getattr(err, 'strerror', None) or err})"
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).strip().splitlines()
+        return False, f"could not requeue SLURM job {job} (scontrol: {why[-1] if why else done.returncode})"
+    return True, f"SLURM job {job} requeued: it continues from there in the same run folder"
 
 
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Make SIGTERM raise :class:`SIGTERMException` wherever the process is, outside Lightning's loops.
+    """Make SIGTERM (and, in a SLURM job, its requeue signal) raise :class:`StopSignal` wherever the process is,
+    outside Lightning's loops.
 
-    Python's default SIGTERM ends the process on the spot, without a word and with the run folder still saying
-    ``running``. Inside a fit or test the :class:`FaultGuard` takes the signal over instead (it stops after the
-    current batch, on every rank together); Lightning restores this handler when the fit or test ends. The previous
-    handler is restored on exit.
+    Python's default SIGTERM (and SIGUSR1) ends the process on the spot, without a word and with the run folder still
+    saying ``running``. Inside a fit or test the :class:`FaultGuard` takes the signals over instead (it stops after the
+    current batch, on every rank together); Lightning restores these handlers when the fit or test ends. The previous
+    handlers are restored on exit.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signals = [signal.SIGTERM] + ([requeue] if (requeue := requeue_signal()) else [])
+    previous = {signum: signal.signal(signum, _raise_stop) for signum in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # -- atomic checkpoint files -----------------------------------------------------------------------------------------
@@ -175,10 +230,12 @@ class FaultGuard(L.Callback):
         self.outcome: Outcome | None = None
         self._pending: list[tuple[int, int, int, Tensor]] = []  # (global step, epoch, batch index, loss)
         self._step = (0, 0, 0)
-        #: The stop signal this process received (the most urgent one, see :data:`_URGENCY`), and the one every
+        #: The stop signal this process received (the most urgent one, see :meth:`_urgency`), and the one every
         #: process agreed on when the run stopped.
         self._requested: int | None = None
         self._agreed: int | None = None
+        #: SLURM's requeue signal when the run obeys one (see :func:`requeue_signal`).
+        self._requeue: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -197,28 +254,34 @@ class FaultGuard(L.Callback):
     # ends (an exception included). Its SIGTERM handler makes a collective call from inside the handler and stops only
     # the process it reached, which leaves the others waiting for it; the guard's handlers replace it here.
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._take_signals()
+        self._take_signals(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._take_signals()
+        self._take_signals(trainer)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._requested, self._agreed = None, None
-        self._take_signals()
+        self._take_signals(trainer)
 
-    def _take_signals(self) -> None:
+    def _take_signals(self, trainer: L.Trainer) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(signum) != self._on_signal:
+        self._requeue = requeue_signal(trainer)
+        for signum in (signal.SIGINT, signal.SIGTERM, self._requeue):
+            if signum is not None and signal.getsignal(signum) != self._on_signal:
                 signal.signal(signum, self._on_signal)
+
+    def _urgency(self, signum: int | None) -> int:
+        """Which stop wins when processes received different signals: SLURM's requeue (the job goes on), then a
+        scheduler's SIGTERM, then a Ctrl+C; 0 for none."""
+        return {signal.SIGINT: 1, signal.SIGTERM: 2, self._requeue: 3}.get(signum, 0) if signum else 0
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         """Note the stop; the process stops at the next point where every process can agree on it."""
         if signum == signal.SIGINT and self._requested is not None:
             raise KeyboardInterrupt  # a second Ctrl+C: stop now
         first = self._requested is None
-        if first or _URGENCY.get(signum, 0) > _URGENCY.get(self._requested, 0):
+        if first or self._urgency(signum) > self._urgency(self._requested):
             self._requested = signum
         if first and signum == signal.SIGINT:
             end_progress_line()
@@ -230,12 +293,13 @@ class FaultGuard(L.Callback):
         Under several processes the most urgent signal any of them received is agreed on with one reduction (every
         process calls this at the same point), so every process stops at the same batch and joins the save.
         """
-        urgency = _URGENCY.get(self._requested, 0)
+        urgency = self._urgency(self._requested)
         if trainer.world_size > 1:
             flag = torch.tensor(float(urgency), device=trainer.strategy.root_device)
             urgency = int(trainer.strategy.reduce(flag, reduce_op="max").item())
         if urgency:
-            self._agreed = next(s for s, u in _URGENCY.items() if u == urgency)
+            stops = (signal.SIGINT, signal.SIGTERM, self._requeue)
+            self._agreed = next(s for s in stops if self._urgency(s) == urgency)
             raise KeyboardInterrupt
 
     # -- per step ------------------------------------------------------------------------------------------------
@@ -345,6 +409,8 @@ class FaultGuard(L.Callback):
             except Exception as err:  # noqa: BLE001 - the original failure is what gets reported
                 save_error = err
         self.outcome = self._describe(trainer, exception, signum, saved, save_error, run_dir)
+        if signum is not None and signum == self._requeue and trainer.is_global_zero:
+            self.outcome = self._requeued(self.outcome, saved)
         if run_dir is not None and trainer.is_global_zero:
             resume = resume_command(run_dir) if has_checkpoint(run_dir) else None
             write_status(
@@ -355,6 +421,16 @@ class FaultGuard(L.Callback):
                 resume=resume,
                 **where,
             )
+
+    @staticmethod
+    def _requeued(outcome: Outcome, saved: Path | None) -> Outcome:
+        """Requeue the SLURM job once the resumable checkpoint is written; the outcome says whether SLURM took it."""
+        if saved is None:
+            return outcome  # nothing the requeued job could continue from: the run stays interrupted
+        requeued, note = requeue_job()
+        if not requeued:
+            return Outcome(outcome.state, f"{outcome.message}; {note}", outcome.hint, outcome.exit_code)
+        return Outcome("requeued", f"{outcome.message}; {note}", "", outcome.exit_code)
 
     def _should_save(self, trainer: L.Trainer, exception: BaseException, signum: int | None) -> bool:
         if not self.save_on_interrupt or trainer.sanity_checking or trainer.global_step == 0:
@@ -389,7 +465,7 @@ class FaultGuard(L.Callback):
             else:
                 what = f"the last checkpoint is {kept}" if kept else "no checkpoint had been saved yet"
             hint = resume if (saved or kept) else "start it again: nothing was saved yet"
-            return Outcome("interrupted", f"{name} {at}; {what}", hint, _SIGNAL_EXIT[signum])
+            return Outcome("interrupted", f"{name} {at}; {what}", hint, 128 + signum)
         if isinstance(exception, NonFiniteLossError):
             keep = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been saved yet"
             return Outcome(
@@ -449,7 +525,8 @@ def guarded(trainer: L.Trainer, fn: Callable[[], Any]) -> Any:
 @contextlib.contextmanager
 def mark_stopped(trainer: L.Trainer) -> Iterator[None]:
     """Report an interrupt that reaches the launcher outside a guarded fit or test (between them, or while the
-    summary is written): one line, and the run folder marked ``interrupted``.
+    summary is written): one line, and the run folder marked ``interrupted`` (``requeued`` when SLURM's requeue
+    signal stopped a job that has a checkpoint to continue from).
 
     Raises:
         TrainingStopped: for such an interrupt, with its :class:`Outcome`.
@@ -457,7 +534,7 @@ def mark_stopped(trainer: L.Trainer) -> Iterator[None]:
     try:
         yield
     except (KeyboardInterrupt, SIGTERMException) as err:
-        signum = signal.SIGTERM if isinstance(err, SIGTERMException) else signal.SIGINT
+        signum = _signal_of(err, None)
         run_dir = _run_dir(trainer)
         kept = _kept_checkpoint(trainer)
         resume = resume_command(run_dir) if run_dir is not None and kept else None
@@ -466,10 +543,12 @@ def mark_stopped(trainer: L.Trainer) -> Iterator[None]:
             f"{signal.Signals(signum).name} {_phase(trainer)}; "
             + (f"the last checkpoint is {kept}" if kept else "no checkpoint had been saved yet"),
             f"resume with: {resume}" if resume else "start it again: nothing was saved yet",
-            _SIGNAL_EXIT[signum],
+            128 + signum,
         )
+        if signum == requeue_signal(trainer) and trainer.is_global_zero:
+            outcome = FaultGuard._requeued(outcome, kept)
         if run_dir is not None and trainer.is_global_zero:
-            write_status(run_dir, "interrupted", reason=outcome.message, checkpoint=kept, resume=resume)
+            write_status(run_dir, outcome.state, reason=outcome.message, checkpoint=kept, resume=resume)
         if trainer.is_global_zero:
             report(outcome)
         raise TrainingStopped(outcome) from None
@@ -551,7 +630,10 @@ def _phase(trainer: L.Trainer) -> str:
 
 
 def _signal_of(exception: BaseException, requested: int | None) -> int | None:
-    """The signal behind an interrupt: SIGTERM for Lightning's SIGTERMException, SIGINT for KeyboardInterrupt."""
+    """The signal behind an interrupt: a :class:`StopSignal`'s own, SIGTERM for Lightning's SIGTERMException, SIGINT
+    for KeyboardInterrupt."""
+    if isinstance(exception, StopSignal):
+        return exception.signum
     if isinstance(exception, SIGTERMException):
         return signal.SIGTERM
     if isinstance(exception, KeyboardInterrupt):
