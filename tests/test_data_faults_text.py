@@ -163,6 +163,7 @@ BAD_TOKENIZERS = {
     "empty": (b"", "is not a tokenizer file: not JSON (Expecting value"),
     "nested too deep": (b"[" * 100_000, "is not a tokenizer file: not JSON (maximum recursion depth"),
     "a list": (b"[1, 2, 3]", "holds no known tokenizer (expected kind byte, char or bpe"),
+    "two bytes": (b"{}", "holds no known tokenizer (expected kind byte, char or bpe"),
     "one token": (b'{"kind": "char", "chars": "a"}', "holds a char tokenizer of 1 token: a language model needs"),
     "empty alphabet": (b'{"kind": "char", "chars": ""}', "holds a malformed char tokenizer (a char tokenizer needs"),
     "repeated characters": (b'{"kind": "char", "chars": "aab"}', "holds a malformed char tokenizer"),
