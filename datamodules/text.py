@@ -21,6 +21,7 @@ read, so corpora larger than memory work.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import json
 import os
@@ -740,11 +741,9 @@ def _crc32_file(path: Path, chunk: int = 1 << 24) -> int:
 
 def _remove_folder(folder: Path) -> None:
     """Remove a damaged cache folder: renamed away first, so no reader ever sees it half deleted."""
-    trash = folder.with_name(f".{folder.name}.damaged-{os.getpid()}")
-    try:
-        os.replace(folder, trash)
-    except FileNotFoundError:
-        return  # another process removed it first
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.damaged-", dir=folder.parent))
+    with contextlib.suppress(FileNotFoundError):  # another process removed it first
+        os.replace(folder, trash)  # onto the new, empty folder
     shutil.rmtree(trash, ignore_errors=True)
 
 

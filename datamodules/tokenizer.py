@@ -27,7 +27,7 @@ TokenizerKind = Literal["byte", "char", "bpe"]
 
 
 class UnknownCharacterError(ValueError):
-    """A ``char`` tokenizer met a character outside its alphabet (``char``)."""
+    """A ``char`` tokenizer met a character outside its alphabet; the character is :attr:`char`."""
 
     def __init__(self, message: str, char: str) -> None:
         super().__init__(message)

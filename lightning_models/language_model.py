@@ -211,7 +211,10 @@ class CausalLMModule(TaskModule):
             return  # tensors only (a Hugging Face file): no tokenizer to compare; its own is data.tokenizer_path
         saved = load_checkpoint(path)
         saved = saved.get("tokenizer") if isinstance(saved, dict) else None
-        saved = tokenizer_from_dict(saved) if saved else None
+        try:
+            saved = tokenizer_from_dict(saved) if saved else None
+        except DataError as err:
+            raise DataError(f"model.pretrained '{path}' holds {err}") from None
         if saved is not None and saved != tokenizer:
             gap = char_gap_message(f"model.pretrained '{path}'", saved, tokenizer)
             if gap:  # the advice below could not work: the model has no token for some of this text's characters

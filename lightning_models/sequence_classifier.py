@@ -150,7 +150,10 @@ def check_same_tokenizer(pretrained: str, tokenizer: Any) -> None:
         return  # a plain weights file names no tokenizer (the loader reports a missing file)
     saved = load_checkpoint(pretrained)
     saved = saved.get("tokenizer") if isinstance(saved, dict) else None
-    saved = tokenizer_from_dict(saved) if saved else None
+    try:
+        saved = tokenizer_from_dict(saved) if saved else None
+    except DataError as err:
+        raise DataError(f"model.pretrained '{pretrained}' holds {err}") from None
     if saved is not None and saved != tokenizer:
         gap = char_gap_message(f"model.pretrained '{pretrained}'", saved, tokenizer)
         if gap:  # the advice below could not work: the model has no token for some of this text's characters

@@ -66,6 +66,7 @@ def test_a_damaged_token_cache_is_rebuilt_with_a_warning_naming_the_file(
         again = cached(corpus, tmp_path)
     assert len([w for w in caught if "token cache" in str(w.message)]) == 1
     assert again.cache_folder() == folder and text_module.cache_problem(folder) is None
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # the damaged copy is gone
     assert set(again.tokens) == set(before)
     for split, tokens in before.items():  # the same tokens as before the damage
         assert np.array_equal(np.asarray(again.tokens[split]), tokens), split
@@ -306,3 +307,6 @@ def test_a_classifier_from_a_char_model_that_cannot_read_the_text_gets_no_advice
     )
     with pytest.raises(DataError, match=f"pass --data.tokenizer_path {re.escape(str(ckpt))} so the text"):
         check_same_tokenizer(str(ckpt), CharTokenizer(" ab"))  # fewer characters: the model's own tokenizer reads it
+    torch.save({"state_dict": {}, "tokenizer": {"kind": "char", "chars": "aab"}}, ckpt)  # damaged: repeated 'a'
+    with pytest.raises(DataError, match=f"^model.pretrained '{re.escape(str(ckpt))}' holds a malformed char tokenizer"):
+        check_same_tokenizer(str(ckpt), CharTokenizer(" ab"))
