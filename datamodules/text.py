@@ -9,7 +9,8 @@ own standard library source. :class:`TextDataModule`
 3. tokenizes each split once into ``<cache_dir>/<corpus>-<key>/{train,val,test}.bin`` (``uint16``, or ``int32`` for
    vocabularies over 65,536; nanoGPT's ``train.bin``), keyed on the corpus files (names, sizes, modification
    times), the tokenizer and the split, so a changed corpus or setting builds a new cache and an unchanged one is
-   reused;
+   reused; a damaged cache (a file truncated, emptied or overwritten, ``meta.json`` unreadable) is found by its sizes
+   and CRC-32 checksums, once per process, and rebuilt with a warning naming the file;
 4. serves training batches as random contiguous windows of ``block_size + 1`` tokens gathered on the training
    device, and evaluation batches as fixed, non-overlapping blocks, so validation loss is exact and repeatable.
 
@@ -19,6 +20,8 @@ read, so corpora larger than memory work.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import hashlib
 import json
 import os
@@ -29,8 +32,10 @@ import sys
 import sysconfig
 import tempfile
 import urllib.request
+import warnings
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +45,29 @@ import torch
 from torch import Tensor
 
 from datamodules.errors import DataError
-from datamodules.tokenizer import Tokenizer, TokenizerKind, read_tokenizer, tokenizer_from_dict, train_tokenizer
+from datamodules.tokenizer import (
+    Tokenizer,
+    TokenizerKind,
+    UnknownCharacterError,
+    describe_characters,
+    missing_characters,
+    read_tokenizer,
+    tokenizer_from_dict,
+    train_tokenizer,
+)
 
 SPLITS = ("train", "val", "test")
 #: Packages of the standard-library corpus held out of pre-training by default (a fine-tuning target).
 STDLIB_HOLDOUT = ("email",)
 #: Folders of the standard library that are not library source: tests, bundled third-party code, caches.
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "ensurepip"}
-#: Bumped when the cache layout or the tokenization changes, so old caches are not reused.
-_CACHE_VERSION = 1
+#: Bumped when the cache layout or the tokenization changes, so old caches are not reused (2: checksums in meta).
+_CACHE_VERSION = 2
+#: Bytes read from the start of each file of a folder corpus to tell text files from binary ones.
+_SNIFF_BYTES = 8192
+#: Token caches found intact in this process, by their files' names, sizes and modification times: each cache is
+#: checksummed once per process.
+_intact: set[tuple[str, tuple[tuple[str, int, int], ...]]] = set()
 # Between documents of a split: a blank line, so files do not run into each other mid-line.
 _DOC_SEPARATOR = "\n\n"
 
@@ -66,6 +85,8 @@ class Corpus:
     name: str
     root: Path
     documents: list[str]
+    #: Files of a folder corpus left out because they are not UTF-8 text (images, archives, compiled files).
+    skipped: list[str] = field(default_factory=list)
 
     def path(self, doc: str) -> Path:
         return self.root / doc if doc else self.root
@@ -176,6 +197,7 @@ class TextDataModule(L.LightningDataModule):
         #: A tokenizer that must be used (from ``tokenizer_path`` or a resumed checkpoint).
         self._fixed_tokenizer: Tokenizer | None = None
         self._cache: Path | None = None
+        self._corpus: Corpus | None = None
         self.meta: dict[str, Any] = {}
         self.tokens: dict[str, np.ndarray] = {}
         self._device_tokens: dict[str, Tensor] = {}
@@ -215,11 +237,24 @@ class TextDataModule(L.LightningDataModule):
         return self.data_dir / folder / parts[-1]
 
     def corpus(self) -> Corpus:
-        """The corpus's documents (names only; nothing is read yet).
+        """The corpus's documents: names, the files of a folder that are not UTF-8 text left out (each file's first
+        bytes are read to tell); listed once per datamodule.
 
         Raises:
             DataError: a missing path or URL file, or a folder without text files.
         """
+        if self._corpus is None:
+            self._corpus = self._list_corpus()
+            if self._corpus.skipped:
+                skipped, total = self._corpus.skipped, len(self._corpus.skipped) + len(self._corpus.documents)
+                warnings.warn(
+                    f"skipped {len(skipped)} of the {total} files in {self._corpus.root} that are not UTF-8 text "
+                    f"({describe_files(skipped)}); the corpus is the other {total - len(skipped)}",
+                    stacklevel=2,
+                )
+        return self._corpus
+
+    def _list_corpus(self) -> Corpus:
         if self.path is not None:
             root = Path(self.path)
             if not root.exists():
@@ -242,19 +277,21 @@ class TextDataModule(L.LightningDataModule):
         if root.is_file():
             return Corpus(name, root, [""])
         pattern = self.glob if self.path is not None else "**/*.py"
-        docs = []
+        docs, skipped = [], []
         for rel in _files(root, pattern, skip=_STDLIB_SKIP if self.path is None else set()):
             top = rel.parts[0].removesuffix(".py")
             if (self.include and top not in self.include) or top in exclude:
                 continue
-            docs.append(rel.as_posix())
+            # Before splitting: a binary file would count its bytes towards a split it adds no text to.
+            (docs if _is_text(root / rel) else skipped).append(rel.as_posix())
         if not docs:
             raise DataError(
                 f"no text files in {root} matching '{pattern}'"
                 + (f" under {self.include}" if self.include else "")
+                + (f" ({len(skipped)} file(s) that are not UTF-8 text skipped)" if skipped else "")
                 + "; pass a folder of text files (data.path) or another data.glob"
             )
-        return Corpus(name, root, docs)
+        return Corpus(name, root, docs, skipped)
 
     def split_documents(self, corpus: Corpus) -> dict[str, list[str]]:
         """Documents of each split: whole files drawn at random (by ``seed``) until each held-out split has its
@@ -287,9 +324,9 @@ class TextDataModule(L.LightningDataModule):
     def split_texts(self, corpus: Corpus, split: str, docs: list[str]) -> Iterator[str]:
         """The texts of one split, document by document."""
         if len(corpus.documents) == 1:
-            text = corpus.read("")
+            text = corpus.read(corpus.documents[0])
             if text is None:
-                raise DataError(f"{corpus.root} is not UTF-8 text")
+                raise DataError(f"{corpus.path(corpus.documents[0])} is not UTF-8 text")
             n = len(text)
             # nanoGPT's cut: the first int(0.9 * n) characters train.
             cuts = {"train": 0, "val": int(n * (1 - self.val_fraction - self.test_fraction)), "test": None, None: n}
@@ -331,12 +368,17 @@ class TextDataModule(L.LightningDataModule):
         return self._cache
 
     def prepare_data(self) -> None:
-        """Download the ``url`` corpus if missing (and allowed); build the token cache unless it exists."""
+        """Download the ``url`` corpus if missing (and allowed); build the token cache unless an intact one exists
+        (a damaged one is rebuilt, with a warning naming the file at fault)."""
         if self.path is None and self.url is not None and not self.url_file().is_file() and self.download:
             _download(self.url, self.url_file())
         folder = self.cache_folder()
-        if (folder / "meta.json").is_file():
-            return
+        if folder.exists():
+            problem = cache_problem(folder)
+            if problem is None:
+                return
+            warnings.warn(f"token cache {problem}; rebuilding the cache from the corpus", stacklevel=2)
+            _remove_folder(folder)
         corpus = self.corpus()
         docs = self.split_documents(corpus)
         tokenizer = self._fixed_tokenizer
@@ -352,7 +394,10 @@ class TextDataModule(L.LightningDataModule):
                 if split == "test" and self.test_fraction == 0:
                     continue
                 texts = self.split_texts(corpus, split, docs[split])
-                splits[split] = _tokenize_to_file(tokenizer, texts, tmp / f"{split}.bin", dtype)
+                try:
+                    splits[split] = _tokenize_to_file(tokenizer, texts, tmp / f"{split}.bin", dtype)
+                except UnknownCharacterError:
+                    raise self._unknown_characters(corpus, tokenizer) from None
                 splits[split]["documents"] = len(docs[split])
             if sum(s["bytes"] for s in splits.values()) == 0:
                 raise DataError(
@@ -375,10 +420,33 @@ class TextDataModule(L.LightningDataModule):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def _unknown_characters(self, corpus: Corpus, tokenizer: Tokenizer) -> DataError:
+        """The error for a corpus with characters the fixed ``char`` tokenizer lacks: which ones, and where first."""
+        missing: list[str] = []
+        first = ""
+        for doc in corpus.documents:
+            found = missing_characters(tokenizer, [corpus.read(doc) or ""])
+            if found and not first:
+                first = str(corpus.path(doc))
+            missing = sorted(set(missing) | set(found))
+        source = f"data.tokenizer_path {self.tokenizer_path}" if self.tokenizer_path else "the resumed checkpoint"
+        where = f"; first in {first}" if len(corpus.documents) > 1 else ""
+        return DataError(
+            f"the corpus {corpus.root} has {len(missing)} character(s) that the char tokenizer of {source} has no "
+            f"token for ({describe_characters(missing)}{where}): a char tokenizer reads only the "
+            f"characters of the text it was made from. Use text written with its {tokenizer.vocab_size} characters, "
+            "or a model trained with data.tokenizer byte or bpe, which read any text"
+        )
+
     def _load_meta(self) -> None:
-        folder = self.cache_folder()
-        self.meta = json.loads((folder / "meta.json").read_text())
-        self._tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
+        path = self.cache_folder() / "meta.json"
+        try:
+            self.meta = json.loads(path.read_text())
+            self._tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
+        except (OSError, ValueError, KeyError, TypeError) as err:  # changed since prepare_data checked it
+            raise DataError(
+                f"cannot read the token cache {path} ({err}); delete {path.parent} and run again to rebuild it"
+            ) from None
 
     # -- splits --------------------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -618,15 +686,18 @@ def _gather(tokens: Tensor | np.ndarray, starts: Tensor, span: Tensor) -> Tensor
 
 
 def _tokenize_to_file(tokenizer: Tokenizer, texts: Iterator[str], path: Path, dtype: Any) -> dict[str, int]:
-    """Write the tokens of ``texts`` to ``path``, tokenized in batches; returns token and byte counts."""
-    tokens = n_bytes = 0
+    """Write the tokens of ``texts`` to ``path``, tokenized in batches; returns token and byte counts and the
+    CRC-32 of the file (what :func:`cache_problem` checks)."""
+    tokens = n_bytes = crc = 0
     with open(path, "wb") as f:
         batch: list[str] = []
 
         def flush() -> None:
-            nonlocal tokens
+            nonlocal tokens, crc
             for ids in tokenizer.encode_batch(batch):
-                f.write(np.asarray(ids, dtype=dtype).tobytes())
+                data = np.asarray(ids, dtype=dtype).tobytes()
+                f.write(data)
+                crc = zlib.crc32(data, crc)
                 tokens += len(ids)
             batch.clear()
 
@@ -636,7 +707,90 @@ def _tokenize_to_file(tokenizer: Tokenizer, texts: Iterator[str], path: Path, dt
             if len(batch) >= 64:
                 flush()
         flush()
-    return {"tokens": tokens, "bytes": n_bytes}
+    return {"tokens": tokens, "bytes": n_bytes, "crc32": crc}
+
+
+def cache_problem(folder: Path) -> str | None:
+    """What is wrong with the token cache ``folder`` (naming the file), or ``None`` when it is intact.
+
+    ``meta.json`` must parse and describe a tokenizer, the splits and their sizes; each ``SPLIT.bin`` must hold
+    exactly its tokens and match its CRC-32. The checksums are computed once per process per cache (about 0.1 s per
+    100 MB); the sizes are checked every time.
+    """
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return f"{folder} has no meta.json (an interrupted build?)"
+    try:
+        meta = json.loads(meta_path.read_text())
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        splits = {name: (int(info["tokens"]), int(info["crc32"])) for name, info in meta["splits"].items()}
+        tokenizer_from_dict(meta["tokenizer"])
+        if not {"train", "val"} <= set(splits) <= set(SPLITS) or np.dtype(meta["dtype"]).kind not in "iu":
+            raise ValueError("unexpected splits or token type")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        return f"file {meta_path} is damaged ({type(err).__name__}: {reason})"
+    stamps = [("meta.json", *_stamp(meta_path))]
+    for name, (tokens, _) in splits.items():
+        path = folder / f"{name}.bin"
+        if not path.is_file():
+            return f"file {path} is missing"
+        size, mtime = _stamp(path)
+        if size != tokens * itemsize:
+            return f"file {path} is damaged ({size} bytes, expected {tokens * itemsize} for {tokens} tokens)"
+        stamps.append((path.name, size, mtime))
+    key = (str(folder.resolve()), tuple(stamps))
+    if key in _intact:
+        return None
+    for name, (_, crc) in splits.items():
+        if _crc32_file(folder / f"{name}.bin") != crc:
+            return f"file {folder / f'{name}.bin'} is damaged (its checksum does not match meta.json)"
+    _intact.add(key)
+    return None
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _crc32_file(path: Path, chunk: int = 1 << 24) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while data := f.read(chunk):
+            crc = zlib.crc32(data, crc)
+    return crc
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove a damaged cache folder: renamed away first, so no reader ever sees it half deleted."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.damaged-", dir=folder.parent))
+    with contextlib.suppress(FileNotFoundError):  # another process removed it first
+        os.replace(folder, trash)  # onto the new, empty folder
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _is_text(path: Path) -> bool:
+    """Whether the file looks like UTF-8 text: its first bytes decode and hold no NUL byte (binary formats do).
+
+    A file that cannot be opened counts as text here, so that reading it reports the error."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError:
+        return True
+    if b"\0" in head:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def describe_files(names: list[str], limit: int = 3) -> str:
+    """``a.jpg, b.png, c.bin`` (and ``... and N more`` past ``limit``): file names for a one-line message."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _files(root: Path, pattern: str, skip: set[str]) -> list[Path]:

@@ -31,7 +31,15 @@ import torch
 from datamodules.base import InMemoryDataModule, Split
 from datamodules.errors import DataError
 from datamodules.tabular import encode_labels
-from datamodules.tokenizer import Tokenizer, TokenizerKind, read_tokenizer, train_tokenizer
+from datamodules.tokenizer import (
+    Tokenizer,
+    TokenizerKind,
+    UnknownCharacterError,
+    describe_characters,
+    missing_characters,
+    read_tokenizer,
+    train_tokenizer,
+)
 
 #: Id of padding positions (right padding); models treat every negative id as padding.
 PAD_ID = -1
@@ -195,9 +203,27 @@ class TextClassificationDataModule(InMemoryDataModule):
         index = {name: i for i, name in enumerate(names)}
         splits = {}
         for split, (texts, labels) in self.texts().items():
-            x = encode_texts(self.tokenizer, texts, self.block_size)
+            try:
+                x = encode_texts(self.tokenizer, texts, self.block_size)
+            except UnknownCharacterError:
+                raise self._unknown_characters(split, texts) from None
             splits[split] = Split(x, torch.tensor([index[label] for label in labels], dtype=torch.long))
         return splits
+
+    def _unknown_characters(self, split: str, texts: list[str]) -> DataError:
+        """The error for texts with characters the ``char`` tokenizer has no token for (a given one, or the one
+        fitted to the training texts meeting a character only the validation or test texts have)."""
+        missing = missing_characters(self.tokenizer, texts)
+        source = {"val": self.val_path, "test": self.test_path}.get(split) or self.path or "the snippets"
+        tokenizer = (
+            f"of data.tokenizer_path {self.tokenizer_path}" if self.tokenizer_path else "fitted to the training texts"
+        )
+        return DataError(
+            f"the {split} texts of {source} have {len(missing)} character(s) that the char tokenizer {tokenizer} has "
+            f"no token for ({describe_characters(missing)}): a char tokenizer reads only the characters of the text "
+            "it was made from. Use data.tokenizer byte or bpe, which read any text"
+            + (", or texts written with its characters" if self.tokenizer_path else "")
+        )
 
     # -- what a raw input is, for prediction and export -------------------------------------------------------------
     def input_spec(self) -> dict[str, Any]:

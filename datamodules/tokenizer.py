@@ -26,6 +26,14 @@ from datamodules.errors import DataError
 TokenizerKind = Literal["byte", "char", "bpe"]
 
 
+class UnknownCharacterError(ValueError):
+    """A ``char`` tokenizer met a character outside its alphabet; the character is :attr:`char`."""
+
+    def __init__(self, message: str, char: str) -> None:
+        super().__init__(message)
+        self.char = char
+
+
 class Tokenizer:
     """Text to ids and back; subclasses implement the methods below."""
 
@@ -124,9 +132,10 @@ class CharTokenizer(Tokenizer):
         try:
             return np.fromiter((self._ids[c] for c in text), dtype=np.int32, count=len(text))
         except KeyError as err:
-            raise ValueError(
+            raise UnknownCharacterError(
                 f"character {err.args[0]!r} is not in this char tokenizer's alphabet of {len(self.chars)} characters "
-                "(the characters of its training corpus)"
+                "(the characters of its training corpus)",
+                err.args[0],
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -204,18 +213,26 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     """The tokenizer :meth:`Tokenizer.to_dict` described; also accepts a ``tokenizers`` library ``tokenizer.json``.
 
     Raises:
-        DataError: for data that describes no known tokenizer.
+        DataError: for data that describes no known tokenizer, or a malformed one (a repeated or empty alphabet, a
+            BPE description the ``tokenizers`` library rejects).
     """
     kind = data.get("kind") if isinstance(data, dict) else None
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "char" and isinstance(data.get("chars"), str):
-        return CharTokenizer(data["chars"])
-    if kind == "bpe" and isinstance(data.get("tokenizer"), dict):
-        return BPETokenizer(json.dumps(data["tokenizer"]))
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):  # the tokenizers library's own format
-        return BPETokenizer(json.dumps(data))
-    raise DataError(f"not a tokenizer description (expected kind byte, char or bpe): {str(data)[:80]}")
+    try:
+        if kind == "byte":
+            return ByteTokenizer()
+        if kind == "char" and isinstance(data.get("chars"), str):
+            return CharTokenizer(data["chars"])
+        if kind == "bpe" and isinstance(data.get("tokenizer"), dict):
+            return BPETokenizer(json.dumps(data["tokenizer"]))
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):  # the tokenizers library's own format
+            return BPETokenizer(json.dumps(data))
+    except Exception as err:  # the tokenizers library raises a bare Exception for a description it cannot build
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise DataError(f"a malformed {kind or 'bpe'} tokenizer ({reason})") from None
+    raise DataError(
+        "no known tokenizer (expected kind byte, char or bpe, or a tokenizers library tokenizer.json): "
+        f"{str(data)[:80]}"
+    )
 
 
 def read_tokenizer(path: str | Path, setting: str = "data.tokenizer_path") -> Tokenizer:
@@ -223,24 +240,72 @@ def read_tokenizer(path: str | Path, setting: str = "data.tokenizer_path") -> To
     ``tokenizer.json`` (GPT-2's), or a checkpoint of a model trained on text by zerotune.
 
     Raises:
-        DataError: a missing file, or one that holds no tokenizer (``setting`` names the option in the message).
+        DataError: a missing file, or one that holds no usable tokenizer (malformed, not JSON, fewer than two
+            tokens); the message names the file and ``setting``, the option it was given as.
     """
     path = Path(path)
     if path.is_dir() and (path / "tokenizer.json").is_file():
         path = path / "tokenizer.json"
     if not path.is_file():
         raise DataError(f"tokenizer not found: '{path}' ({setting}); pass a tokenizer.json or a .ckpt")
+    fix = "pass a run folder's tokenizer.json, a tokenizers library tokenizer.json or a language model's .ckpt"
     if path.suffix == ".json":
         try:
-            return tokenizer_from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{path} is not a tokenizer file (not JSON: {err})") from None
-    from lightning_models.checkpoints import load_checkpoint
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as err:  # not JSON, not UTF-8 (binary), nested beyond reason
+            reason = " ".join(str(err).split())[:120] or type(err).__name__
+            raise DataError(f"{path} ({setting}) is not a tokenizer file: not JSON ({reason}); {fix}") from None
+        except OSError as err:
+            raise DataError(f"cannot read {path} ({setting}): {err.strerror or err}") from None
+    else:
+        from lightning_models.checkpoints import load_checkpoint
 
-    checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint, dict) or not checkpoint.get("tokenizer"):
-        raise DataError(f"checkpoint '{path}' holds no tokenizer (it was not trained on text by zerotune)")
-    return tokenizer_from_dict(checkpoint["tokenizer"])
+        checkpoint = load_checkpoint(path)
+        if not isinstance(checkpoint, dict) or not checkpoint.get("tokenizer"):
+            raise DataError(f"checkpoint '{path}' holds no tokenizer (it was not trained on text by zerotune)")
+        data = checkpoint["tokenizer"]
+    try:
+        tokenizer = tokenizer_from_dict(data)
+    except DataError as err:
+        raise DataError(f"{path} ({setting}) holds {err}; {fix}") from None
+    if tokenizer.vocab_size < 2:
+        raise DataError(
+            f"{path} ({setting}) holds a {tokenizer.kind} tokenizer of {tokenizer.vocab_size} token: a language model "
+            f"needs at least two; {fix}"
+        )
+    return tokenizer
+
+
+def missing_characters(tokenizer: Tokenizer, texts: Iterable[str]) -> list[str]:
+    """The characters of ``texts`` that the ``char`` tokenizer ``tokenizer`` has no token for, sorted (empty for
+    byte and BPE tokenizers, which read any text)."""
+    if not isinstance(tokenizer, CharTokenizer):
+        return []
+    seen: set[str] = set()
+    for text in texts:
+        seen.update(text)
+    return sorted(seen - set(tokenizer.chars))
+
+
+def char_gap_message(model: str, saved: Tokenizer, data: Tokenizer) -> str | None:
+    """Why ``model``, trained with the ``char`` tokenizer ``saved``, cannot read text whose characters are ``data``'s
+    (a ``char`` tokenizer fitted to it): the characters it has no token for. ``None`` when there are none, or when
+    either tokenizer is not ``char`` (byte-level tokenizers read any text)."""
+    missing = missing_characters(saved, [data.chars]) if isinstance(data, CharTokenizer) else []
+    if not missing:
+        return None
+    return (
+        f"{model} reads a char tokenizer of {saved.vocab_size} characters, and this run's text has {len(missing)} "
+        f"character(s) it has no token for ({describe_characters(missing)}), so not even --data.tokenizer_path can "
+        "make the model read it: use text written with the model's characters, or a model trained with "
+        "data.tokenizer byte or bpe, which read any text"
+    )
+
+
+def describe_characters(chars: Sequence[str], limit: int = 8) -> str:
+    """``'T', 'W', 'Z'`` (and ``... and N more`` past ``limit``): characters for a one-line message."""
+    shown = ", ".join(repr(c) for c in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
 
 
 def train_tokenizer(kind: TokenizerKind, texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:

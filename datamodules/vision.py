@@ -8,6 +8,7 @@ same split indices and normalization, kept for comparison and for transforms the
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 import torchvision
 from torch import Tensor
 from torchvision.datasets import mnist
+from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
+from torchvision.datasets.vision import VisionDataset
 
 from datamodules.base import Split
 from datamodules.errors import DataError
@@ -28,6 +31,21 @@ _REFETCH = "Delete it and rerun with data.download true to fetch it again."
 #: What torchvision's readers raise on truncated or malformed files (IDX asserts and reshapes, pickle errors).
 READ_ERRORS = (AssertionError, AttributeError, EOFError, ImportError, LookupError, OSError, RuntimeError, TypeError)
 READ_ERRORS += (ValueError, pickle.UnpicklingError)
+#: The only globals a pickled numpy array names: the dtype, the array type and the function that rebuilds it
+#: (``_reconstruct`` up to pickle protocol 4, ``_frombuffer`` for protocol 5), under numpy 1.x's module names (the
+#: official CIFAR-10 files are Python 2 pickles of numpy 1.x arrays) and numpy 2.x's; and ``_codecs.encode``, which
+#: Python 3 writes for ``bytes`` at protocols 0-2 (a pure conversion of a string to bytes).
+ARRAY_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+)
 
 
 class TorchvisionImageDataModule(ImagePipelineDataModule):
@@ -91,6 +109,11 @@ class TorchvisionImageDataModule(ImagePipelineDataModule):
         """torchvision's dataset for one official split, reading existing files (never downloading)."""
         return self.dataset_cls(self.data_dir, train=train, download=False)
 
+    def fetch(self) -> None:
+        """Download and unpack the dataset into ``data_dir`` (torchvision checks the archives' md5)."""
+        # torchvision downloads on construction; the test split is the small one.
+        self.dataset_cls(self.data_dir, train=False, download=True)
+
     def images(self, dataset: Any) -> Tensor:
         """The split's decoded images as one ``(N, C, H, W)`` uint8 tensor."""
         raise NotImplementedError
@@ -119,8 +142,7 @@ class TorchvisionImageDataModule(ImagePipelineDataModule):
         if not missing or not self.download:
             return
         try:
-            # torchvision downloads (and checks the archives' md5) on construction; the test split is the small one.
-            self.dataset_cls(self.data_dir, train=False, download=True)
+            self.fetch()
         except (OSError, RuntimeError) as err:
             # torchvision lists every mirror it tried; the last line holds the final error.
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -141,6 +163,8 @@ class TorchvisionImageDataModule(ImagePipelineDataModule):
             dataset = self.reader(train)
             labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.long)
             count_ok = len(dataset.data) == len(labels)
+        except DataError:
+            raise  # already names the file and the fix (a refused pickle, a file that fails its md5 check)
         except READ_ERRORS as err:
             raise self.corrupt(self.bad_file(train), err) from None
         if not count_ok or len(labels) == 0 or labels.min() < 0 or labels.max() >= self.num_classes:
@@ -245,17 +269,69 @@ class FashionMNISTDataModule(MNISTDataModule):
     default_std = (0.3530,)
 
 
-class _CIFAR10Files(torchvision.datasets.CIFAR10):
-    """torchvision's CIFAR-10 reader without its md5 checks: the files are checked by parsing them instead.
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds only the globals in ``allowed`` and refuses every other one by name."""
 
-    The stock class hashes all 180 MB on every construction and rejects any file that is not the official
-    archive's; the parsing, reshaping and metadata code below it runs unchanged. Downloads still go through the
-    stock class, whose archive md5 check stays in place.
+    def __init__(self, file: Any, path: Path, allowed: frozenset[tuple[str, str]]) -> None:
+        super().__init__(file, encoding="latin1")  # latin1: Python 2 pickles of numpy arrays hold raw bytes as str
+        self.path, self.allowed = path, allowed
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.allowed:
+            raise DataError(
+                f"refusing to read {self.path}: its pickle calls {module}.{name}, which a data file never needs, and "
+                f"unpickling it could run any code its author put in it. {_REFETCH}"
+            )
+        # numpy 2 moved numpy.core to numpy._core (numpy.core still imports, with a warning); try the current name.
+        current = module.replace("numpy.core.", "numpy._core.")
+        for candidate in dict.fromkeys((current, module)):
+            try:
+                return getattr(importlib.import_module(candidate), name)
+            except (ImportError, AttributeError):
+                continue
+        raise pickle.UnpicklingError(f"{module}.{name} is not in this numpy")
+
+
+def restricted_unpickle(path: str | Path, allowed: frozenset[tuple[str, str]] = ARRAY_GLOBALS) -> Any:
+    """The object pickled in ``path``, built from plain data (dicts, lists, tuples, str, bytes, numbers) and the
+    globals in ``allowed`` only: numpy arrays by default. Nothing in the file can run code.
+
+    Raises:
+        DataError: the pickle names any other global (``os.system``, a class...); the message names the file.
+        pickle.UnpicklingError, EOFError, ValueError...: a truncated or malformed file (see :data:`READ_ERRORS`).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        return _RestrictedUnpickler(f, path, allowed).load()
+
+
+class _CIFAR10Files(torchvision.datasets.CIFAR10):
+    """torchvision's CIFAR-10 dataset (``data``, ``targets``, ``classes`` and its per-sample ``__getitem__``), read
+    with :func:`restricted_unpickle` instead of ``pickle.load``.
+
+    The md5 of each file is checked by :class:`CIFAR10DataModule` (once per process, and only when
+    ``verify_md5``), not here: the stock class hashes all 180 MB on every construction.
     """
 
-    train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
-    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+    def __init__(self, root: str | Path, train: bool = True) -> None:
+        VisionDataset.__init__(self, root)
+        self.train = train
+        folder = Path(self.root) / self.base_folder
+        names = [name for name, _ in (self.train_list if train else self.test_list)]
+        entries = [restricted_unpickle(folder / name) for name in names]
+        # Each file: "data" (N, 3072) uint8 rows in CHW order, "labels" a list of N ints.
+        for name, entry in zip(names, entries, strict=True):
+            data = entry["data"]
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+                raise ValueError(f"{name}: 'data' is not an (N, 3072) uint8 array")
+        self.data = np.vstack([entry["data"] for entry in entries]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        self.targets = [int(label) for entry in entries for label in entry["labels"]]
+        self.classes = list(restricted_unpickle(folder / self.meta["filename"])[self.meta["key"]])
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+#: CIFAR-10 files whose md5 matched in this process, by (resolved path, size, modification time).
+_verified: set[tuple[str, int, int]] = set()
 
 
 class CIFAR10DataModule(TorchvisionImageDataModule):
@@ -265,6 +341,10 @@ class CIFAR10DataModule(TorchvisionImageDataModule):
         augment: Augment training batches (on by default).
         crop_padding: Padding of the random crop, in pixels (4, the standard CIFAR shift).
         hflip: Random horizontal flip (on by default).
+        verify_md5: Check every batch file against the md5 torchvision lists for the official archive (once per
+            process, about a second for the 180 MB). ``false`` reads files you made yourself in CIFAR-10's format;
+            either way the files are unpickled by :func:`restricted_unpickle`, which builds numpy arrays and plain
+            data only.
         **kwargs: See :class:`TorchvisionImageDataModule`.
     """
 
@@ -276,8 +356,11 @@ class CIFAR10DataModule(TorchvisionImageDataModule):
     default_mean = (0.4914, 0.4822, 0.4465)
     default_std = (0.2470, 0.2435, 0.2616)
 
-    def __init__(self, augment: bool = True, crop_padding: int = 4, hflip: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, augment: bool = True, crop_padding: int = 4, hflip: bool = True, verify_md5: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(augment=augment, crop_padding=crop_padding, hflip=hflip, **kwargs)
+        self.verify_md5 = verify_md5
 
     def folder(self) -> Path:
         return Path(self.data_dir) / self.dataset_cls.base_folder
@@ -289,8 +372,37 @@ class CIFAR10DataModule(TorchvisionImageDataModule):
     def fetch_hint(self) -> str:
         return f"Download {self.dataset_cls.url} and extract it into {self.data_dir}"
 
+    def fetch(self) -> None:
+        # What the stock class's download does, without its constructor's plain pickle.load of the files.
+        cls = self.dataset_cls
+        download_and_extract_archive(cls.url, self.data_dir, filename=cls.filename, md5=cls.tgz_md5)
+
     def reader(self, train: bool) -> Any:
-        return _CIFAR10Files(self.data_dir, train=train, download=False)
+        if self.verify_md5:
+            cls = self.dataset_cls
+            self.check_md5([*(cls.train_list if train else cls.test_list), [cls.meta["filename"], cls.meta["md5"]]])
+        return _CIFAR10Files(self.data_dir, train=train)
+
+    def check_md5(self, files: list[list[str]]) -> None:
+        """Check ``[name, md5]`` files of :meth:`folder` against the official md5s; each file once per process.
+
+        Raises:
+            DataError: a file whose md5 differs, named with the fix.
+        """
+        for name, want in files:
+            path = self.folder() / name
+            st = path.stat()
+            stamp = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+            if stamp in _verified:
+                continue
+            got = calculate_md5(path)
+            if got != want:
+                raise DataError(
+                    f"{path} does not match the official CIFAR-10 archive (md5 {got}, expected {want}): it is damaged "
+                    "or was replaced. Delete it and rerun with data.download true to fetch it again (or set "
+                    "data.verify_md5 false for files you wrote yourself in CIFAR-10's format)"
+                )
+            _verified.add(stamp)
 
     def images(self, dataset: Any) -> Tensor:
         return torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
@@ -301,8 +413,7 @@ class CIFAR10DataModule(TorchvisionImageDataModule):
         for name in [*names, cls.meta["filename"]]:
             path = self.folder() / name
             try:
-                with open(path, "rb") as f:
-                    entry = pickle.load(f, encoding="latin1")
+                entry = restricted_unpickle(path)
                 if name == cls.meta["filename"]:
                     ok = isinstance(entry.get(cls.meta["key"]), list)
                 else:

@@ -203,7 +203,7 @@ class CausalLMModule(TaskModule):
             DataError: naming the file and the setting that makes the data use the model's own tokenizer.
         """
         from datamodules.errors import DataError
-        from datamodules.tokenizer import tokenizer_from_dict
+        from datamodules.tokenizer import char_gap_message, tokenizer_from_dict
         from lightning_models.checkpoints import load_checkpoint
 
         path = self.hparams.pretrained
@@ -211,7 +211,14 @@ class CausalLMModule(TaskModule):
             return  # tensors only (a Hugging Face file): no tokenizer to compare; its own is data.tokenizer_path
         saved = load_checkpoint(path)
         saved = saved.get("tokenizer") if isinstance(saved, dict) else None
-        if saved and tokenizer_from_dict(saved) != tokenizer:
+        try:
+            saved = tokenizer_from_dict(saved) if saved else None
+        except DataError as err:
+            raise DataError(f"model.pretrained '{path}' holds {err}") from None
+        if saved is not None and saved != tokenizer:
+            gap = char_gap_message(f"model.pretrained '{path}'", saved, tokenizer)
+            if gap:  # the advice below could not work: the model has no token for some of this text's characters
+                raise DataError(gap)
             raise DataError(
                 f"model.pretrained '{path}' was trained with another tokenizer than this run's data uses, so its "
                 f"token ids would mean other text; pass --data.tokenizer_path {path} to tokenize with the model's own"

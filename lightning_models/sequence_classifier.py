@@ -143,14 +143,21 @@ def check_same_tokenizer(pretrained: str, tokenizer: Any) -> None:
     from pathlib import Path
 
     from datamodules.errors import DataError
-    from datamodules.tokenizer import tokenizer_from_dict
+    from datamodules.tokenizer import char_gap_message, tokenizer_from_dict
     from lightning_models.checkpoints import load_checkpoint
 
     if Path(pretrained).suffix != ".ckpt" or not Path(pretrained).is_file():
         return  # a plain weights file names no tokenizer (the loader reports a missing file)
     saved = load_checkpoint(pretrained)
     saved = saved.get("tokenizer") if isinstance(saved, dict) else None
-    if saved and tokenizer_from_dict(saved) != tokenizer:
+    try:
+        saved = tokenizer_from_dict(saved) if saved else None
+    except DataError as err:
+        raise DataError(f"model.pretrained '{pretrained}' holds {err}") from None
+    if saved is not None and saved != tokenizer:
+        gap = char_gap_message(f"model.pretrained '{pretrained}'", saved, tokenizer)
+        if gap:  # the advice below could not work: the model has no token for some of this text's characters
+            raise DataError(gap)
         raise DataError(
             f"model.pretrained '{pretrained}' was trained with another tokenizer than this data's ({tokenizer}): "
             f"pass --data.tokenizer_path {pretrained} so the text is split into the tokens the model knows"
