@@ -36,11 +36,12 @@ from experiments.callbacks import (
 from experiments.callbacks.checkpoint import ModelCheckpoint
 from experiments.callbacks.early_stopping import EarlyStopping
 from experiments.callbacks.progress import AdaptiveProgressBar
-from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard
+from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard, find_guard
 from experiments.console import UsageError, explain_config_error, parser_options
 from experiments.files import atomic_write_text
+from experiments.geometry import BatchGeometry, BatchSized, plan_resize
 from experiments.status import STATUS_FILE, write_status
-from lightning_models.checkpoints import TRUST_ENV, readable_checkpoint
+from lightning_models.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
 from lightning_models.finetune import FreezeSchedule
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -147,6 +148,8 @@ class ZeroTuneCLI(LightningCLI):
         self.run_dir: Path | None = None
         #: Checkpoint the fit restores (from ``--resume`` or ``--ckpt_path``), resolved before the run folder exists.
         self.ckpt_path: str | None = None
+        #: The batch geometry that checkpoint recorded (see :mod:`experiments.geometry`).
+        self.ckpt_geometry: BatchGeometry | None = None
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -245,6 +248,8 @@ class ZeroTuneCLI(LightningCLI):
             ckpt.monitor = getattr(model_cls, "monitor", "val/loss")
             ckpt.mode = getattr(model_cls, "monitor_mode", "min")
         self.ckpt_path = resolve_ckpt_path(cfg)
+        if self.ckpt_path is not None:
+            self.ckpt_geometry = BatchGeometry.from_checkpoint(load_checkpoint(self.ckpt_path))
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         cfg = self.config
@@ -279,7 +284,42 @@ class ZeroTuneCLI(LightningCLI):
         # Where the fault guard and the launcher keep status.json, with or without a logger.
         trainer.zerotune_run_dir = self.run_dir
         _precision_note(cfg, trainer)
+        self._keep_global_batch(trainer)
         return trainer
+
+    def _keep_global_batch(self, trainer: Any) -> None:
+        """Resumed (or started from a checkpoint) on another number of processes: keep the checkpoint's global batch.
+
+        The accumulation (else each process's batch) is set on the trainer and datamodule and in the config saved
+        with the run; batch counts (``val_check_interval``, ``limit_train_batches``) follow, so they mean the same
+        samples; the fault guard carries the position within the epoch over when the checkpoint is restored.
+        """
+        saved = self.ckpt_geometry
+        if saved is None:
+            return
+        cfg, dm = self.config, self.datamodule
+        sized = isinstance(dm, BatchSized)
+        now = BatchGeometry(
+            dm.batch_size if sized else saved.batch_size,
+            trainer.num_nodes * trainer.num_devices,
+            trainer.accumulate_grad_batches,
+        )
+        resize = plan_resize(saved, now, can_set_batch_size=sized)
+        if not resize.changed:
+            return
+        trainer.accumulate_grad_batches = cfg.trainer.accumulate_grad_batches = resize.new.accumulate
+        if sized and dm.batch_size != resize.new.batch_size:
+            dm.batch_size = cfg.data.init_args.batch_size = resize.new.batch_size
+        for key in ("val_check_interval", "limit_train_batches"):
+            count = getattr(trainer, key)
+            if isinstance(count, int) and not isinstance(count, bool) and resize.count_scale(count):
+                setattr(trainer, key, resize.count_scale(count))
+                setattr(cfg.trainer, key, resize.count_scale(count))
+        guard = find_guard(trainer)
+        if guard is not None:
+            guard.resize = resize
+        if is_global_zero():
+            print(f"note: {resize.note}", file=sys.stderr)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         # Switching a feature off in the trainer drops its always-on callback too (Lightning refuses the pair).

@@ -57,7 +57,8 @@ class RankMarker(L.Callback):
 
 
 class SigintAtStep(L.Callback):
-    """Sends this process a SIGINT (as Ctrl+C would) right after the optimizer step number ``step``.
+    """Sends this process a SIGINT (as Ctrl+C would) right after the optimizer step number ``step``; a run resumed
+    at that step (which has it in its saved config) is not interrupted again.
 
     Args:
         step: The global step after which to interrupt.
@@ -65,11 +66,15 @@ class SigintAtStep(L.Callback):
 
     def __init__(self, step: int) -> None:
         self.step = step
+        self._started_at = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started_at = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step > self._started_at:
             os.kill(os.getpid(), signal.SIGINT)
 
 
@@ -198,26 +203,34 @@ class StepLog(L.Callback):
 
 
 class BatchRecorder(L.Callback):
-    """Saves ``rank{N}.pt`` at the end of fit: every training batch's inputs this process trained on, in order (the
-    first ``width`` columns of each), so a test can compare what several processes saw with what one process sees.
+    """Saves ``rank{N}-{PID}.pt`` when a fit ends or stops: ``(global step, inputs)`` of every training batch this
+    process trained on, in order (each input flattened to its first ``width`` values), so a test can compare what
+    several processes, or a stopped and a resumed process, saw with what one process sees.
 
     Args:
         out_dir: Folder for the files.
-        width: Columns of each input row kept (tokens of a window; enough to tell windows apart).
+        width: Values of each input kept (tokens of a window, pixels of an image).
     """
 
     def __init__(self, out_dir: str, width: int = 16) -> None:
         self.out_dir = Path(out_dir)
         self.width = width
-        self.batches: list[Any] = []
+        self.batches: list[tuple[int, Any]] = []
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self.batches.append(batch[0][:, : self.width].detach().cpu().clone())
+        x = batch[0].detach().cpu()
+        self.batches.append((trainer.global_step, x.reshape(len(x), -1)[:, : self.width].clone()))
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _save(self, trainer: L.Trainer) -> None:
         import torch
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(self.batches, self.out_dir / f"rank{trainer.global_rank}.pt")
+        torch.save(self.batches, self.out_dir / f"rank{trainer.global_rank}-{os.getpid()}.pt")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._save(trainer)

@@ -172,8 +172,8 @@ def test_gpt_on_two_torchrun_nodes_shares_out_its_windows(runs_dir: Path, tmp_pa
         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / "nodes" / f"rank{r}.pt") for r in (0, 1))
-    single = torch.load(tmp_path / "one" / "rank0.pt")
+    rank0, rank1 = ([x for _, x in torch.load(*(tmp_path / "nodes").glob(f"rank{r}-*.pt"))] for r in (0, 1))
+    single = [x for _, x in torch.load(*(tmp_path / "one").glob("rank0-*.pt"))]
     assert len(rank0) == len(rank1) == len(single) == 6
     for a, b, whole in zip(rank0, rank1, single, strict=True):
         assert a.shape == b.shape == (4, 16)

@@ -42,6 +42,7 @@ from torch import Tensor
 from datamodules.errors import DataError
 from experiments.console import end_progress_line
 from experiments.files import atomic_path
+from experiments.geometry import GEOMETRY_KEY, BatchGeometry, BatchSized, Resize, remap_progress
 from experiments.status import has_checkpoint, resume_command, slurm_job, write_status
 from lightning_models.checkpoints import check_compatible, load_checkpoint, load_state_dict_file
 
@@ -236,6 +237,9 @@ class FaultGuard(L.Callback):
         self._agreed: int | None = None
         #: SLURM's requeue signal when the run obeys one (see :func:`requeue_signal`).
         self._requeue: int | None = None
+        #: Set by the launcher when the run resumes a checkpoint of another batch geometry (number of processes):
+        #: the position within the epoch is carried over to it when the checkpoint is restored.
+        self.resize: Resize | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -316,9 +320,11 @@ class FaultGuard(L.Callback):
             self._pending.append((*self._step, loss.detach()))
             if len(self._pending) >= self.check_every_n_steps:
                 self._check_losses()
-        # Stop here, with this batch's step done: Lightning restores a checkpoint saved at this point as "batch
+        # Stop here, with this batch's optimizer step done (not between the batches of an accumulated step, whose
+        # gradients a checkpoint cannot hold): Lightning restores a checkpoint saved at this point as "batch
         # completed", so a resumed run neither repeats nor skips a step.
-        self._stop_if_requested(trainer)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            self._stop_if_requested(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A signal during the last validation: training is done, but the run stops before testing.
@@ -340,7 +346,12 @@ class FaultGuard(L.Callback):
         self._check_losses()
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Refuse to write weights that are not finite: the checkpoint on disk stays the last good one."""
+        """Record the run's batch geometry; refuse to write weights that are not finite (the checkpoint on disk stays
+        the last good one)."""
+        dm = trainer.datamodule
+        if isinstance(dm, BatchSized):
+            geometry = BatchGeometry(dm.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+            checkpoint[GEOMETRY_KEY] = geometry.as_dict()
         if not self.check_finite:
             return
         self._check_losses()
@@ -356,6 +367,14 @@ class FaultGuard(L.Callback):
                 f"weights became NaN or infinite by epoch {epoch}, global step {step} ({', '.join(bad[:3])}"
                 f"{' and more' if len(bad) > 3 else ''})"
             )
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Carry the position within the epoch over to a new batch geometry (before Lightning restores its loops)."""
+        if self.resize is None or not self.resize.changed or not isinstance(checkpoint.get("loops"), dict):
+            return
+        note = remap_progress(checkpoint["loops"], self.resize)
+        if note and trainer.is_global_zero:
+            print(f"note: {note}", file=sys.stderr)
 
     def _check_losses(self) -> None:
         if not self._pending:
