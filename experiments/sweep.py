@@ -762,6 +762,9 @@ def main(argv: list[str] | None = None) -> int:
         if opts.list:
             print_list()
             return 0
+        from experiments.studies import heartbeat_settings
+
+        heartbeat_settings()  # a wrong ZEROTUNE_SWEEP_HEARTBEAT or _GRACE fails before anything is written
         storage = opts.storage or os.environ.get("ZEROTUNE_SWEEP_STORAGE")
         if opts._worker is not None:
             if opts._threads:

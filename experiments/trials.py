@@ -189,8 +189,11 @@ def run_one(study: Any, sweep: Sweep, ref: StudyRef, lock: Any) -> TrialOutcome 
     superseded = False
     try:
         study.optimize(objective, n_trials=1, catch=(_TrialEnded,))
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # Another worker took this one for dead (no heartbeat within the grace period) and queued it again.
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        # Optuna refuses to tell a trial that has ended: another worker took this one for dead (no heartbeat within
+        # the grace period) and queued it again.
+        if not ended or not study._storage.get_trial(ended[0][1]).state.is_finished():
+            raise
         superseded = True
     finally:
         optuna.logging.set_verbosity(verbosity)

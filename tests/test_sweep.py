@@ -14,6 +14,7 @@ import yaml
 from conftest import ROOT, run_launcher
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from postgres_fixture import postgres_url  # noqa: F401 - a fixture
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from experiments import console
@@ -224,14 +225,21 @@ def test_two_workers_run_distinct_trials_at_once(runs_dir: Path, capsys: pytest.
     assert overlapping, spans
 
 
-@pytest.mark.parametrize(("backend", "machines"), [("journal", "three machines"), ("sqlite", "one machine")])
-def test_workers_creating_one_study_at_once_share_it(tmp_path: Path, backend: str, machines: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "machines"),
+    [("journal", "three machines"), ("sqlite", "one machine"), ("postgresql", "three machines")],
+)
+def test_workers_creating_one_study_at_once_share_it(
+    tmp_path: Path, backend: str, machines: str, request: pytest.FixtureRequest
+) -> None:
     """Three processes creating the same new study at the same moment all end up in it, one of them creating it.
 
     On one machine they share the sweep folder's lock file; "three machines" gives each its own, as a journal file
-    on a shared filesystem sees it.
+    on a shared filesystem or a database server sees it (a fresh PostgreSQL database: its tables are created at
+    the same moment too).
     """
-    url = str(tmp_path / "study.journal") if backend == "journal" else f"sqlite:///{tmp_path / 'studies.db'}"
+    urls = {"journal": str(tmp_path / "study.journal"), "sqlite": f"sqlite:///{tmp_path / 'studies.db'}"}
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else urls[backend]
     start = time.time() + 2.5  # every process waits for this moment, after its imports
     procs = []
     for i in range(3):
@@ -325,6 +333,29 @@ def test_bad_sweep_file_is_one_line_and_writes_nothing(
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), err
     assert expected in lines[0]
     assert not any(runs_dir.iterdir()), "a rejected sweep writes nothing"
+
+
+HEARTBEAT_CASES = {
+    "interval zero": (
+        "ZEROTUNE_SWEEP_HEARTBEAT",
+        "0",
+        "ZEROTUNE_SWEEP_HEARTBEAT=0: give a whole number of seconds >= 1",
+    ),
+    "grace not a number": ("ZEROTUNE_SWEEP_GRACE", "soon", "ZEROTUNE_SWEEP_GRACE=soon: give a whole number of seconds"),
+    "grace within the interval": ("ZEROTUNE_SWEEP_GRACE", "20", "ZEROTUNE_SWEEP_GRACE=20 must be longer than the"),
+}
+
+
+@pytest.mark.parametrize("case", list(HEARTBEAT_CASES), ids=list(HEARTBEAT_CASES))
+def test_bad_heartbeat_setting_is_one_line(
+    case: str, runs_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    variable, value, expected = HEARTBEAT_CASES[case]
+    monkeypatch.setenv(variable, value)
+    code, _, err = sweep(["digits_mlp", "--runs_dir", str(runs_dir), *GRID], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {expected}"), err
+    assert not any(runs_dir.iterdir())
 
 
 def test_study_file_of_another_experiment_is_refused(

@@ -137,3 +137,42 @@ def test_workers_end_when_the_sweep_is_killed(tmp_path: Path) -> None:
         status = json.loads((folder / f"trial_{number}" / "status.json").read_text())
         assert status["state"] == "interrupted" and status["reason"].endswith(f"re-queued as trial {retry.number}")
     assert "Traceback" not in (tmp_path / "output.log").read_text()
+
+
+@pytest.mark.slow
+def test_worker_stopped_past_the_grace_period_is_taken_for_dead_and_its_late_result_not_counted(
+    tmp_path: Path,
+) -> None:
+    runs, markers = tmp_path / "runs", tmp_path / "markers"
+    pause = [PAUSE, "--trainer.callbacks.marker_dir", str(markers), "--trainer.callbacks.folders", "trial_1"]
+    command = [sys.executable, "-m", "experiments.sweep", "digits_mlp", "--runs_dir", str(runs), "--workers", "2"]
+    command += ["--trials", "4", *SPACE, *TINY, *pause, "--trainer.callbacks.seconds", "2"]
+    env = dict(os.environ, ZEROTUNE_SWEEP_HEARTBEAT="1", ZEROTUNE_SWEEP_GRACE="4")
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped = 0
+    try:
+        (marker,) = wait_for([markers / "trial_1.json"], proc)
+        stopped = int(marker["pid"])
+        os.kill(stopped, signal.SIGSTOP)  # alive, but silent: only the heartbeat can tell (a suspended job)
+        folder = runs / "digits_mlp" / "sweep-0"
+        deadline = time.monotonic() + 120
+        while load(folder).get_trials()[1].state == TrialState.RUNNING:
+            assert time.monotonic() < deadline, "the stopped worker's trial was never taken for dead"
+            time.sleep(0.2)
+        os.kill(stopped, signal.SIGCONT)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if stopped and not gone(stopped):
+            os.kill(stopped, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    trials = {t.number: t for t in load(folder).get_trials()}
+    assert sorted(trials) == [0, 1, 2, 3, 4] and trials[1].state == TrialState.FAIL
+    (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == 1]
+    assert retry.state == TrialState.COMPLETE and retry.params == trials[1].params
+    assert retry.user_attrs["retry_reason"].startswith(f"worker died (no heartbeat from process {stopped} on ")
+    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 4
+    # The stopped worker, once continued, finished its trial: the study refused its result, and it said so.
+    assert "trial   1  failed            val/acc -" in out and "another worker took this trial for dead" in out
+    assert "Traceback" not in out + err
