@@ -284,9 +284,17 @@ def worker_gone(trial: FrozenTrial) -> str | None:
     if not isinstance(pid, int) or pid <= 0:
         return None
     started = int(start) if str(start).isdigit() else None  # studies of older versions stored it as text
-    if process_alive(pid, started):
+    if process_alive(pid, started) and not _zombie(pid):
         return None
     return f"worker died (process {pid} on {owner.get('host')} is gone)"
+
+
+def _zombie(pid: int) -> bool:
+    """Whether process ``pid`` has ended but not been reaped (its parent has not waited for it yet, or never will)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def why_stale(trial: FrozenTrial, grace: int) -> str:
@@ -314,6 +322,12 @@ class _DeadWorkersHere:
 class RDBStorage(_DeadWorkersHere, optuna.storages.RDBStorage):
     """Optuna's RDBStorage: heartbeats kept in the database, timed by the database's clock."""
 
+    def record_heartbeat(self, trial_id: int) -> None:
+        # Optuna's heartbeat thread ends at its first error: a database that is busy or briefly unreachable would
+        # then silence the trial for good. A missed beat is tried again at the next; only a long silence counts.
+        with contextlib.suppress(Exception):
+            super().record_heartbeat(trial_id)
+
 
 class _JournalHeartbeats(optuna.storages.JournalStorage, BaseHeartbeat):
     """Optuna's JournalStorage with the heartbeat of its RDBStorage: each heartbeat is a system attribute of the
@@ -333,7 +347,9 @@ class _JournalHeartbeats(optuna.storages.JournalStorage, BaseHeartbeat):
         self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
 
     def record_heartbeat(self, trial_id: int) -> None:
-        with contextlib.suppress(UpdateFinishedTrialError, KeyError):  # the trial was ended meanwhile
+        # A trial ended meanwhile, or a journal on a network filesystem that is briefly unreachable: a missed beat is
+        # tried again at the next (Optuna's heartbeat thread would end at the first error).
+        with contextlib.suppress(UpdateFinishedTrialError, KeyError, OSError):
             self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:

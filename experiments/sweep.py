@@ -22,7 +22,7 @@ Options:
                             count); multi-objective studies are not pruned
     --seed N                seed of the sampler (default 0): the same seed gives the same study
     --workers N             run N trials at once on this machine, each with its share of the CPU cores (or its
-                            own GPU)
+                            own GPU); the workers end with this process, even when it is killed
     --study NAME            the study's name (folder runs/NAME/sweep-STUDY; default the next free number); the
                             same --study and --storage on several machines make them work on one study
     --storage URL|FILE      where the study lives (default runs/NAME/sweep-STUDY/study.journal): a journal file,
@@ -31,6 +31,10 @@ Options:
     --runs_dir DIR          root folder of all runs (default runs)
     --name NAME             folder of the experiment under the runs root (default: the experiment's name)
     --list                  list the sweep files
+
+A running trial sends a heartbeat every ZEROTUNE_SWEEP_HEARTBEAT seconds (default 30); a trial whose worker's process
+is gone (this machine) or whose heartbeat is older than ZEROTUNE_SWEEP_GRACE seconds (default 600) is failed by the
+next worker that looks and its parameters run again as a new trial.
 """
 
 from __future__ import annotations

@@ -189,10 +189,11 @@ def run_one(study: Any, sweep: Sweep, ref: StudyRef, lock: Any) -> TrialOutcome 
     superseded = False
     try:
         study.optimize(objective, n_trials=1, catch=(_TrialEnded,))
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-        # Optuna refuses to tell a trial that has ended: another worker took this one for dead (no heartbeat within
-        # the grace period) and queued it again.
-        if not ended or not study._storage.get_trial(ended[0][1]).state.is_finished():
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as err:
+        # Optuna refuses to tell a trial that has ended ("Cannot tell a FAIL trial."): another worker took this one
+        # for dead (no heartbeat within the grace period) and queued it again.
+        refused = isinstance(err, optuna.exceptions.UpdateFinishedTrialError) or str(err).startswith("Cannot tell")
+        if not refused or not ended or not study._storage.get_trial(ended[0][1]).state.is_finished():
             raise
         superseded = True
     finally:
@@ -297,7 +298,7 @@ def work(ref: StudyRef, sweep: Sweep, rank: int | None = None, created: bool = F
                 print(f"waiting    for trial {', '.join(map(str, running))} of other workers to finish", flush=True)
                 waiting_for = running
             try:
-                time.sleep(min(interval, 5))
+                time.sleep(min(interval, 1))
             except KeyboardInterrupt:
                 return 130
             continue

@@ -12,7 +12,6 @@ import optuna
 import pytest
 import yaml
 from conftest import ROOT, run_launcher
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from postgres_fixture import postgres_url  # noqa: F401 - a fixture
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -193,7 +192,7 @@ def test_interrupted_study_resumes_with_completed_trials_kept(
     assert trials[2].state == TrialState.FAIL
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == 2)
     assert retry.params == trials[2].params and retry.state == TrialState.COMPLETE
-    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 2  # Optuna's own record
+    assert retry.system_attrs["retry_history"] == [2]  # Optuna's RetryHeartbeatStaleTrialCallback's record
     # The killed trial's run folder no longer says "running": its worker died and the trial runs again.
     status = json.loads((folder / "trial_2" / "status.json").read_text())
     assert status["state"] == "crashed" and status["retried_as"] == retry.number
