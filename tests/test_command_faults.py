@@ -1,6 +1,7 @@
 """Faults of the commands that use a run: ``predict`` and ``merge_lora`` never write over an input, a checkpoint or a
 file of a run folder (an existing output only with ``--force``), write atomically, and say in one line why they
-cannot write; ``predict`` on a language model points at ``generate``."""
+cannot write; ``generate`` turns bad settings, prompts and devices into one ``error:`` line and stops quietly when
+its reader goes away; ``predict`` on a language model points at ``generate``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from conftest import ROOT
 from PIL import Image
 from pretrained_fixtures import QUIET, TINY_SHAPE, TINY_TEXT
 
-from experiments import merge_lora, predict
+from experiments import generate, merge_lora, predict
 
 FAST = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--onnx.enabled", "false", *QUIET]
 
@@ -290,3 +291,61 @@ def test_predict_and_merge_lora_into_a_read_only_folder_are_one_line(
     line = one_error(merge_code, merge_err)
     assert line.startswith(f"error: --out {locked / 'm.safetensors'}: cannot write in {locked} (")
     assert list(locked.iterdir()) == []
+
+
+# -- generate ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--temperature", "nan"], "--temperature must be a number >= 0 (0: always the most likely token), got nan"),
+        (["--temperature", "inf"], "--temperature must be a number >= 0 (0: always the most likely token), got inf"),
+        # A prompt of bytes that are not UTF-8 reaches Python as lone surrogates (PEP 383), as here.
+        (["--prompt", "def \udcff\udcfe"], "--prompt is not UTF-8 text (byte 0xff at character 4): pass the prompt"),
+        (["--device", "tpu9"], "--device tpu9 is not a device: pass auto, cpu, cuda or cuda:N"),
+        (["--device", "cuda"], "--device cuda: no CUDA GPU is visible here; leave --device auto to use the CPU"),
+        (["--device", "cuda:1"], "--device cuda:1: no CUDA GPU is visible here"),
+    ],
+    ids=["temperature nan", "temperature inf", "prompt not utf-8", "device tpu9", "device cuda", "device cuda:1"],
+)
+def test_generate_mistakes_are_one_line(
+    tiny_gpt_ckpt: Path,
+    argv: list[str],
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    code = generate.main([str(tiny_gpt_ckpt.parent.parent), "--max_new_tokens", "3", *argv])
+    out, err = capsys.readouterr()
+    assert expected in one_error(code, err) and out == ""
+
+
+def test_generate_with_a_folder_where_the_tokenizer_file_belongs(
+    tiny_gpt_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    ckpt = torch.load(tiny_gpt_ckpt, map_location="cpu", weights_only=True)
+    del ckpt["tokenizer"]
+    torch.save(ckpt, tmp_path / "checkpoints" / "last.ckpt")
+    (tmp_path / "tokenizer.json").mkdir()
+    line = one_error(generate.main([str(tmp_path)]), capsys.readouterr().err)
+    assert f"the checkpoint holds none, and {tmp_path / 'tokenizer.json'} is a folder, not a tokenizer file" in line
+
+
+def test_generate_into_a_reader_that_stops_early_ends_quietly(tiny_gpt_ckpt: Path) -> None:
+    """``generate ... | head -c 20``: the reader closes the pipe; no traceback, the exit code of a SIGPIPE."""
+    cmd = [sys.executable, "-m", "experiments.generate", str(tiny_gpt_ckpt.parent.parent), "--prompt", "def ",
+           "--max_new_tokens", "400", "--num_samples", "20"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert len(proc.stdout.read(20)) == 20
+        proc.stdout.close()  # as head does once it has its bytes
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert err.startswith("# GPT from ") and err.count("\n") == 1, err
+    assert code == 141
