@@ -97,7 +97,7 @@ def load_language_model(checkpoint: Path, trust: bool | None = None) -> Any:
         from datamodules.tokenizer import read_tokenizer
 
         with console.user_errors():
-            model.set_tokenizer(read_tokenizer(saved))
+            model.set_tokenizer(read_tokenizer(saved, setting="the run's tokenizer.json"))
     return model
 
 
