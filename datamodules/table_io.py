@@ -67,7 +67,8 @@ def read_table(
         fmt: ``"csv"`` or ``"parquet"``; ``None`` decides from the suffix (CSV when unknown).
 
     Raises:
-        DataError: missing, empty, unreadable or malformed file, duplicate column names; the message names the file.
+        DataError: missing, empty, unreadable or malformed file, a file without data rows (a CSV header alone),
+            duplicate column names; the message names the file.
     """
     path = Path(path)
     fmt = fmt or table_format(path) or "csv"
@@ -79,6 +80,9 @@ def read_table(
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty: expected a header row naming the columns")
     table = _read_parquet(path) if fmt == "parquet" else _read_csv(path, delimiter, na_values)
+    if table.num_rows == 0:
+        what = "has a header but no data rows" if fmt == "csv" else "holds no rows"
+        raise DataError(f"{path} {what}")
     duplicates = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
     if duplicates:
         raise DataError(f"{path}: duplicate column name(s) {duplicates} in the header")

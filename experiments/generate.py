@@ -9,13 +9,19 @@ checkpoint) or a ``.ckpt`` file. The model is rebuilt from the checkpoint throug
 checkpoint (or the run folder's ``tokenizer.json``). With a key/value cache each new token costs one position's
 forward pass (``--no_cache`` to compare). Sampling: ``--temperature`` scales the logits (0: always the most likely
 token), ``--top_k`` keeps the k most likely tokens, ``--top_p`` the smallest set whose probability reaches p.
+
+Mistakes (a non-finite temperature, a prompt that is not UTF-8, a device that is not here) are one ``error:`` line,
+exit code 2. Piped into a reader that stops early (``| head``), the command stops quietly with exit code 141, as
+Unix tools killed by SIGPIPE do.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
+import math
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +30,8 @@ from typing import Any
 from experiments import console
 
 USAGE_ERROR = 2
+#: Exit code when standard output's reader went away: what a shell reports for a process killed by SIGPIPE.
+BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def find_checkpoint(path: str | Path, which: str = "best") -> Path:
@@ -76,16 +84,66 @@ def load_language_model(checkpoint: Path, trust: bool | None = None) -> Any:
         )
     if getattr(model, "tokenizer", None) is None:
         saved = checkpoint.parent.parent / "tokenizer.json"
+        if saved.is_dir():
+            raise console.UsageError(
+                f"no tokenizer for {checkpoint}: the checkpoint holds none, and {saved} is a folder, not a tokenizer "
+                "file. Generation needs the tokenizer the model was trained with; put the run's tokenizer.json there"
+            )
         if not saved.is_file():
             raise console.UsageError(
                 f"no tokenizer for {checkpoint}: the checkpoint holds none and there is no {saved}. Generation needs "
                 "the tokenizer the model was trained with; copy the run's tokenizer.json there"
             )
-        from datamodules.tokenizer import tokenizer_from_dict
+        from datamodules.tokenizer import read_tokenizer
 
         with console.user_errors():
-            model.set_tokenizer(tokenizer_from_dict(json.loads(saved.read_text())))
+            model.set_tokenizer(read_tokenizer(saved, setting="the run's tokenizer.json"))
     return model
+
+
+def check_prompt(prompt: str) -> None:
+    """Raises: UsageError for a prompt that is not UTF-8 text (the shell passed bytes Python could not decode)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = ord(prompt[err.start])
+        # Undecodable argument bytes arrive as lone surrogates U+DC80..U+DCFF (PEP 383): name the byte.
+        what = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"character U+{bad:04X}"
+        raise console.UsageError(
+            f"--prompt is not UTF-8 text ({what} at character {err.start}): pass the prompt as UTF-8 text"
+        ) from None
+
+
+def torch_device(name: str) -> str:
+    """The device ``--device`` names (``auto``: a CUDA GPU when there is one, else the CPU).
+
+    Raises:
+        UsageError: a name that is no device, or a device that is not here.
+    """
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise console.UsageError(f"--device {name} is not a device: pass auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise console.UsageError(
+                f"--device {name}: no CUDA GPU is visible here; leave --device auto to use the CPU"
+            )
+        if device.index is not None and device.index >= count:
+            raise console.UsageError(f"--device {name}: this machine has {count} CUDA GPU(s), numbered from cuda:0")
+        return str(device)
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:  # torch says "not compiled with ..." through either
+        # torch's first sentence says what is missing; the rest lists its dispatch keys.
+        first = str(err).strip().split(". ")[0].splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise console.UsageError(f"--device {name} cannot be used here ({first}); leave --device auto") from None
+    return str(device)
 
 
 def generate_text(
@@ -170,24 +228,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     console.quiet()
     try:
-        return _generate(args)
+        with console.user_errors():
+            return _generate(args)
     except console.UsageError as err:
         console.error(str(err))
         return USAGE_ERROR
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as Unix tools do. Standard output now points nowhere,
+        # so that Python's final flush at exit does not report the broken pipe once more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import torch
-
     if args.num_samples < 1:
         raise console.UsageError(f"--num_samples must be >= 1, got {args.num_samples}")
+    if not math.isfinite(args.temperature):
+        raise console.UsageError(
+            f"--temperature must be a number >= 0 (0: always the most likely token), got {args.temperature}"
+        )
+    check_prompt(args.prompt)
+    device = torch_device(args.device)
     which = args.checkpoint if args.checkpoint in ("best", "last") else None
     checkpoint = find_checkpoint(args.checkpoint if which is None else args.path, which or "best")
     model = load_language_model(checkpoint, trust=args.trust_checkpoint)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     started = False
 

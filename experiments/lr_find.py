@@ -4,7 +4,8 @@ Trains the experiment for ``--num_training`` steps while the learning rate grows
 (Lightning's range test), then suggests the rate where the smoothed loss falls fastest. The experiment and its
 overrides are parsed exactly as ``python -m experiments.run`` parses them. The loss-versus-rate plot goes into a run
 folder (``runs/NAME/lr_find/version_N/lr_find.png``, also in TensorBoard's Images tab), with the numbers in
-``lr_find.json``; the command that trains at the suggested rate is printed.
+``lr_find.json``; the command that trains at the suggested rate is printed. Progress is tqdm's bar on a terminal;
+in a log (standard error not a terminal) it is a plain line at each quarter of the test.
 
 ``python -m experiments.run NAME --auto_lr true`` runs the same test at the start of a run and trains at the
 suggested rate: the optimizer, the scheduler, ``config.yaml``, ``hparams.yaml`` and the checkpoints all hold it.
@@ -106,7 +107,7 @@ def find_lr(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Lightnin
     fit_loop.max_epochs = max(max_epochs or 1, test.num_training)
     if log_dir:
         trainer._default_root_dir = log_dir
-    with _quiet_search():
+    with _quiet_search(), _plain_progress():
         try:
             finder = Tuner(trainer).lr_find(
                 model,
@@ -152,6 +153,48 @@ def _quiet_search() -> Iterator[None]:
     finally:
         for logger in loggers:
             logger.removeFilter(drop)
+
+
+class _PlainProgress:
+    """Stands in for tqdm's bar where it would be carriage returns in a log: one line at each quarter of the test.
+
+    Takes the arguments Lightning's range test gives tqdm (``desc``, ``total``) and the calls it makes.
+    """
+
+    def __init__(self, *args: Any, total: int | None = None, **kwargs: Any) -> None:
+        self.total, self.n, self._shown = total, 0, 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if not self.total:
+            return
+        quarter = min(4, self.n * 4 // self.total)
+        if quarter > self._shown:
+            self._shown = quarter
+            print(f"lr_find: step {self.n} of {self.total}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Nothing to clear: every line is complete."""
+
+
+@contextlib.contextmanager
+def _plain_progress() -> Iterator[None]:
+    """Plain lines instead of the range test's tqdm bar while standard error (where the bar goes) is no terminal."""
+    from lightning.pytorch.tuner import lr_finder
+
+    try:
+        terminal = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    if terminal:
+        yield
+        return
+    bar = lr_finder.tqdm
+    lr_finder.tqdm = _PlainProgress
+    try:
+        yield
+    finally:
+        lr_finder.tqdm = bar
 
 
 def _unbiased(smoothed: list[float], beta: float) -> list[float]:

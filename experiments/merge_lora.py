@@ -5,43 +5,72 @@ from the file the run was started from) is rebuilt through the project's safe lo
 its weight (``W + alpha / r * B @ A``) and the plain model's weights are written as one ``.safetensors`` file. That
 file is an ordinary set of weights: ``--model.pretrained merged.safetensors`` starts a new run from it (any
 ``finetune`` method, more LoRA included), and the run's ``model.onnx`` was already exported merged.
+
+The file is written atomically (a failed write leaves nothing behind). An existing ``--out`` file is replaced only
+with ``--force``; the checkpoint read, its base weights, any other checkpoint and the files of a run folder are
+never written.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from experiments import console
 
 USAGE_ERROR = 2
+OUTPUT_NAME = "merged.safetensors"
 
 
 def find_checkpoint(path: Path) -> Path:
-    """``path`` if it is a file, else the best checkpoint of the run folder (``best-*.ckpt``, else ``last.ckpt``)."""
+    """``path`` if it is a file, else the run folder's best checkpoint (recorded in ``status.json``, else the newest
+    ``best-*.ckpt``), else its ``last.ckpt``.
+
+    Raises:
+        UsageError: no checkpoint in the folder.
+    """
+    from experiments.status import best_checkpoint
+
     if path.is_file():
         return path
-    folder = path / "checkpoints"
-    best = sorted(folder.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if best:
-        return best[-1]
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
+    found = best_checkpoint(path)
+    if found is not None:
+        return found
     raise console.UsageError(f"{path}: not a checkpoint file, and no checkpoints/*.ckpt in it (pass a run folder)")
 
 
-def merge(checkpoint: Path, out: Path) -> tuple[int, int]:
-    """Write the merged weights of ``checkpoint`` to ``out``; returns (adapted layers, tensors written)."""
+def base_weights(checkpoint: Mapping[str, Any]) -> list[Path]:
+    """The weights file a LoRA checkpoint was started from (its base), if it names one."""
+    lora = checkpoint.get("lora") or {}
+    hparams = checkpoint.get("hyper_parameters") or {}
+    named = [lora.get("base") if isinstance(lora, Mapping) else None, hparams.get("pretrained")]
+    return [Path(p) for p in named if isinstance(p, str) and p]
+
+
+def merge(checkpoint: Path, out: Path, force: bool = False, option: str = "--out") -> tuple[int, int]:
+    """Write the merged weights of ``checkpoint`` to ``out`` atomically; returns (adapted layers, tensors written).
+
+    ``force`` replaces an existing ``out`` (see :func:`experiments.files.check_output_path`); ``option`` names it.
+
+    Raises:
+        UsageError: no adapters, an output that would replace an input or a run's file, or a failed write.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from experiments.files import atomic_path, check_output_path
     from lightning_models.checkpoints import model_from_checkpoint
     from lightning_models.peft import LoRALinear
 
-    model, _ = model_from_checkpoint(checkpoint)
+    model, saved = model_from_checkpoint(checkpoint)
     adapted = sum(isinstance(m, LoRALinear) for m in model.modules())
     if not adapted:
         raise console.UsageError(f"{checkpoint} has no LoRA adapters (its run used finetune full or partial)")
+    # The base weights are known once the checkpoint is read: they are an input too.
+    check_output_path(out, option, inputs=[checkpoint, *base_weights(saved)], force=force, example=OUTPUT_NAME)
     model.merge_lora()
     # safetensors stores each tensor once: a tied weight (GPT's output layer) is written under each name.
     seen: set[int] = set()
@@ -50,8 +79,12 @@ def merge(checkpoint: Path, out: Path) -> tuple[int, int]:
         value = value.detach().cpu().contiguous()
         tensors[key] = value.clone() if value.data_ptr() in seen else value
         seen.add(value.data_ptr())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata={"merged_from": str(checkpoint)})
+    try:
+        with atomic_path(out) as tmp:
+            save_file(tensors, str(tmp), metadata={"merged_from": str(checkpoint)})
+    except (OSError, SafetensorError) as err:  # a full disk, or the folder changed since it was checked
+        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+        raise console.UsageError(f"cannot write {out}: {reason}; nothing was written") from None
     return adapted, len(tensors)
 
 
@@ -60,18 +93,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.merge_lora", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("source", help="a run folder (its best checkpoint) or a .ckpt file of a LoRA run")
-    parser.add_argument("--out", help="output .safetensors file (default: RUN_DIR/merged.safetensors)")
+    parser.add_argument("--out", help=f"output .safetensors file (default: RUN_DIR/{OUTPUT_NAME})")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --out file (never a checkpoint, its base weights or a file of a run folder)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     console.quiet()
     try:
+        from experiments.files import check_output_path
+
         with console.user_errors():
             source = Path(args.source)
             if not source.exists():
                 raise console.UsageError(f"{source}: no such run folder or checkpoint")
             checkpoint = find_checkpoint(source)
             run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-            out = Path(args.out) if args.out else run_dir / "merged.safetensors"
-            adapted, count = merge(checkpoint, out)
+            out = Path(args.out) if args.out else run_dir / OUTPUT_NAME
+            # Checked before the checkpoint is read, so that a mistake costs nothing.
+            option = "--out" if args.out else "the merged weights file (--out)"
+            check_output_path(out, option, inputs=[source, checkpoint], force=args.force, example=OUTPUT_NAME)
+            adapted, count = merge(checkpoint, out, force=args.force, option=option)
     except console.UsageError as err:
         console.error(str(err))
         return USAGE_ERROR

@@ -4,7 +4,8 @@
 checkpoint file, or an exported ``.onnx`` file. ``INPUT`` is what the model takes, as its datamodule declared it:
 image files and folders of images, CSV/Parquet tables, or texts (lines of ``.txt`` files, ``-`` for standard
 input, or the text column of CSV/TSV/JSON Lines files). Predictions go to ``RUN/predictions.csv`` (an earlier one is
-kept: the next is ``predictions_1.csv``) or to ``--output``: one row per input (file, and row for tables; ``id``
+kept: the next is ``predictions_1.csv``) or to ``--output`` (an existing file only with ``--force``; never an
+input, a checkpoint or a file of a run folder): one row per input (file, and row for tables; ``id``
 ``FILE:LINE`` for texts), the predicted class name and its probability (``--topk`` for more), or the value for
 regressors. The summary counts the predicted classes.
 
@@ -46,6 +47,7 @@ class LoadedModel:
         output_kind: ``logits``, ``logit`` or ``value`` (see ``TaskModule.output_kind``).
         source: What runs, for the summary (file, backend, device).
         home: Folder where the predictions go by default.
+        files: The model files read (checkpoint or ONNX file): never a place for the predictions.
     """
 
     forward: Callable[[np.ndarray], np.ndarray]
@@ -53,11 +55,17 @@ class LoadedModel:
     output_kind: str
     source: str
     home: Path
+    files: tuple[Path, ...] = ()
 
 
 # -- finding and loading the model -----------------------------------------------------------------------------------
 def find_run(path: Path) -> Path:
-    """``path`` itself, or for an experiment folder (``runs/NAME``) its newest ``version_N`` that has a model."""
+    """``path`` itself, or for an experiment folder (``runs/NAME``) its newest ``version_N`` that has a model; for a
+    run's ``checkpoints`` folder, the run folder."""
+    from experiments.files import is_run_folder
+
+    if path.name == "checkpoints" and is_run_folder(path.parent):
+        return path.parent
     versions = [p for p in path.glob("version_*") if p.name[8:].isdigit()]
     if (path / "checkpoints").is_dir() or any(path.glob("*.onnx")) or not versions:
         return path
@@ -142,6 +150,36 @@ def _model_class(checkpoint: Mapping[str, Any], run: Path, ckpt: Path) -> type:
         raise console.UsageError(f"{ckpt} holds a {class_path}, which cannot be imported here: {err}") from None
 
 
+def _language_model_hint(checkpoint: Mapping[str, Any], run: Path, ckpt: Path) -> str | None:
+    """The message for a checkpoint of a model that generates text (it takes no inputs to classify), else ``None``."""
+    try:
+        cls = _model_class(checkpoint, run, ckpt)
+    except console.UsageError:
+        return None
+    if not callable(getattr(cls, "generate_stream", None)):
+        return None
+    return (
+        f"{ckpt} holds a {cls.__name__}, a language model: it generates text rather than predicting on inputs; "
+        f"use python -m experiments.generate {run} --prompt TEXT"
+    )
+
+
+def _onnx_language_model_hint(path: Path) -> str | None:
+    """For an ONNX file without an input description: the language-model message when its run's checkpoint is one."""
+    from datamodules.errors import DataError
+    from experiments.status import best_checkpoint
+    from lightning_models.checkpoints import load_checkpoint
+
+    ckpt = best_checkpoint(path.parent)
+    if ckpt is None:
+        return None
+    try:
+        checkpoint = load_checkpoint(ckpt, trust=False)
+    except DataError:  # an unreadable checkpoint says nothing about the ONNX file
+        return None
+    return _language_model_hint(checkpoint, path.parent, ckpt) if isinstance(checkpoint, Mapping) else None
+
+
 def load_torch(ckpt: Path, run: Path, device: str, trust: bool | None = None) -> LoadedModel:
     """The checkpoint's model, in eval mode on ``device``, behind the input front end its input kind needs."""
     import torch
@@ -154,6 +192,9 @@ def load_torch(ckpt: Path, run: Path, device: str, trust: bool | None = None) ->
         raise console.UsageError(f"{ckpt} is a weights file, not a training checkpoint: it cannot say what inputs are")
     spec = input_spec_of(checkpoint)
     if spec is None:
+        generates = _language_model_hint(checkpoint, run, ckpt)
+        if generates:
+            raise console.UsageError(generates)
         raise console.UsageError(
             f"{ckpt} holds no input description (zerotune_input): its datamodule has no input_spec(); "
             "retrain with a zerotune datamodule, or predict from its model.onnx with --backend onnx"
@@ -176,7 +217,7 @@ def load_torch(ckpt: Path, run: Path, device: str, trust: bool | None = None) ->
         return out.float().cpu().numpy()
 
     where = f"{ckpt} (torch, {device})"
-    return LoadedModel(forward, spec, getattr(cls, "output_kind", "value"), where, run)
+    return LoadedModel(forward, spec, getattr(cls, "output_kind", "value"), where, run, (ckpt,))
 
 
 def load_onnx(path: Path, device: str) -> LoadedModel:
@@ -195,6 +236,9 @@ def load_onnx(path: Path, device: str) -> LoadedModel:
         raise console.UsageError(f"cannot load {path} with onnxruntime: {first}") from None
     meta = session.get_modelmeta().custom_metadata_map
     if "input_spec" not in meta:
+        generates = _onnx_language_model_hint(path)
+        if generates:
+            raise console.UsageError(generates)
         raise console.UsageError(
             f"{path} carries no input description (metadata_props 'input_spec'): it was not exported by zerotune "
             "from a zerotune datamodule; predict from its checkpoint instead"
@@ -206,13 +250,7 @@ def load_onnx(path: Path, device: str) -> LoadedModel:
     def forward(x: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(None, {name: np.ascontiguousarray(x)})[0], dtype=np.float32)
 
-    return LoadedModel(
-        forward,
-        spec,
-        meta.get("output_kind", "logits"),
-        f"{path} (onnx, {used})",
-        path.parent,
-    )
+    return LoadedModel(forward, spec, meta.get("output_kind", "logits"), f"{path} (onnx, {used})", path.parent, (path,))
 
 
 def load_model(target: str, backend: str | None, ckpt_path: str | None, device: str, trust: bool) -> LoadedModel:
@@ -324,7 +362,7 @@ def predict(args: argparse.Namespace) -> Path:
     """
     import torch
 
-    from experiments.files import atomic_write
+    from experiments.files import atomic_write, check_output_path
     from experiments.predict_inputs import PredictOptions, input_kind
 
     device = args.device
@@ -344,11 +382,15 @@ def predict(args: argparse.Namespace) -> Path:
         if options.keep and kind.name != "table":
             raise console.UsageError("--keep copies table columns: this model takes " + kind.describe())
         files = kind.collect(args.inputs)
-        output = Path(args.output) if args.output else default_output(loaded.home)
-        if output.is_dir():
-            raise console.UsageError(
-                f"--output {output} is a folder: pass a file name such as {output}/predictions.csv"
-            )
+        # Checked before any prediction is made: nothing the command reads, no file of a run, no existing file
+        # without --force, and a folder it can write.
+        output = check_output_path(
+            Path(args.output) if args.output else default_output(loaded.home),
+            "--output" if args.output else "the predictions file (--output)",
+            inputs=[Path(args.run), *loaded.files, *files],
+            force=args.force,
+            example=f"{OUTPUT_NAME}.csv",
+        )
         skipped: list[tuple[Path, str]] = []
 
         def on_skip(path: Path, reason: str) -> None:
@@ -369,14 +411,15 @@ def predict(args: argparse.Namespace) -> Path:
             progress.close()
         seconds = time.perf_counter() - start
     if not columns:
-        raise console.UsageError(
-            f"none of the {len(files)} input file(s) could be read, nothing predicted: "
-            + "; ".join(f"{p}: {r}" for p, r in skipped[:3])
-        )
+        reasons = "; ".join(f"{p}: {r}" for p, r in skipped[:3]) or "they hold no inputs"
+        raise console.UsageError(f"none of the {len(files)} input file(s) could be read, nothing predicted: {reasons}")
     import pandas as pd
 
     frame = pd.DataFrame({key: np.concatenate(parts) for key, parts in columns.items()})
-    atomic_write(output, lambda tmp: frame.to_csv(tmp, index=False))
+    try:
+        atomic_write(output, lambda tmp: frame.to_csv(tmp, index=False))
+    except OSError as err:  # the disk filled up, or the folder changed since it was checked; nothing was replaced
+        raise console.UsageError(f"cannot write {output}: {err.strerror or err}; nothing was written") from None
     unit = "rows" if kind.name == "table" else kind.unit
     print(summary(frame, loaded, unit, skipped, seconds, output, target=kind.target), flush=True)
     return output
@@ -451,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt_path", default=None, help="checkpoint to use instead of the run's best")
     parser.add_argument(
         "--output", default=None, help="predictions CSV (default: RUN/predictions.csv, never replacing one)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --output file (never an input, a checkpoint or a file of a run folder)",
     )
     parser.add_argument(
         "--topk", type=int, default=1, help="classes (with probabilities) per input, best first (default 1)"

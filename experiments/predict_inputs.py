@@ -8,12 +8,16 @@ read training data, from the plain-data description saved with the model.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -324,6 +328,83 @@ class TableFiles(InputKind):
 # -- text ------------------------------------------------------------------------------------------------------------
 #: Stands for standard input among the collected files (``-`` on the command line).
 STDIN = Path("-")
+#: Bytes read at a time from a text file or standard input: memory stays flat however large the input.
+READ_CHUNK = 1 << 20
+#: A line of a CSV, TSV or JSON Lines file longer than this (bytes) is refused rather than read whole.
+MAX_ROW_BYTES = 16 << 20
+#: Tokens beyond ``block_size`` that a cut text still holds, so that the kept tokens are those of the whole text.
+WINDOW_MARGIN = 16
+#: Characters tokenized in one call: a batch of long texts is tokenized in parts.
+ENCODE_CHARS = 1 << 22
+
+
+def text_window(tokenizer: Any, block_size: int) -> int:
+    """Characters of a text that certainly hold ``block_size + WINDOW_MARGIN`` tokens, when the text has as many.
+
+    A token stands for at most as many bytes as the vocabulary's longest token, and a character is at least one
+    byte, so that many tokens times the longest token's bytes, in characters, is enough (generous for byte and char
+    tokenizers, which give at least one token per character). Only this much of a text is read and tokenized: the
+    model sees its first ``block_size`` tokens.
+    """
+    longest = max(tokenizer.token_bytes(), default=1)
+    return (block_size + WINDOW_MARGIN) * max(1, longest)
+
+
+def text_lines(stream: BinaryIO, where: str, keep: int) -> Iterator[tuple[int, str, bool]]:
+    """``(line number, line, whether it has a non-blank character)`` for each line of a UTF-8 byte stream.
+
+    The line is its first ``keep`` characters, without the line ending (``\\n`` or ``\\r\\n``); a byte-order mark
+    is skipped. The stream is decoded a chunk at a time, so a line of any length costs ``keep`` characters.
+
+    Raises:
+        DataError: bytes that are not UTF-8 (their offset in the stream is named).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    number, head, length, blank = 1, [], 0, True
+    offset = 0
+    while True:
+        raw = stream.read(READ_CHUNK)  # a whole chunk unless at the end: a BOM is never split
+        done = not raw
+        if offset == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw, offset = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+        pending = len(decoder.getstate()[0])  # bytes of a character split by the previous chunk
+        try:
+            text = decoder.decode(raw, final=done)
+        except UnicodeDecodeError as err:
+            at = offset - pending + err.start
+            raise DataError(f"{where} is not UTF-8 text ({err.reason} at byte {at}): save it as UTF-8") from None
+        offset += len(raw)
+        for i, piece in enumerate(text.split("\n")):
+            if i:  # a line ended before this piece
+                yield number, _line(head, length, keep), not blank
+                number, head, length, blank = number + 1, [], 0, True
+            if length <= keep:
+                head.append(piece[: keep + 1 - length])
+            length += len(piece)
+            blank = blank and not piece.strip()
+        if done:
+            break
+    yield number, _line(head, length, keep), not blank
+
+
+def _line(head: list[str], length: int, keep: int) -> str:
+    """The first ``keep`` characters of a line of ``length`` characters whose first ``keep + 1`` are ``head``.
+
+    A ``\\r`` ending is removed only when it is the line's last character: in a longer line it is past the cut.
+    """
+    text = "".join(head)
+    return (text.removesuffix("\r") if length <= keep + 1 else text)[:keep]
+
+
+def check_row_lengths(path: Path) -> None:
+    """Raises: DataError for a line longer than :data:`MAX_ROW_BYTES` (read a piece at a time to find out)."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(iter(lambda: f.readline(MAX_ROW_BYTES + 1), b""), start=1):
+            if len(line) > MAX_ROW_BYTES:
+                raise DataError(
+                    f"{path}, line {number} is longer than {MAX_ROW_BYTES >> 20} MiB: a row that long is not read; "
+                    "split the text, or pass it as a .txt file (one text per line, read in pieces)"
+                )
 
 
 @register
@@ -334,6 +415,9 @@ class TextLines(InputKind):
     ``.tsv`` or ``.jsonl`` file holds one per row in the text column training read (``data.text_column``), its id
     ``FILE:LINE`` too, and a row's label column, when there is one, is copied as ``true_label``. Files must be UTF-8.
     The tokenizer is the one the spec names, filled in by the loader from the checkpoint or the ONNX file.
+
+    Inputs are streamed: a text is cut to :func:`text_window` characters before it is tokenized (the model sees its
+    first ``block_size`` tokens only), and files are read in chunks, so memory does not grow with the input.
     """
 
     name = "text"
@@ -349,6 +433,8 @@ class TextLines(InputKind):
         self.block_size = int(spec["block_size"])
         self.text_column = spec.get("text_column", "text")
         self.label_column = spec.get("label_column", "label")
+        self.window = text_window(self.tokenizer, self.block_size)
+        self._stdin: BinaryIO | None = None
 
     def describe(self) -> str:
         return (
@@ -372,16 +458,17 @@ class TextLines(InputKind):
         return files
 
     def texts(self, path: Path) -> Iterator[tuple[str, str, str | None]]:
-        """``(id, text, label or None)`` of each text of a file.
+        """``(id, text, label or None)`` of each text of a file; each text cut to :attr:`window` characters.
 
         Raises:
-            DataError: a file that is not UTF-8, has no text, or lacks the text column.
+            DataError: a file that is not UTF-8, has no text, lacks the text column, or has a row too long to read.
         """
         from datamodules.text_classification import TEXT_TABLE_FORMATS, read_rows
 
         found = 0
         where = "<stdin>" if path == STDIN else str(path)
         if path.suffix.lower() in TEXT_TABLE_FORMATS:
+            check_row_lengths(path)
             for line, row in read_rows(path):
                 if self.text_column not in row:
                     raise DataError(
@@ -391,48 +478,78 @@ class TextLines(InputKind):
                 text, label = row[self.text_column], row.get(self.label_column)
                 if text is not None and str(text).strip():
                     found += 1
-                    yield f"{path}:{line}", str(text), None if label is None else str(label).strip()
+                    yield f"{path}:{line}", str(text)[: self.window], None if label is None else str(label).strip()
         else:
-            data = sys.stdin.buffer.read() if path == STDIN else path.read_bytes()
-            try:
-                content = data.decode("utf-8-sig")
-            except UnicodeDecodeError as err:
-                raise DataError(
-                    f"{where} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8"
-                ) from None
-            for number, line in enumerate(content.split("\n"), start=1):
-                line = line.removesuffix("\r")
-                if line.strip():  # as training, which skips texts that are only blanks
-                    found += 1
-                    yield f"{where}:{number}", line, None
+            with contextlib.ExitStack() as stack:
+                stream = self._stdin_from_start() if path == STDIN else stack.enter_context(open(path, "rb"))
+                for number, line, has_text in text_lines(stream, where, self.window):
+                    if has_text:  # as training, which skips texts that are only blanks
+                        found += 1
+                        yield f"{where}:{number}", line, None
         if not found:
             if path.suffix.lower() in TEXT_TABLE_FORMATS:
                 raise DataError(f"{where} has no rows with text in column '{self.text_column}': nothing to predict")
             what = "is empty" if path != STDIN and path.stat().st_size == 0 else "has only blank lines"
             raise DataError(f"{where} {what}: nothing to predict; pass files with one text per line")
 
+    def _stdin_from_start(self) -> BinaryIO:
+        """Standard input from its start: its copy while :meth:`batches` reads the texts twice, else the stream."""
+        if self._stdin is None:
+            return sys.stdin.buffer
+        self._stdin.seek(0)
+        return self._stdin
+
     def encode(self, ids: list[str], texts: list[str]) -> np.ndarray:
-        """``(N, block_size)`` int64 ids, as training encoded its texts."""
+        """``(N, block_size)`` int64 ids, as training encoded its texts (tokenized in parts of at most
+        :data:`ENCODE_CHARS` characters)."""
+        parts, start = [], 0
+        while start < len(texts):
+            stop, size = start + 1, len(texts[start])
+            while stop < len(texts) and size + len(texts[stop]) <= ENCODE_CHARS:
+                size += len(texts[stop])
+                stop += 1
+            parts.append(self._encode(ids[start:stop], texts[start:stop]))
+            start = stop
+        return np.concatenate(parts) if parts else np.zeros((0, self.block_size), dtype=np.int64)
+
+    def _encode(self, ids: list[str], texts: list[str]) -> np.ndarray:
         from datamodules.text_classification import encode_texts
 
         try:
-            return encode_texts(self.tokenizer, texts, self.block_size).numpy()
+            return encode_texts(self.tokenizer, [t[: self.window] for t in texts], self.block_size).numpy()
         except ValueError:  # a char tokenizer meets an unseen character: name the text
             for id_, text in zip(ids, texts, strict=True):
                 try:
-                    self.tokenizer.encode(text)
+                    self.tokenizer.encode(text[: self.window])
                 except ValueError as err:
                     raise DataError(f"{id_}: {err}; the model cannot read this text") from None
             raise
 
     def batches(self, files: list[Path], batch_size: int, on_skip: OnSkip) -> Iterator[Batch]:
-        # Every file is read before the first forward pass: a bad file ends the command before any work is done,
-        # and the known labels are a column of every batch or of none.
-        items = [item for path in files for item in self.texts(path)]
-        labelled = any(label is not None for _, _, label in items)
-        for start in range(0, len(items), batch_size):
-            ids, texts, labels = (list(column) for column in zip(*items[start : start + batch_size], strict=True))
-            batch = Batch(self.encode(ids, texts), {"id": ids})
-            if labelled:
-                batch.ids["true_label"] = labels
-            yield batch
+        with contextlib.ExitStack() as stack:
+            if STDIN in files:  # read twice: copied into a temporary file (in memory while small)
+                self._stdin = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=8 * READ_CHUNK))
+                shutil.copyfileobj(sys.stdin.buffer, self._stdin, READ_CHUNK)
+                stack.callback(setattr, self, "_stdin", None)
+            # Every file is read once before the first forward pass: a bad file ends the command before any work is
+            # done, and the known labels are a column of every batch or of none. Nothing is kept from this pass.
+            labelled = False
+            for path in files:
+                for _, _, label in self.texts(path):
+                    labelled = labelled or label is not None
+            chunk: list[tuple[str, str, str | None]] = []
+            for path in files:
+                for item in self.texts(path):
+                    chunk.append(item)
+                    if len(chunk) == batch_size:
+                        yield self._batch(chunk, labelled)
+                        chunk = []
+            if chunk:
+                yield self._batch(chunk, labelled)
+
+    def _batch(self, items: list[tuple[str, str, str | None]], labelled: bool) -> Batch:
+        ids, texts, labels = (list(column) for column in zip(*items, strict=True))
+        batch = Batch(self.encode(ids, texts), {"id": ids})
+        if labelled:
+            batch.ids["true_label"] = labels
+        return batch

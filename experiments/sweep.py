@@ -22,7 +22,7 @@ Options:
                             count); multi-objective studies are not pruned
     --seed N                seed of the sampler (default 0): the same seed gives the same study
     --workers N             run N trials at once on this machine, each with its share of the CPU cores (or its
-                            own GPU)
+                            own GPU); the workers end with this process, even when it is killed
     --study NAME            the study's name (folder runs/NAME/sweep-STUDY; default the next free number); the
                             same --study and --storage on several machines make them work on one study
     --storage URL|FILE      where the study lives (default runs/NAME/sweep-STUDY/study.journal): a journal file,
@@ -31,6 +31,10 @@ Options:
     --runs_dir DIR          root folder of all runs (default runs)
     --name NAME             folder of the experiment under the runs root (default: the experiment's name)
     --list                  list the sweep files
+
+A running trial sends a heartbeat every ZEROTUNE_SWEEP_HEARTBEAT seconds (default 30); a trial whose worker's process
+is gone (this machine) or whose heartbeat is older than ZEROTUNE_SWEEP_GRACE seconds (default 600) is failed by the
+next worker that looks and its parameters run again as a new trial.
 """
 
 from __future__ import annotations
@@ -52,7 +56,14 @@ import yaml
 
 from experiments import console
 from experiments.console import UsageError
-from experiments.trials import LOCK_FILE, TRIAL_SETTINGS, spawn_workers, work, write_hparams_config
+from experiments.trials import (
+    LOCK_FILE,
+    TRIAL_SETTINGS,
+    end_with_parent,
+    spawn_workers,
+    work,
+    write_hparams_config,
+)
 
 SWEEPS_DIR = Path(__file__).resolve().parent / "sweeps"
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
@@ -215,7 +226,16 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"sweep file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"{path}: is not a text file (byte {err.start} is not UTF-8); a sweep file is YAML text such as "
+            f"{SWEEPS_DIR / 'digits_cnn.yaml'}"
+        ) from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read it ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise UsageError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
@@ -225,7 +245,40 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
             close = difflib.get_close_matches(str(key), _FILE_KEYS, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}? " if close else ""
             raise UsageError(f"{path}: unknown key '{key}'; {hint}valid keys: {', '.join(_FILE_KEYS)}")
+    _check_file_values(path, data)
     return data
+
+
+def _check_file_values(path: Path, data: dict[str, Any]) -> None:
+    """Refuse a sweep file's setting of the wrong kind, naming it (the space's entries are checked on their own).
+
+    Raises:
+        UsageError: naming the file, the key and the kind of value it takes.
+    """
+    space = data.get("space")
+    if space is not None and not isinstance(space, dict):
+        raise UsageError(
+            f"{path}: 'space' maps launcher settings to distributions, e.g. 'model.lr: {{loguniform: [1e-4, 1e-1]}}'; "
+            f"got {type(space).__name__} {space!r}"[:300]
+        )
+    trials = data.get("trials")
+    if trials is not None and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
+        raise UsageError(f"{path}: trials must be a whole number >= 1, got {trials!r}")
+    seed = data.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise UsageError(f"{path}: seed must be a whole number, got {seed!r}")
+    for key in ("sampler_args", "pruner_args"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise UsageError(f"{path}: {key} takes a mapping such as '{{n_startup_trials: 5}}', got {value!r}")
+    for key in ("experiment", "sampler", "pruner"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"{path}: {key} takes a name, got {value!r}")
+    objective = data.get("objective")
+    names = objective if isinstance(objective, list) else [objective]
+    if objective is not None and not all(isinstance(n, str) for n in names):
+        raise UsageError(f"{path}: objective takes a metric such as val/acc (or a list of them), got {objective!r}")
 
 
 def _fixed_args(mapping: Any, source: str) -> list[str]:
@@ -429,7 +482,7 @@ def _trials(sweep: Sweep, given: int | None) -> int:
 
     space = SearchSpace.parse(sweep.space)
     if sweep.sampler != "grid":
-        return int(given or DEFAULT_TRIALS)
+        return int(given if given is not None else DEFAULT_TRIALS)
     size = space.grid_size()
     if size is None:
         raise UsageError(
@@ -563,13 +616,13 @@ def report(ref: StudyRef, sweep: Sweep, seconds: float | None = None) -> str:
     from optuna.trial import TrialState
 
     from experiments.search_space import SearchSpace, format_value
-    from experiments.studies import INTERRUPTED_ATTR, open_storage
+    from experiments.studies import cut_short, open_storage
 
     study = optuna.load_study(study_name=ref.name, storage=open_storage(ref.url))
     space = SearchSpace.parse(sweep.space)
     trials = study.get_trials(deepcopy=False)
     states = {s: sum(t.state == s for t in trials) for s in TrialState}
-    interrupted = sum(t.state == TrialState.FAIL and INTERRUPTED_ATTR in t.user_attrs for t in trials)
+    interrupted = len(cut_short(trials))
     failed = states[TrialState.FAIL] - interrupted
     lines = ["", "=" * 72]
     took = f" in {_duration(seconds)}" if seconds is not None else ""
@@ -713,12 +766,16 @@ def main(argv: list[str] | None = None) -> int:
         if opts.list:
             print_list()
             return 0
+        from experiments.studies import heartbeat_settings
+
+        heartbeat_settings()  # a wrong ZEROTUNE_SWEEP_HEARTBEAT or _GRACE fails before anything is written
         storage = opts.storage or os.environ.get("ZEROTUNE_SWEEP_STORAGE")
         if opts._worker is not None:
             if opts._threads:
                 import torch
 
                 torch.set_num_threads(opts._threads)
+            end_with_parent()
             ref, sweep, _ = resume_study(opts.resume, storage)
             return work(ref, sweep, rank=opts._worker)
         if opts.resume is not None:
@@ -744,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep, space_file = make_sweep(name, opts, overrides)
             ref, study, created = start_study(sweep, opts)
         print(_intro(ref, sweep, created, opts.workers, space_file), flush=True)
-        code = spawn_workers(ref, opts.workers, storage) if opts.workers > 1 else work(ref, sweep)
+        code = spawn_workers(ref, opts.workers, storage) if opts.workers > 1 else work(ref, sweep, created=created)
     except UsageError as err:
         console.error(str(err))
         return 2

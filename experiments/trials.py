@@ -1,14 +1,18 @@
 """Running a sweep's trials: each one a launcher run in its own folder, one progress line each, N at once.
 
 A worker takes trials from the study until it holds the number asked for: it fails (and queues again) the trials
-of workers that died, asks the study for the next point, runs it through :func:`experiments.run.launch` with
-everything the run prints sent to ``trial_N/output.log``, and tells the study how it ended (complete, pruned or
-failed). ``--workers N`` starts N such workers as processes, each with its share of the CPU cores or its own GPU.
+of workers that died, then runs one trial through Optuna's ``Study.optimize`` (which asks the study for the next
+point, keeps the trial's heartbeat while it runs and tells the study how it ended: complete, pruned or failed); the
+trial is a launcher run (:func:`experiments.run.launch`) with everything it prints sent to ``trial_N/output.log``.
+Once the study holds its number of trials, a worker stays while other workers' trials run, to run again any trial
+whose worker dies. ``--workers N`` starts N such workers as processes, each with its share of the CPU cores or its
+own GPU; they end with the sweep that started them, even when it is killed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -101,13 +105,10 @@ def captured(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def run_trial(study: Any, trial: Any, sweep: Sweep, ref: StudyRef) -> TrialOutcome:
-    """Run ``trial`` as a launcher run in ``SWEEP_DIR/trial_N`` and tell the study how it ended."""
-    from optuna.trial import TrialState
-
+def run_trial(trial: Any, sweep: Sweep, ref: StudyRef) -> TrialOutcome:
+    """Run ``trial`` as a launcher run in ``SWEEP_DIR/trial_N``; returns how it ended (the caller tells the study)."""
     from experiments.callbacks.trial import PARAMS, TrialReporter
     from experiments.search_space import SearchSpace, launcher_args
-    from experiments.studies import Heartbeat, fail_interrupted
 
     params = SearchSpace.parse(sweep.space).suggest(trial)
     folder = ref.folder / f"trial_{trial.number}"
@@ -126,7 +127,7 @@ def run_trial(study: Any, trial: Any, sweep: Sweep, ref: StudyRef) -> TrialOutco
     outcome = TrialOutcome(trial.number, "complete", None, params, 0.0)
     start = time.monotonic()
     log = folder / "output.log"
-    with Heartbeat(trial), captured(log):
+    with captured(log):
         model = _launch(args, reporter, outcome)
     outcome.seconds = time.monotonic() - start
     metric = sweep.objectives[0][0]
@@ -142,16 +143,76 @@ def run_trial(study: Any, trial: Any, sweep: Sweep, ref: StudyRef) -> TrialOutco
             outcome.values = values
     if outcome.state in ("failed", "diverged"):
         outcome.note += f" (log: {log})"
-    if outcome.state == "complete":
-        study.tell(trial, outcome.values)
-    elif outcome.state == "pruned":
+    if outcome.state == "pruned":
         outcome.values = [reporter.best[metric]] if metric in reporter.best else None
-        study.tell(trial, state=TrialState.PRUNED)
-    elif outcome.state == "interrupted":
-        fail_interrupted(study, study._storage.get_trial(trial._trial_id), outcome.note)
-    else:
-        trial.set_user_attr("error", outcome.note)
-        study.tell(trial, state=TrialState.FAIL)
+    return outcome
+
+
+class _TrialEnded(Exception):
+    """Ends the objective of a trial that failed, diverged or was interrupted: Optuna marks it failed."""
+
+
+def run_one(study: Any, sweep: Sweep, ref: StudyRef, lock: Any) -> TrialOutcome | None:
+    """Run the study's next trial through ``Study.optimize`` (one trial, with Optuna's heartbeat while it runs).
+
+    Args:
+        study: The study, loaded with this worker's sampler and pruner.
+        sweep: Its settings.
+        ref: Where it is.
+        lock: The sweep folder's lock, held by the caller; handed back once the new trial has recorded its worker.
+
+    Returns:
+        How the trial ended, or ``None`` if it never started.
+    """
+    import optuna
+
+    from experiments.studies import GRACE_ENV, INTERRUPTED_ATTR, WORKER_ATTR, requeue, worker_identity
+
+    ended: list[tuple[TrialOutcome, int]] = []
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
+        lock.release()
+        outcome = run_trial(trial, sweep, ref)
+        ended.append((outcome, trial._trial_id))
+        if outcome.state == "complete":
+            assert outcome.values is not None
+            return outcome.values[0] if len(outcome.values) == 1 else outcome.values
+        if outcome.state == "pruned":
+            raise optuna.TrialPruned(outcome.note)
+        # Set while the trial runs: Optuna refuses to change a trial once it has ended.
+        trial.set_user_attr(INTERRUPTED_ATTR if outcome.state == "interrupted" else "error", outcome.note)
+        raise _TrialEnded(outcome.note)
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line for each trial
+    superseded = False
+    try:
+        study.optimize(objective, n_trials=1, catch=(_TrialEnded,))
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as err:
+        # Optuna refuses to tell a trial that has ended ("Cannot tell a FAIL trial."): another worker took this one
+        # for dead (no heartbeat within the grace period) and queued it again.
+        refused = isinstance(err, optuna.exceptions.UpdateFinishedTrialError) or str(err).startswith("Cannot tell")
+        if not refused or not ended or not study._storage.get_trial(ended[0][1]).state.is_finished():
+            raise
+        superseded = True
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    if not ended:
+        return None
+    outcome, trial_id = ended[0]
+    if superseded:
+        outcome.state, outcome.values, outcome.error = "failed", None, False
+        outcome.note = (
+            "another worker took this trial for dead (its heartbeat came too late) and queued its parameters again: "
+            f"this result is not counted (raise {GRACE_ENV})"
+        )
+        return outcome
+    if outcome.state == "interrupted":
+        # Cut short, not a result of its parameters: they run again (Ctrl+C and SIGTERM save a checkpoint first).
+        number = requeue(study, study._storage.get_trial(trial_id), outcome.note)
+        if number is not None:
+            outcome.note += f"; its parameters are queued to run again as trial {number}"
     return outcome
 
 
@@ -190,39 +251,59 @@ def _launch(args: list[str], reporter: Any, outcome: TrialOutcome) -> Any:
     return None
 
 
-def work(ref: StudyRef, sweep: Sweep, rank: int | None = None) -> int:
+def work(ref: StudyRef, sweep: Sweep, rank: int | None = None, created: bool = False) -> int:
     """Run trials of the study until it has ``sweep.trials``; returns the exit code (0, 1, 2, 130 or 143).
 
     Args:
         ref: The study.
         sweep: Its settings.
         rank: This worker's number among ``--workers`` (``None`` for a sweep run in one process).
+        created: Whether this process created the study (a fresh single-process study draws from the seed alone).
     """
     import optuna
+    from optuna.trial import TrialState
 
-    from experiments.studies import WORKER_ATTR, counted, make_pruner, make_sampler, open_storage, reap, worker_identity
+    from experiments.studies import counted, heartbeat_settings, make_pruner, make_sampler, open_storage, reap
 
     storage = open_storage(ref.url)
     n_before = len(optuna.load_study(study_name=ref.name, storage=storage).trials)
-    # The seed alone for a fresh single-process study (reproducible); other streams of it for other workers and
-    # for a resumed study, which would otherwise draw its first points again.
-    stream = 0 if rank is None and n_before == 0 else 1 + n_before * 1000 + (rank or 0)
+    # The seed alone for a fresh single-process study (reproducible); other streams of it for other workers, for
+    # a resumed study (which would otherwise draw its first points again) and for a process joining from another
+    # machine (which would otherwise draw the points of the one that created the study).
+    if rank is None and n_before == 0:
+        stream = 0 if created else 1 + os.getpid()
+    else:
+        stream = 1 + n_before * 1000 + (rank or 0)
     study = optuna.load_study(
         study_name=ref.name, storage=storage, sampler=make_sampler(sweep, stream), pruner=make_pruner(sweep)
     )
+    interval, _ = heartbeat_settings()
     failures = 0
+    waiting_for: list[int] = []
     while True:
+        lock = _lock(ref)
         try:
-            with _lock(ref):
-                for number, reason in reap(study):
-                    print(f"trial {number:>3}  failed: {reason}; its parameters are queued to run again", flush=True)
-                if counted(study) >= sweep.trials:
+            with lock:
+                reap(study)  # trials of dead workers fail here, and their parameters are queued again
+                full = counted(study) >= sweep.trials
+                running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+                if full and not running:
                     return 0
-                trial = study.ask()
-                trial.set_user_attr(WORKER_ATTR, worker_identity())
+                outcome = None if full else run_one(study, sweep, ref, lock)
         except KeyboardInterrupt:
             return 130  # between trials: nothing was running
-        outcome = run_trial(study, trial, sweep, ref)
+        if full:
+            # The study is full, but trials of other workers run: stay to run again any whose worker dies.
+            if running != waiting_for:
+                print(f"waiting    for trial {', '.join(map(str, running))} of other workers to finish", flush=True)
+                waiting_for = running
+            try:
+                time.sleep(min(interval, 1))
+            except KeyboardInterrupt:
+                return 130
+            continue
+        if outcome is None:
+            continue
         print(outcome.line(sweep, _best_value(study, sweep)), flush=True)  # the study's best, all workers
         if outcome.state == "interrupted":
             return outcome.exit_code or 130
@@ -232,12 +313,10 @@ def work(ref: StudyRef, sweep: Sweep, rank: int | None = None) -> int:
             return outcome.exit_code or 1
 
 
-@contextlib.contextmanager
-def _lock(ref: StudyRef) -> Iterator[None]:
-    from experiments.studies import file_lock
+def _lock(ref: StudyRef) -> Any:
+    from experiments.studies import FileLock
 
-    with file_lock(ref.folder / LOCK_FILE):
-        yield
+    return FileLock(ref.folder / LOCK_FILE)
 
 
 def _best_value(study: Any, sweep: Sweep) -> float | None:
@@ -249,8 +328,45 @@ def _best_value(study: Any, sweep: Sweep) -> float | None:
         return None
 
 
+#: Environment variable naming the process that started a worker, whose death ends the worker.
+PARENT_ENV = "ZEROTUNE_SWEEP_PARENT"
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def end_with_parent() -> None:
+    """End this worker (SIGTERM) when the sweep that started it dies, even by SIGKILL; no orphans keep training.
+
+    On Linux the kernel sends the signal (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread polls the parent's PID.
+    SIGTERM stops a running trial after its batch, with a checkpoint; the trial is marked interrupted and its
+    parameters are queued to run again.
+    """
+    text = os.environ.get(PARENT_ENV, "")
+    if not text.isdigit():
+        return
+    parent = int(text)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    else:
+        import threading
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="sweep-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def spawn_workers(ref: StudyRef, workers: int, storage: str | None) -> int:
-    """Run ``workers`` worker processes on this machine, each with its share of the cores (or its own GPU)."""
+    """Run ``workers`` worker processes on this machine, each with its share of the cores (or its own GPU).
+
+    Returns:
+        0 when the study holds its trials at the end (a worker that was killed meanwhile is reported, its trial was
+        run again by another), else the workers' worst exit code (130 or 143 when interrupted).
+    """
     import torch
 
     import experiments
@@ -265,6 +381,7 @@ def spawn_workers(ref: StudyRef, workers: int, storage: str | None) -> int:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         # The workers import this very checkout of zerotune, wherever they are started from.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env[PARENT_ENV] = str(os.getpid())
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = visible[rank % len(visible)]
         command = [sys.executable, "-m", "experiments.sweep", "--resume", str(ref.folder), "--_worker", str(rank)]
@@ -290,10 +407,28 @@ def spawn_workers(ref: StudyRef, workers: int, storage: str | None) -> int:
                 forward(signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    bad = [c for c in codes if c != 0]
-    if not bad:
-        return 0
-    return 130 if 130 in bad else 143 if 143 in bad else max(bad) if max(bad) in (1, 2) else 1
+    killed = [(rank, -c) for rank, c in enumerate(codes) if c < 0]
+    done = bool(killed) and _study_done(ref)
+    for rank, signum in killed:
+        name = signal.Signals(signum).name if signum in {s.value for s in signal.Signals} else f"signal {signum}"
+        then = "; the other workers ran its trial again" if done else ""
+        print(f"worker {rank} was killed ({name}){then}", file=sys.stderr)
+    bad = [c for c in codes if c > 0]
+    if bad:
+        return 130 if 130 in bad else 143 if 143 in bad else max(bad) if max(bad) in (1, 2) else 1
+    return 0 if not killed or done else 1
+
+
+def _study_done(ref: StudyRef) -> bool:
+    """Whether the study holds its number of trials, none of them still running."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from experiments.studies import counted, open_storage, stored_settings
+
+    study = optuna.load_study(study_name=ref.name, storage=open_storage(ref.url))
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return not running and counted(study) >= int(stored_settings(study)["trials"])
 
 
 def write_hparams_config(folder: Path, sweep: Sweep) -> None:

@@ -21,6 +21,7 @@ from experiments import console
 USAGE_ERROR = 2
 DEFAULT_FILE = "model.onnx"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_PORT = 65535
 
 
 def resolve_model(path: str | Path) -> Path:
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--browse", action="store_true", help="open the page in a web browser")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not 0 <= args.port <= MAX_PORT:
+        console.error(f"--port {args.port} is not a port: pass 1 to {MAX_PORT}, or 0 (the default) for a free one")
+        return USAGE_ERROR
     try:
         model = resolve_model(args.path)
         url = serve(model, args.host, args.port)

@@ -54,6 +54,11 @@ def test_lr_find_prints_the_rate_and_the_command(runs_dir: Path, capsys: pytest.
     code = main(args)
     out, err = capsys.readouterr()
     assert code == 0, err
+    # Standard error is no terminal here (a log): plain progress lines, no carriage-return bars.
+    assert "\r" not in out + err and "Finding best initial lr" not in err
+    assert [line for line in err.splitlines() if line.startswith("lr_find:")] == [
+        f"lr_find: step {n} of 30" for n in (8, 15, 23, 30)
+    ]
     run = runs_dir / "digits_mlp" / "lr_find" / "version_0"
     lr = float(out.split("suggested lr")[1].split()[0])
     assert (run / "lr_find.png").is_file() and (run / "config.yaml").is_file()

@@ -136,6 +136,7 @@ def _drop_column(path: Path, column: str) -> None:
         ("image for a table model", "is an image, but this model takes table rows with the columns"),
         ("folder without tables", "has no tables (.csv, .parquet, .pq, .tsv files) (it holds image files)"),
         ("missing input", "input not found"),
+        ("header only", "none of the 1 input file(s) could be read, nothing predicted: NEW: has a header but no data"),
         ("run folder without checkpoint", "no checkpoint in"),
     ],
 )
@@ -158,12 +159,14 @@ def test_bad_table_inputs_are_one_line_and_write_nothing(
         table.unlink()
     elif case == "missing input":
         inputs = [tmp_path / "nothere.csv"]
+    elif case == "header only":
+        table.write_text(table.read_text().splitlines()[0] + "\n")
     elif case == "run folder without checkpoint":
         run = tmp_path / "empty_run"
         run.mkdir()
     before = sorted(p.name for p in titanic_run.iterdir())
     line = one_error(*predict([run, *inputs, "--output", tmp_path / "out.csv"], capsys)[::2])
-    assert expected in line
+    assert expected.replace("NEW", str(table)) in line
     assert not (tmp_path / "out.csv").exists() and sorted(p.name for p in titanic_run.iterdir()) == before
     if case == "unseen category":
         code, out, err = predict(

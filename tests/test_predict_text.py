@@ -209,3 +209,112 @@ def test_bad_text_inputs_are_one_line_and_write_nothing(
     line = one_error(*predict([run, *inputs, "--output", tmp_path / "out.csv"], capsys)[::2])
     assert expected in line
     assert not (tmp_path / "out.csv").exists() and sorted(p.name for p in text_run.iterdir()) == before
+
+
+# -- long and large inputs -------------------------------------------------------------------------------------------
+def test_a_text_is_cut_before_tokenizing_and_keeps_the_tokens_of_the_whole_line(
+    text_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datamodules.text_classification import encode_texts
+    from datamodules.tokenizer import ByteTokenizer, CharTokenizer
+    from experiments.predict_inputs import PredictOptions, TextLines, text_window
+
+    _, dm = trained(text_run)
+    words = " ".join(dm.texts()["train"][0][:40])
+    texts = [words * 30, "\x00" * 200_000, "é" * 50_000 + words, words[:20], "  " + words * 10]
+    for tokenizer in (dm.tokenizer, ByteTokenizer(), CharTokenizer("".join(sorted(set("".join(texts)))))):
+        expected = encode_texts(tokenizer, texts, BLOCK).numpy()  # the whole lines tokenized, as training does
+        kind = TextLines({"kind": "text", "tokenizer": tokenizer.to_dict(), "block_size": BLOCK}, PredictOptions())
+        seen: list[int] = []
+        original = type(kind.tokenizer).encode_batch
+
+        def recording(self: object, batch: list[str], seen: list[int] = seen, original=original) -> list[np.ndarray]:
+            seen.extend(map(len, batch))
+            return original(self, batch)
+
+        monkeypatch.setattr(type(kind.tokenizer), "encode_batch", recording)
+        got = kind.encode([str(i) for i in range(len(texts))], texts)
+        np.testing.assert_array_equal(got, expected, err_msg=tokenizer.kind)
+        # The tokenizer saw at most the window (enough characters for the block), however long the line.
+        assert max(seen) <= text_window(tokenizer, BLOCK) < 50_000, tokenizer.kind
+        monkeypatch.undo()
+
+
+def test_text_lines_are_decoded_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datamodules.errors import DataError
+    from experiments import predict_inputs
+    from experiments.predict_inputs import text_lines
+
+    monkeypatch.setattr(predict_inputs, "READ_CHUNK", 3)  # characters of several bytes are split between chunks
+    body = "\ufeffhéllo wörld\r\n\n  \r\n€uro\nabc\r"
+    lines = list(text_lines(io.BytesIO(body.encode()), "x", keep=6))
+    assert lines == [(1, "héllo ", True), (2, "", False), (3, "  ", False), (4, "€uro", True), (5, "abc", True)]
+    assert list(text_lines(io.BytesIO(b"ab\r"), "x", keep=2)) == [(1, "ab", True)]
+    assert list(text_lines(io.BytesIO(b"abc\r"), "x", keep=2)) == [(1, "ab", True)]
+    bad = "ok\nçava".encode() + b" caf\xe9 x\n"
+    with pytest.raises(DataError, match=r"^x is not UTF-8 text \(invalid continuation byte at byte 12\)"):
+        list(text_lines(io.BytesIO(bad), "x", keep=10))
+    with pytest.raises(UnicodeDecodeError) as whole:
+        bad.decode()
+    assert whole.value.start == 12
+
+
+#: A text file of this many bytes, nearly all NUL bytes on one line (a sparse file: written at once, no disk used).
+LARGE = 200 * 2**20
+_MEASURE = """
+import json, resource, sys
+from experiments.predict import main
+peaks = []
+for inputs in json.loads(sys.argv[1]):
+    assert main(inputs) == 0
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(json.dumps(peaks))
+"""
+
+
+def test_a_huge_line_costs_neither_memory_nor_time(text_run: Path, tmp_path: Path) -> None:
+    """200 MB of NUL bytes on one line between two texts: peak memory as for a two-line file, the texts predicted as
+    in a small file (used to take 15 GiB per 100 MB, for the first block of tokens only)."""
+    import subprocess
+    import time
+
+    from conftest import ROOT
+
+    first, last = "open read write close path", "socket host port listen"
+    small, large = tmp_path / "small.txt", tmp_path / "large.txt"
+    small.write_text(f"{first}\n{last}\n")
+    with open(large, "wb") as f:
+        f.write(f"{first}\n".encode())
+        f.truncate(LARGE)  # the rest of line 2 is a hole: NUL bytes
+        f.seek(0, 2)
+        f.write(f"\n{last}\n".encode())
+    runs = [[str(text_run), str(p), "--output", str(tmp_path / f"{p.stem}.csv")] for p in (small, large)]
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, json.dumps(runs)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    seconds = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = json.loads(proc.stdout.splitlines()[-1])
+    assert after - before < 64 * 2**20, f"peak memory grew by {(after - before) / 2**20:.0f} MiB"
+    assert seconds < 120
+    a, b = pd.read_csv(tmp_path / "small.csv"), pd.read_csv(tmp_path / "large.csv")
+    assert b["id"].tolist() == [f"{large}:1", f"{large}:2", f"{large}:3"]
+    for i, j in ((0, 0), (1, 2)):  # the texts before and after the long line are predicted as in the small file
+        assert a["label"][i] == b["label"][j] and a["probability"][i] == b["probability"][j]
+
+
+def test_a_csv_or_json_lines_row_too_long_to_read_is_one_line(
+    text_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from experiments import predict_inputs
+
+    monkeypatch.setattr(predict_inputs, "MAX_ROW_BYTES", 1000)
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"text": "open read"}) + "\n" + json.dumps({"text": "x" * 2000}) + "\n")
+    line = one_error(*predict([text_run, path, "--output", tmp_path / "out.csv"], capsys)[::2])
+    assert line == (
+        f"error: {path}, line 2 is longer than 0 MiB: a row that long is not read; split the text, or pass it as a "
+        ".txt file (one text per line, read in pieces)"
+    )
+    assert not (tmp_path / "out.csv").exists()

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_launcher
 from optuna.trial import TrialState
+from postgres_fixture import postgres_url  # noqa: F401 - a fixture
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from experiments import console
@@ -184,13 +185,18 @@ def test_interrupted_study_resumes_with_completed_trials_kept(
 
     code, out, err = sweep(["--resume", str(folder)], capsys)
     assert code == 0, err
-    assert "trial   2  failed: its worker (process" in out and "queued to run again" in out
+    assert "trial   2  failed: worker died (process" in out and "queued to run again as trial 3" in out
     trials = load(folder).get_trials()
     # The two finished trials are kept as they were; the killed one is failed, retried, and never counted.
     assert {t.number: (t.value, t.params) for t in trials[:2]} == kept
-    assert trials[2].state == TrialState.FAIL and "interrupted" in trials[2].user_attrs
+    assert trials[2].state == TrialState.FAIL
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == 2)
     assert retry.params == trials[2].params and retry.state == TrialState.COMPLETE
+    assert retry.system_attrs["retry_history"] == [2]  # Optuna's RetryHeartbeatStaleTrialCallback's record
+    # The killed trial's run folder no longer says "running": its worker died and the trial runs again.
+    status = json.loads((folder / "trial_2" / "status.json").read_text())
+    assert status["state"] == "crashed" and status["retried_as"] == retry.number
+    assert status["reason"].startswith("worker died (process ") and status["reason"].endswith("re-queued as trial 3")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4 and len(trials) == 5
     assert {(t.params["model.lr"], t.params["model.dropout"]) for t in complete} == {
@@ -218,14 +224,21 @@ def test_two_workers_run_distinct_trials_at_once(runs_dir: Path, capsys: pytest.
     assert overlapping, spans
 
 
-@pytest.mark.parametrize(("backend", "machines"), [("journal", "three machines"), ("sqlite", "one machine")])
-def test_workers_creating_one_study_at_once_share_it(tmp_path: Path, backend: str, machines: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "machines"),
+    [("journal", "three machines"), ("sqlite", "one machine"), ("postgresql", "three machines")],
+)
+def test_workers_creating_one_study_at_once_share_it(
+    tmp_path: Path, backend: str, machines: str, request: pytest.FixtureRequest
+) -> None:
     """Three processes creating the same new study at the same moment all end up in it, one of them creating it.
 
     On one machine they share the sweep folder's lock file; "three machines" gives each its own, as a journal file
-    on a shared filesystem sees it.
+    on a shared filesystem or a database server sees it (a fresh PostgreSQL database: its tables are created at
+    the same moment too).
     """
-    url = str(tmp_path / "study.journal") if backend == "journal" else f"sqlite:///{tmp_path / 'studies.db'}"
+    urls = {"journal": str(tmp_path / "study.journal"), "sqlite": f"sqlite:///{tmp_path / 'studies.db'}"}
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else urls[backend]
     start = time.time() + 2.5  # every process waits for this moment, after its imports
     procs = []
     for i in range(3):
@@ -252,6 +265,7 @@ def test_every_sweep_file_is_valid(path: Path) -> None:
     assert path.read_text().startswith("# "), "a sweep file starts with a one-line description"
 
 
+SPACE_TEXT = "space:\n  model.lr: {loguniform: [1.0e-3, 1.0e-1]}\n"
 BAD_INPUT = {
     "unknown key": (["--param", "model.lrr={loguniform: [1e-4, 1e-1]}"], "unknown setting --model.lrr; did you mean"),
     "empty range": (["--param", "model.dropout={uniform: [0.1, 0.1]}"], "model.dropout: empty range [0.1, 0.1]"),
@@ -292,6 +306,55 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert expected in lines[0]
     assert not any(runs_dir.iterdir()), "a rejected sweep writes nothing"
+
+
+BAD_FILES = {
+    "space is a list": ("space: [1, 2]\n", "'space' maps launcher settings to distributions"),
+    "binary content": (bytes(range(256)) * 4, "is not a text file"),
+    "negative trials": ("trials: -3\n" + SPACE_TEXT, "trials must be a whole number >= 1, got -3"),
+    "zero trials": ("trials: 0\n" + SPACE_TEXT, "trials must be a whole number >= 1, got 0"),
+    "trials not a number": ("trials: many\n" + SPACE_TEXT, "trials must be a whole number >= 1, got 'many'"),
+    "seed not a number": ("seed: abc\n" + SPACE_TEXT, "seed must be a whole number, got 'abc'"),
+    "sampler_args a list": ("sampler_args: [1]\n" + SPACE_TEXT, "sampler_args takes a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES), ids=list(BAD_FILES))
+def test_bad_sweep_file_is_one_line_and_writes_nothing(
+    case: str, runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    content, expected = BAD_FILES[case]
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, out, err = sweep(["digits_mlp", "--runs_dir", str(runs_dir), "--space", str(path)], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), err
+    assert expected in lines[0]
+    assert not any(runs_dir.iterdir()), "a rejected sweep writes nothing"
+
+
+HEARTBEAT_CASES = {
+    "interval zero": (
+        "ZEROTUNE_SWEEP_HEARTBEAT",
+        "0",
+        "ZEROTUNE_SWEEP_HEARTBEAT=0: give a whole number of seconds >= 1",
+    ),
+    "grace not a number": ("ZEROTUNE_SWEEP_GRACE", "soon", "ZEROTUNE_SWEEP_GRACE=soon: give a whole number of seconds"),
+    "grace within the interval": ("ZEROTUNE_SWEEP_GRACE", "20", "ZEROTUNE_SWEEP_GRACE=20 must be longer than the"),
+}
+
+
+@pytest.mark.parametrize("case", list(HEARTBEAT_CASES), ids=list(HEARTBEAT_CASES))
+def test_bad_heartbeat_setting_is_one_line(
+    case: str, runs_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    variable, value, expected = HEARTBEAT_CASES[case]
+    monkeypatch.setenv(variable, value)
+    code, _, err = sweep(["digits_mlp", "--runs_dir", str(runs_dir), *GRID], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {expected}"), err
+    assert not any(runs_dir.iterdir())
 
 
 def test_study_file_of_another_experiment_is_refused(

@@ -108,3 +108,11 @@ def test_a_taken_port_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capture
         assert main([str(model), "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot serve on 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_port_out_of_range_is_a_one_line_error(port: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    assert main([str(model), "--port", port]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --port {port} is not a port: pass 1 to 65535, or 0 (the default) for a free one"]
