@@ -146,6 +146,8 @@ class ZeroTuneCLI(LightningCLI):
         # Parse errors are raised, not printed with the full usage, so the launcher can condense them to one line.
         parser_kwargs.setdefault("exit_on_error", False)
         self.run_dir: Path | None = None
+        #: Whether this process created ``run_dir`` (a new ``version_N``), so a mistake found later may remove it.
+        self.new_run_dir = False
         #: Checkpoint the fit restores (from ``--resume`` or ``--ckpt_path``), resolved before the run folder exists.
         self.ckpt_path: str | None = None
         #: The batch geometry that checkpoint recorded (see :mod:`experiments.geometry`).
@@ -370,6 +372,7 @@ class ZeroTuneCLI(LightningCLI):
                 self.run_dir, version = allocate_run_dir(root, cfg.name)
             except OSError as err:
                 raise UsageError(_unusable_root(root, err)) from None
+            self.new_run_dir = True
             os.environ[RUN_VERSION_ENV] = str(version)
             # From here on the folder says who works on it: a process that dies shows as crashed, not running.
             write_status(self.run_dir, "starting")
@@ -428,11 +431,22 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+#: What a run writes into its folder before its first training step.
+_BEFORE_TRAINING = {STATUS_FILE, "config.yaml", "hparams.yaml", INPUT_SPEC_FILE, "tokenizer.json"}
+
+
 def discard_fresh_run_dir(run_dir: Path) -> None:
-    """Remove a run folder that holds nothing but its status file: the run ended before it wrote anything."""
+    """Remove a run folder that holds nothing but what a run writes before it trains (its status, config,
+    hyperparameters, input description, tokenizer, first TensorBoard events; no checkpoint): the run ended on a
+    mistake before its first training step, and a folder of its own is all that would be lost."""
     with contextlib.suppress(OSError):
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {STATUS_FILE}:
-            shutil.rmtree(run_dir)
+        if not run_dir.is_dir():
+            return
+        for entry in run_dir.iterdir():
+            empty_folder = entry.name == "checkpoints" and entry.is_dir() and not any(entry.iterdir())
+            if not (empty_folder or entry.name in _BEFORE_TRAINING or entry.name.startswith("events.out.tfevents.")):
+                return
+        shutil.rmtree(run_dir)
 
 
 def resolve_ckpt_path(cfg: Namespace) -> str | None:

@@ -182,7 +182,7 @@ def _resume_args(run_dir: str, name: str | None, args: list[str]) -> list[str]:
             f"--resume {run_dir}: the run is still {status['state']} ({where}); two processes would write one run "
             f"folder. Stop that process first, or pass --force if it is gone"
         )
-    if status.get("state") == "crashed":
+    if status.get("state") == "crashed" and (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
         print(f"note: {run_dir} crashed: {status['reason']}; resuming from its last checkpoint", file=sys.stderr)
     return ["--config", str(config), *args]
 
@@ -341,7 +341,16 @@ def launch(args: list[str], callbacks: Sequence[L.Callback] = ()) -> RunResult:
             apply_auto_lr(cli)
         start = time.perf_counter()
         # An interrupt, a NaN loss or an error saves what can be resumed, marks the run and raises TrainingStopped.
-        guarded(trainer, lambda: trainer.fit(model, datamodule=dm))
+        try:
+            guarded(trainer, lambda: trainer.fit(model, datamodule=dm))
+        except console.USER_ERRORS:
+            # A mistake in the settings found once fitting began (model.pretrained, the corpus): nothing trained,
+            # so the run folder this launch created goes again, as for mistakes found before it existed.
+            if cli.new_run_dir and cli.run_dir is not None and trainer.global_step == 0:
+                from experiments.cli import discard_fresh_run_dir
+
+                discard_fresh_run_dir(cli.run_dir)
+            raise
         trainer.ckpt_path = None
         # For the summary: the whole fit, data setup, validation, checkpoints and the fit-end ONNX export included.
         if not hasattr(trainer, "zerotune_summary"):

@@ -51,10 +51,21 @@ def process_alive(pid: int, started: int | None = None) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
+    if _zombie(pid):
+        return False  # ended, but not yet reaped by its parent (a container whose first process never reaps)
     if started is not None:
         now = process_start_time(pid)
         return now is None or now == started
     return True
+
+
+def _zombie(pid: int) -> bool:
+    """Whether process ``pid`` has ended and waits only to be reaped (state ``Z`` in Linux ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].startswith("Z")
 
 
 def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> None:
