@@ -190,3 +190,25 @@ def test_sbatch_script_without_a_requeue_runs_a_fresh_run(tmp_path: Path, runs_d
     status = json.loads((runs_dir / "digits_mlp" / "version_0" / "status.json").read_text())
     assert status["state"] == "completed" and status["slurm_job"] == cluster.job
     assert not cluster.scontrol_log.exists()
+
+
+@pytest.mark.parametrize("scontrol", ["missing", "refuses"])
+def test_a_requeue_scontrol_cannot_do_says_so(
+    scontrol: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from experiments.callbacks.safety import FaultGuard, Outcome, requeue_job
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_NAME", "zerotune")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    if scontrol == "refuses":
+        (tmp_path / "scontrol").write_text("#!/bin/sh\necho 'Invalid job id specified' >&2\nexit 1\n")
+        (tmp_path / "scontrol").chmod(0o755)
+    requeued, note = requeue_job()
+    assert not requeued and note.startswith("could not requeue SLURM job 4242 (scontrol: ")
+    if scontrol == "refuses":
+        assert note.endswith("(scontrol: Invalid job id specified)")
+    stopped = Outcome("interrupted", "SIGUSR1 at epoch 1, global step 13; saved ...", "resume with: ...", 138)
+    outcome = FaultGuard._requeued(stopped, tmp_path / "last.ckpt")
+    assert outcome.state == "interrupted" and outcome.hint == "resume with: ..."
+    assert outcome.message.endswith(note)
