@@ -193,9 +193,7 @@ def test_sbatch_script_without_a_requeue_runs_a_fresh_run(tmp_path: Path, runs_d
 
 
 @pytest.mark.parametrize("scontrol", ["missing", "refuses"])
-def test_a_requeue_scontrol_cannot_do_says_so(
-    scontrol: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_requeue_scontrol_cannot_do_says_so(scontrol: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from experiments.callbacks.safety import FaultGuard, Outcome, requeue_job
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
