@@ -267,6 +267,11 @@ class FaultGuard(L.Callback):
         self._requested, self._agreed = None, None
         self._take_signals(trainer)
 
+    @property
+    def stop_requested(self) -> int | None:
+        """The stop signal this process received and the run has not yet stopped for, else ``None``."""
+        return self._requested
+
     def _take_signals(self, trainer: L.Trainer) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
