@@ -32,7 +32,7 @@ def _status(run: Path) -> dict:
     return json.loads((run / "status.json").read_text())
 
 
-@pytest.mark.parametrize("launcher", ["plain", "torchrun"])
+@pytest.mark.parametrize("launcher", ["plain", pytest.param("torchrun", marks=pytest.mark.slow)])
 def test_sigterm_reaching_one_node_stops_every_rank_with_one_resumable_checkpoint(
     runs_dir: Path, tmp_path: Path, launcher: str
 ) -> None:
@@ -145,6 +145,7 @@ def _corpus(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_gpt_on_two_torchrun_nodes_shares_out_its_windows(runs_dir: Path, tmp_path: Path) -> None:
     corpus = _corpus(tmp_path)
     args = [

@@ -178,7 +178,8 @@ def test_sbatch_script_requeues_on_sigusr1_and_the_requeued_job_continues_from_t
     assert ranks[0]["param_sum"] == ranks[1]["param_sum"]
 
 
-@pytest.mark.parametrize("restarts", [pytest.param(0, marks=pytest.mark.slow), 1])
+@pytest.mark.slow
+@pytest.mark.parametrize("restarts", [0, 1])
 def test_sbatch_script_without_a_requeue_runs_a_fresh_run(tmp_path: Path, runs_dir: Path, restarts: int) -> None:
     """A job that was never requeued, or was requeued before its first checkpoint, starts a run of its own."""
     cluster = Cluster(tmp_path)

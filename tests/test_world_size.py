@@ -103,6 +103,7 @@ def test_a_checkpoint_of_two_processes_resumes_on_one_with_the_global_batch_kept
     assert json.loads((run / "status.json").read_text())["state"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_one_process_resumes_on_two_with_the_global_batch_kept(
     runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
