@@ -22,11 +22,14 @@ install: $(STAMP)  ## Create .venv (if missing) and install zerotune with dev ex
 run: $(STAMP)  ## Run the default experiment (digits, offline); pass more with ARGS="NAME --trainer.max_epochs 3"
 	$(PY) -m experiments.run $(ARGS)
 
+# Two test processes, one per core: most tests wait on launcher subprocesses or run one thread each.
+PYTEST := $(PY) -m pytest -q -n 2 --dist worksteal
+
 test: $(STAMP)  ## Run the test suite (fast tests and the e2e browser tests when a browser is present)
-	$(PY) -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-all: $(STAMP)  ## Run every test, slow ones included
-	$(PY) -m pytest -q -m "not gpu" $(ARGS)
+	$(PYTEST) -m "not gpu" $(ARGS)
 
 lint: $(STAMP)  ## ruff check and format check
 	$(PY) -m ruff check .

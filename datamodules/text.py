@@ -523,6 +523,7 @@ class TextDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+            world_size=world,
         )
 
     def _eval_loader(self, split: str, limit: int | None) -> FixedBlocks:
@@ -562,8 +563,23 @@ class RandomWindows:
     """Training batches: ``batch_size`` windows of ``block_size + 1`` tokens at random offsets, ``(x, y)`` each
     ``(B, block_size)`` int64, gathered where the tokens are (the training device, or the memory map).
 
-    Offsets come from a generator seeded by ``seed``, the epoch and the rank; the position within the epoch is saved
-    in checkpoints (:meth:`state_dict`), so a resumed run draws exactly the windows the uninterrupted run would have.
+    Each epoch draws one stream of random window offsets from ``seed`` and the epoch alone (as many as the split has
+    blocks), the same stream whatever the number of processes. Batch ``i`` of the run is the stream's windows
+    ``i * B * W`` to ``(i + 1) * B * W`` (``W`` processes, ``B`` windows each), shared out among the processes with
+    none repeated: rank ``r`` takes every ``W``-th of them from the ``r``-th on. A run on one process with batches of
+    ``B * W`` windows therefore trains on exactly the windows ``W`` processes do together. The position within the
+    epoch is saved in checkpoints (:meth:`state_dict`), so a resumed run draws exactly the windows the uninterrupted
+    run would have.
+
+    Args:
+        tokens: The split's tokens.
+        block_size: ``T``.
+        batch_size: ``B``, windows per batch and process.
+        steps: Batches per epoch and process.
+        seed: Seed of the offsets.
+        rank: This process's rank.
+        world_size: ``W``, the number of processes sharing each batch.
+        epoch_fn: Returns the current epoch (the trainer's), so offsets follow resumed runs.
     """
 
     def __init__(
@@ -575,9 +591,10 @@ class RandomWindows:
         seed: int = 0,
         rank: int = 0,
         epoch_fn=None,
+        world_size: int = 1,
     ) -> None:
         self.tokens, self.block_size, self.batch_size, self.steps = tokens, block_size, batch_size, steps
-        self.seed, self.rank = seed, rank
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch_fn = epoch_fn or (lambda: 0)
         self._epoch, self._yielded = 0, 0
         self._resume_from: dict[str, int] | None = None
@@ -591,23 +608,29 @@ class RandomWindows:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume_from = dict(state)
 
+    def offsets(self, epoch: int) -> Tensor:
+        """The epoch's stream of window offsets, ``(max(blocks, steps * B * W),)`` int64 on the tokens' device."""
+        device = self.tokens.device if isinstance(self.tokens, Tensor) else torch.device("cpu")
+        n, T = len(self.tokens), self.block_size
+        count = max(n // T, self.steps * self.batch_size * self.world_size)
+        gen = torch.Generator(device=device)
+        gen.manual_seed((self.seed + 1) * 1_000_003 + epoch * 7919)
+        return torch.randint(n - T, (count,), generator=gen, device=device)
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self.epoch_fn()
-        device = self.tokens.device if isinstance(self.tokens, Tensor) else torch.device("cpu")
-        gen = torch.Generator(device=device)
-        gen.manual_seed((self.seed + 1) * 1_000_003 + epoch * 7919 + self.rank)
+        stream = self.offsets(epoch)
         skip = 0
         if self._resume_from is not None and self._resume_from.get("epoch") == epoch:
             skip = int(self._resume_from.get("batches", 0))
         self._resume_from = None
-        self._epoch, self._yielded = epoch, 0
-        n, T = len(self.tokens), self.block_size
-        span = torch.arange(T + 1, device=device)
-        for i in range(self.steps):
-            start = torch.randint(n - T, (self.batch_size,), generator=gen, device=device)
+        self._epoch, self._yielded = epoch, skip
+        span = torch.arange(self.block_size + 1, device=stream.device)
+        per_batch = self.batch_size * self.world_size
+        for i in range(skip, self.steps):
+            # (B,) offsets: this rank's share of the run's batch i.
+            start = stream[i * per_batch + self.rank : (i + 1) * per_batch : self.world_size]
             self._yielded = i + 1
-            if i < skip:
-                continue  # resumed: the offsets were drawn, the batch was already trained on
             windows = _gather(self.tokens, start, span)
             yield windows[:, :-1], windows[:, 1:]
 

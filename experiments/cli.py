@@ -36,11 +36,12 @@ from experiments.callbacks import (
 from experiments.callbacks.checkpoint import ModelCheckpoint
 from experiments.callbacks.early_stopping import EarlyStopping
 from experiments.callbacks.progress import AdaptiveProgressBar
-from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard
+from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard, find_guard
 from experiments.console import UsageError, explain_config_error, parser_options
 from experiments.files import atomic_write_text
+from experiments.geometry import BatchGeometry, BatchSized, plan_resize
 from experiments.status import STATUS_FILE, write_status
-from lightning_models.checkpoints import TRUST_ENV, readable_checkpoint
+from lightning_models.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
 from lightning_models.finetune import FreezeSchedule
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -145,8 +146,12 @@ class ZeroTuneCLI(LightningCLI):
         # Parse errors are raised, not printed with the full usage, so the launcher can condense them to one line.
         parser_kwargs.setdefault("exit_on_error", False)
         self.run_dir: Path | None = None
+        #: Whether this process created ``run_dir`` (a new ``version_N``), so a mistake found later may remove it.
+        self.new_run_dir = False
         #: Checkpoint the fit restores (from ``--resume`` or ``--ckpt_path``), resolved before the run folder exists.
         self.ckpt_path: str | None = None
+        #: The batch geometry that checkpoint recorded (see :mod:`experiments.geometry`).
+        self.ckpt_geometry: BatchGeometry | None = None
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -245,12 +250,14 @@ class ZeroTuneCLI(LightningCLI):
             ckpt.monitor = getattr(model_cls, "monitor", "val/loss")
             ckpt.mode = getattr(model_cls, "monitor_mode", "min")
         self.ckpt_path = resolve_ckpt_path(cfg)
+        if self.ckpt_path is not None:
+            self.ckpt_geometry = BatchGeometry.from_checkpoint(load_checkpoint(self.ckpt_path))
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         cfg = self.config
         # Bad data (a single class, an empty split, files missing) is found before a run folder exists.
         check = getattr(self.datamodule, "check_data", None)
-        if self.check_data and callable(check) and _is_global_zero():
+        if self.check_data and callable(check) and is_global_zero():
             check()
         if cfg.trainer.fast_dev_run:
             kwargs["logger"] = False
@@ -279,7 +286,42 @@ class ZeroTuneCLI(LightningCLI):
         # Where the fault guard and the launcher keep status.json, with or without a logger.
         trainer.zerotune_run_dir = self.run_dir
         _precision_note(cfg, trainer)
+        self._keep_global_batch(trainer)
         return trainer
+
+    def _keep_global_batch(self, trainer: Any) -> None:
+        """Resumed (or started from a checkpoint) on another number of processes: keep the checkpoint's global batch.
+
+        The accumulation (else each process's batch) is set on the trainer and datamodule and in the config saved
+        with the run; batch counts (``val_check_interval``, ``limit_train_batches``) follow, so they mean the same
+        samples; the fault guard carries the position within the epoch over when the checkpoint is restored.
+        """
+        saved = self.ckpt_geometry
+        if saved is None:
+            return
+        cfg, dm = self.config, self.datamodule
+        sized = isinstance(dm, BatchSized)
+        now = BatchGeometry(
+            dm.batch_size if sized else saved.batch_size,
+            trainer.num_nodes * trainer.num_devices,
+            trainer.accumulate_grad_batches,
+        )
+        resize = plan_resize(saved, now, can_set_batch_size=sized)
+        if not resize.changed:
+            return
+        trainer.accumulate_grad_batches = cfg.trainer.accumulate_grad_batches = resize.new.accumulate
+        if sized and dm.batch_size != resize.new.batch_size:
+            dm.batch_size = cfg.data.init_args.batch_size = resize.new.batch_size
+        for key in ("val_check_interval", "limit_train_batches"):
+            count = getattr(trainer, key)
+            if isinstance(count, int) and not isinstance(count, bool) and resize.count_scale(count):
+                setattr(trainer, key, resize.count_scale(count))
+                setattr(cfg.trainer, key, resize.count_scale(count))
+        guard = find_guard(trainer)
+        if guard is not None:
+            guard.resize = resize
+        if is_global_zero():
+            print(f"note: {resize.note}", file=sys.stderr)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         # Switching a feature off in the trainer drops its always-on callback too (Lightning refuses the pair).
@@ -309,7 +351,7 @@ class ZeroTuneCLI(LightningCLI):
             number = version.removeprefix("version_")
             version = int(number) if number.isdigit() else version
             cfg.name = self.run_dir.parent.name
-            if _is_global_zero():
+            if is_global_zero():
                 write_status(self.run_dir, "starting")
         elif cfg.get("version"):
             # A folder named by the caller (e.g. a sweep's trial_N), the same on every rank.
@@ -317,7 +359,7 @@ class ZeroTuneCLI(LightningCLI):
             if version in (".", "..") or any(sep and sep in version for sep in ("/", os.sep, os.altsep, "\0")):
                 raise UsageError(f"--version {version!r} must be one folder name, such as trial_3 (no '/' or '..')")
             self.run_dir = root / cfg.name / version
-            if _is_global_zero():
+            if is_global_zero():
                 if (self.run_dir / "config.yaml").exists():
                     raise UsageError(
                         f"--version {version}: {self.run_dir} already holds a run; pass another --version, or "
@@ -325,11 +367,12 @@ class ZeroTuneCLI(LightningCLI):
                     )
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 write_status(self.run_dir, "starting")
-        elif _is_global_zero():
+        elif is_global_zero():
             try:
                 self.run_dir, version = allocate_run_dir(root, cfg.name)
             except OSError as err:
                 raise UsageError(_unusable_root(root, err)) from None
+            self.new_run_dir = True
             os.environ[RUN_VERSION_ENV] = str(version)
             # From here on the folder says who works on it: a process that dies shows as crashed, not running.
             write_status(self.run_dir, "starting")
@@ -388,11 +431,22 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+#: What a run writes into its folder before its first training step.
+_BEFORE_TRAINING = {STATUS_FILE, "config.yaml", "hparams.yaml", INPUT_SPEC_FILE, "tokenizer.json"}
+
+
 def discard_fresh_run_dir(run_dir: Path) -> None:
-    """Remove a run folder that holds nothing but its status file: the run ended before it wrote anything."""
+    """Remove a run folder that holds nothing but what a run writes before it trains (its status, config,
+    hyperparameters, input description, tokenizer, first TensorBoard events; no checkpoint): the run ended on a
+    mistake before its first training step, and a folder of its own is all that would be lost."""
     with contextlib.suppress(OSError):
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {STATUS_FILE}:
-            shutil.rmtree(run_dir)
+        if not run_dir.is_dir():
+            return
+        for entry in run_dir.iterdir():
+            empty_folder = entry.name == "checkpoints" and entry.is_dir() and not any(entry.iterdir())
+            if not (empty_folder or entry.name in _BEFORE_TRAINING or entry.name.startswith("events.out.tfevents.")):
+                return
+        shutil.rmtree(run_dir)
 
 
 def resolve_ckpt_path(cfg: Namespace) -> str | None:
@@ -436,7 +490,7 @@ def _precision_note(cfg: Namespace, trainer: Any) -> None:
         )
 
 
-def _is_global_zero() -> bool:
+def is_global_zero() -> bool:
     """Whether this process is global rank 0, from the launcher's environment (torchrun, SLURM, Lightning's DDP)."""
     # Worker processes started by Lightning inherit SLURM_PROCID from an interactive SLURM shell; their local rank
     # says they are not rank 0.

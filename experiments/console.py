@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from datamodules.errors import DataError
+
 #: Messages Lightning prints that advertise products or restate the obvious; matched by substring, one by one.
 _NOISE_LOG_SUBSTRINGS = (
     "Tip:",  # advertising for litmodels / litlogger
@@ -29,6 +31,7 @@ _NOISE_LOG_SUBSTRINGS = (
     "Loaded model weights from the checkpoint",
     "Detected KeyboardInterrupt",  # the launcher says what was interrupted and how to resume
     "Received SIGTERM",
+    "SLURM auto-requeueing enabled",  # zerotune's fault guard obeys the requeue signal and says so when it comes
 )
 
 #: Known-harmless warnings, each matched by a precise message regex; everything else is shown.
@@ -50,6 +53,10 @@ _NOISE_WARNINGS = (
 
 class UsageError(Exception):
     """A mistake the user can fix (bad name, bad config value, missing file): printed as one line, exit code 2."""
+
+
+#: Exceptions that are the user's mistake (in settings, data or files) rather than a bug: one line, exit code 2.
+USER_ERRORS = (UsageError, DataError, FileNotFoundError, NotADirectoryError)
 
 
 class _DropNoise(logging.Filter):
@@ -112,8 +119,6 @@ def user_errors(config: bool = False) -> Iterator[None]:
             traceback.
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    from datamodules.errors import DataError
 
     try:
         yield

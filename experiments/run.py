@@ -98,7 +98,45 @@ def build_args(argv: list[str]) -> list[str]:
         config_path = _option(args, "--config", "-c")
         if config_path is not None:
             prefix = ["--name", Path(config_path).stem]
+    requeued = _requeued_run(prefix + args)
+    if requeued is not None:
+        return requeued
     return prefix + args
+
+
+def _requeued_run(args: list[str]) -> list[str] | None:
+    """Arguments that resume this SLURM job's own run when SLURM started the job again after a requeue.
+
+    The requeued job runs the same command as before. Its run folder is found by the job id its ``status.json``
+    records; the job continues that run from its last checkpoint with the config saved there (the same command's
+    settings), as ``--resume`` would. ``None`` for a job that is not requeued or left no checkpoint (it starts anew).
+    """
+    from experiments.status import find_requeued_run, requeued_job
+
+    job = requeued_job()
+    if job is None or "--version" in args or any(a.startswith("--version=") for a in args):
+        return None
+    name = _option(args, "--name") or "experiment"
+    runs_dir = _option(args, "--runs_dir") or _config_value(_option(args, "--config", "-c"), "runs_dir") or "runs"
+    run_dir = find_requeued_run(runs_dir, name, job)
+    if run_dir is None:
+        return None
+    if not _is_worker_process():
+        print(f"note: SLURM job {job} was requeued: resuming {run_dir} from its last checkpoint", file=sys.stderr)
+    return _resume_args(str(run_dir), None, ["--resume", str(run_dir), "--force"])
+
+
+def _config_value(path: str | None, key: str) -> str | None:
+    """A top-level value of a YAML config file, if the file sets it."""
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        value = (yaml.safe_load(Path(path).read_text()) or {}).get(key)
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return str(value) if value is not None else None
 
 
 def _option(args: list[str], flag: str, short: str | None = None) -> str | None:
@@ -144,16 +182,17 @@ def _resume_args(run_dir: str, name: str | None, args: list[str]) -> list[str]:
             f"--resume {run_dir}: the run is still {status['state']} ({where}); two processes would write one run "
             f"folder. Stop that process first, or pass --force if it is gone"
         )
-    if status.get("state") == "crashed":
+    if status.get("state") == "crashed" and (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
         print(f"note: {run_dir} crashed: {status['reason']}; resuming from its last checkpoint", file=sys.stderr)
     return ["--config", str(config), *args]
 
 
 def _is_worker_process() -> bool:
-    """Whether this process is a non-zero rank started by a multi-process launcher (Lightning's DDP, torchrun)."""
-    import os
+    """Whether this process is not global rank 0 of a multi-process run (Lightning's DDP, torchrun, SLURM, or a node
+    started with ``NODE_RANK``), by the launcher's environment."""
+    from experiments.cli import is_global_zero
 
-    return int(os.environ.get("LOCAL_RANK", 0)) != 0 or int(os.environ.get("RANK", 0)) != 0
+    return not is_global_zero()
 
 
 def _hostname() -> str:
@@ -177,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         console.error("--force only applies to --resume RUN_DIR (resume a run whose status says it is running)")
         return USAGE_ERROR
     console.quiet()
-    from experiments.callbacks.safety import sigterm_raises
+    from experiments.callbacks.safety import requeue_job, requeue_signal, sigterm_raises
 
     try:
         with sigterm_raises():
@@ -187,19 +226,30 @@ def main(argv: list[str] | None = None) -> int:
         console.error(str(err))
         return USAGE_ERROR
     except (KeyboardInterrupt, SystemExit) as stop:
-        # Ctrl+C or SIGTERM before training started (once it has, the run saves and says how to resume).
+        # Ctrl+C, SIGTERM or SLURM's requeue signal before training started (once it has, the run saves and says
+        # how to resume).
         signum = _interrupt_signal(stop)
         if signum is None:
             raise
-        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
-        print(f"\ninterrupted: {name} before training started: nothing to resume", file=sys.stderr)
+        name = signal.Signals(signum).name
+        if signum == requeue_signal():
+            requeued, note = requeue_job()
+            label = "requeued" if requeued else "interrupted"
+            print(f"\n{label}: {name} before training started, nothing saved; {note}", file=sys.stderr)
+        else:
+            print(f"\ninterrupted: {name} before training started: nothing to resume", file=sys.stderr)
         return 128 + signum
 
 
 def _interrupt_signal(stop: BaseException) -> int | None:
-    """The signal behind an interrupt exception (SIGINT for Ctrl+C, SIGTERM for Lightning's exception), else None."""
+    """The signal behind an interrupt exception (SIGINT for Ctrl+C, a :class:`StopSignal`'s own, SIGTERM for
+    Lightning's exception), else None."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from experiments.callbacks.safety import StopSignal
+
+    if isinstance(stop, StopSignal):
+        return stop.signum
     if isinstance(stop, SIGTERMException):
         return signal.SIGTERM
     return signal.SIGINT if isinstance(stop, KeyboardInterrupt) else None
@@ -291,7 +341,16 @@ def launch(args: list[str], callbacks: Sequence[L.Callback] = ()) -> RunResult:
             apply_auto_lr(cli)
         start = time.perf_counter()
         # An interrupt, a NaN loss or an error saves what can be resumed, marks the run and raises TrainingStopped.
-        guarded(trainer, lambda: trainer.fit(model, datamodule=dm))
+        try:
+            guarded(trainer, lambda: trainer.fit(model, datamodule=dm))
+        except console.USER_ERRORS:
+            # A mistake in the settings found once fitting began (model.pretrained, the corpus): nothing trained,
+            # so the run folder this launch created goes again, as for mistakes found before it existed.
+            if cli.new_run_dir and cli.run_dir is not None and trainer.global_step == 0:
+                from experiments.cli import discard_fresh_run_dir
+
+                discard_fresh_run_dir(cli.run_dir)
+            raise
         trainer.ckpt_path = None
         # For the summary: the whole fit, data setup, validation, checkpoints and the fit-end ONNX export included.
         if not hasattr(trainer, "zerotune_summary"):

@@ -51,10 +51,21 @@ def process_alive(pid: int, started: int | None = None) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
+    if _zombie(pid):
+        return False  # ended, but not yet reaped by its parent (a container whose first process never reaps)
     if started is not None:
         now = process_start_time(pid)
         return now is None or now == started
     return True
+
+
+def _zombie(pid: int) -> bool:
+    """Whether process ``pid`` has ended and waits only to be reaped (state ``Z`` in Linux ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].startswith("Z")
 
 
 def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> None:
@@ -65,9 +76,12 @@ def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> None:
     from experiments.files import atomic_write_text
 
     pid = os.getpid()
+    job = slurm_job()
     record = {
         "state": state,
         **fields,
+        # The SLURM job that runs it, so a requeued job finds its run folder again (see find_requeued_run).
+        **({"slurm_job": job} if job else {}),
         "host": socket.gethostname(),
         "pid": pid,
         "pid_started": process_start_time(pid),
@@ -77,6 +91,38 @@ def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> None:
         atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(record, indent=2, default=str) + "\n")
     except OSError as err:
         print(f"warning: could not write {Path(run_dir) / STATUS_FILE}: {err.strerror or err}", file=sys.stderr)
+
+
+def slurm_job() -> str | None:
+    """This process's SLURM job as ``scontrol requeue`` names it (``ARRAYJOB_TASK`` for an array task), or ``None``
+    outside SLURM (and in an interactive allocation, whose job name is ``bash`` or ``interactive``)."""
+    if os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    return job if job and job.replace("_", "").isdigit() else None
+
+
+def requeued_job() -> str | None:
+    """The SLURM job this process belongs to when SLURM started it again after a requeue (``SLURM_RESTART_COUNT``
+    of 1 or more), else ``None``."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return slurm_job() if restarts.isdigit() and int(restarts) > 0 else None
+
+
+def find_requeued_run(runs_dir: str | os.PathLike, name: str, job: str) -> Path | None:
+    """The newest run folder ``runs_dir/name/*`` that SLURM job ``job`` wrote and whose ``checkpoints/last.ckpt`` a
+    resume can start from."""
+    found = []
+    for status_file in Path(runs_dir, name).glob(f"*/{STATUS_FILE}"):
+        try:
+            status = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            continue
+        last = status_file.parent / "checkpoints" / "last.ckpt"
+        if isinstance(status, dict) and status.get("slurm_job") == job and last.is_file():
+            found.append((status_file.stat().st_mtime, status_file.parent))
+    return max(found)[1] if found else None
 
 
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -284,17 +284,9 @@ def worker_gone(trial: FrozenTrial) -> str | None:
     if not isinstance(pid, int) or pid <= 0:
         return None
     started = int(start) if str(start).isdigit() else None  # studies of older versions stored it as text
-    if process_alive(pid, started) and not _zombie(pid):
+    if process_alive(pid, started):  # a zombie (ended, not yet reaped) is not alive
         return None
     return f"worker died (process {pid} on {owner.get('host')} is gone)"
-
-
-def _zombie(pid: int) -> bool:
-    """Whether process ``pid`` has ended but not been reaped (its parent has not waited for it yet, or never will)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def why_stale(trial: FrozenTrial, grace: int) -> str:

@@ -60,7 +60,7 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool | None = None, map_l
         # A pickled class needs code; other refusals of the safe unpickler inside torch.save's zip mean damage.
         # torch names what it refused: "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL posix.system whose
         # module posix is blocked" (a callable such as os.system, the classic payload of a malicious pickle).
-        needs_code = "unsupported global" in str(err).lower() or not zipfile.is_zipfile(path)
+        needs_code = "unsupported global" in str(err).lower() or (not zipfile.is_zipfile(path) and _is_pickle(path))
         if not trust and "Weights only load failed" in str(err) and needs_code:
             raise DataError(_untrusted_message(path, str(err))) from None
         raise DataError(_corrupt_message(path, err)) from None
@@ -190,6 +190,12 @@ def _untrusted_message(path: Path, detail: str) -> str:
         f"refusing to load '{path}': {what}, and unpickling it could run any code the file's author put in it. "
         "If you trust where the file came from, rerun with --trust_checkpoint true"
     )
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether the file starts as a pickle stream of protocol 2 or later (``torch.save``'s legacy format) does."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def _corrupt_message(path: Path, err: BaseException) -> str:

@@ -181,6 +181,13 @@ def load_pretrained(
             chosen[name] = tensor
             report.loaded.append(name)
     report.missing = [k for k in own if k not in mapping]
+    if not chosen and report.mismatched:
+        shapes = [f"{name} file {list(src)} vs model {list(dst)}" for name, src, dst in report.mismatched]
+        raise DataError(
+            f"model.pretrained: no tensor in '{path}' fits this model: every one whose name matches has another "
+            f"shape ({_short(shapes, 3)}). Use weights saved from the same architecture and size (model settings "
+            "such as hidden sizes, widths and depths must match the file's)."
+        )
     if not chosen:
         raise DataError(
             f"model.pretrained: no tensor in '{path}' fits this model (file keys like {_short(list(source), 3)}; "

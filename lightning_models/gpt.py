@@ -11,6 +11,7 @@ References: GPT-2 (Radford et al., 2019), nanoGPT (Karpathy), the PaLM paper's F
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -180,6 +181,8 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
     """Raise a ``ValueError`` naming the setting when a sampling setting is out of range."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0: always the most likely token), got {temperature}")
     if top_k is not None and top_k < 1:

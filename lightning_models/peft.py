@@ -312,6 +312,12 @@ class FinetuneMethods:
         info = checkpoint.get("lora") or {}
         if info.get("adapters_only"):
             base = Path(info["base"])
+            if base.is_dir():
+                raise DataError(
+                    f"this checkpoint holds LoRA adapters only; their base weights '{base}' (model.pretrained of the "
+                    "run) is now a folder, not a weights file. Put the file back at that path, or fine-tune with "
+                    "--model.lora_checkpoint full"
+                )
             if not base.is_file():
                 raise DataError(
                     f"this checkpoint holds LoRA adapters only; their base weights file '{base}' (model.pretrained "

@@ -57,7 +57,8 @@ class RankMarker(L.Callback):
 
 
 class SigintAtStep(L.Callback):
-    """Sends this process a SIGINT (as Ctrl+C would) right after the optimizer step number ``step``.
+    """Sends this process a SIGINT (as Ctrl+C would) right after the optimizer step number ``step``; a run resumed
+    at that step (which has it in its saved config) is not interrupted again.
 
     Args:
         step: The global step after which to interrupt.
@@ -65,11 +66,15 @@ class SigintAtStep(L.Callback):
 
     def __init__(self, step: int) -> None:
         self.step = step
+        self._started_at = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started_at = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step > self._started_at:
             os.kill(os.getpid(), signal.SIGINT)
 
 
@@ -147,3 +152,85 @@ class SigkillInRun(L.Callback):
     ) -> None:
         if trainer.log_dir and Path(trainer.log_dir).name == self.folder:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class MarkAtStep(L.Callback):
+    """Writes ``rank{N}.pid`` (this process's PID) once the global step reaches ``step``, then slows every later step
+    by ``sleep`` seconds, so a test can signal one process of a running multi-process run at a known point.
+
+    Args:
+        out_dir: Folder for the files.
+        step: The global step after which the file is written.
+        sleep: Seconds to sleep after each training step from then on.
+    """
+
+    def __init__(self, out_dir: str, step: int = 3, sleep: float = 0.2) -> None:
+        self.out_dir = Path(out_dir)
+        self.step = step
+        self.sleep = sleep
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step < self.step:
+            return
+        marker = self.out_dir / f"rank{trainer.global_rank}.pid"
+        if not marker.exists():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(os.getpid()))
+        import time
+
+        time.sleep(self.sleep)
+
+
+class StepLog(L.Callback):
+    """Appends ``rank{N}.steps`` with one line per training batch: ``epoch global_step batch_idx pid`` (resumed runs
+    append), so a test can tell where each process of a run started and stopped on each rank.
+
+    Args:
+        out_dir: Folder for the files.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / f"rank{trainer.global_rank}.steps", "a") as f:
+            f.write(f"{trainer.current_epoch} {trainer.global_step} {batch_idx} {os.getpid()}\n")
+
+
+class BatchRecorder(L.Callback):
+    """Saves ``rank{N}-{PID}.pt`` when a fit ends or stops: ``(global step, inputs)`` of every training batch this
+    process trained on, in order (each input flattened to its first ``width`` values), so a test can compare what
+    several processes, or a stopped and a resumed process, saw with what one process sees.
+
+    Args:
+        out_dir: Folder for the files.
+        width: Values of each input kept (tokens of a window, pixels of an image).
+    """
+
+    def __init__(self, out_dir: str, width: int = 16) -> None:
+        self.out_dir = Path(out_dir)
+        self.width = width
+        self.batches: list[tuple[int, Any]] = []
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        x = batch[0].detach().cpu()
+        self.batches.append((trainer.global_step, x.reshape(len(x), -1)[:, : self.width].clone()))
+
+    def _save(self, trainer: L.Trainer) -> None:
+        import torch
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(self.batches, self.out_dir / f"rank{trainer.global_rank}-{os.getpid()}.pt")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._save(trainer)

@@ -49,6 +49,9 @@ class PauseInTrial(L.Callback):
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.with_suffix(".tmp").write_text(json.dumps({"folder": folder, "pid": os.getpid()}))
         marker.with_suffix(".tmp").replace(marker)
+        from experiments.callbacks.safety import find_guard
+
+        guard = find_guard(trainer)
         deadline = time.monotonic() + self.seconds
-        while time.monotonic() < deadline and not trainer.received_sigterm:
+        while time.monotonic() < deadline and not (guard and guard.stop_requested):
             time.sleep(0.05)

@@ -237,13 +237,15 @@ def test_checkpoint_of_another_architecture_names_keys_and_shapes(good_ckpt: Pat
     assert "missing in file: " in message and "not in model: net.1.0.weight, net.1.0.bias and 2 more" in message
 
 
-@pytest.mark.parametrize("case", ["text", "other architecture", "needs code"])
+@pytest.mark.parametrize("case", ["text", "text with a comment", "other architecture", "needs code"])
 def test_bad_ckpt_path_is_one_line_through_the_launcher(
     case: str, tmp_path: Path, good_ckpt: Path, runs_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "given.ckpt"
     if case == "text":
         path.write_text("hello\n")
+    elif case == "text with a comment":
+        path.write_text("# my notes\nlr = 0.1\n")  # a file of text is no pickle, whatever its first character
     elif case == "other architecture":
         path = good_ckpt  # an MLP checkpoint for a CNN experiment
     else:
@@ -252,10 +254,12 @@ def test_bad_ckpt_path_is_one_line_through_the_launcher(
     line = _one_error(*run_launcher(args, capsys)[::2])
     expected = {
         "text": f"cannot read checkpoint '{path}': it is not a PyTorch checkpoint",
+        "text with a comment": f"cannot read checkpoint '{path}': it is not a PyTorch checkpoint (it starts with '# my",
         "other architecture": f"'{path}' does not fit SmallCNN",
         "needs code": "--trust_checkpoint true",
     }[case]
     assert expected in line
+    assert ("--trust_checkpoint" in line) == (case == "needs code")
 
 
 def test_ctrl_c_before_training_is_one_line(

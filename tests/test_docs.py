@@ -66,6 +66,8 @@ def test_launcher_command_parses(doc: str, line: str, tmp_path: Path, capsys: py
 
     tokens = shlex.split(line, comments=True)
     args = tokens[tokens.index("experiments.run") + 1 :]
+    if "$@" in args:
+        pytest.skip("the sbatch script's command takes its arguments from sbatch: tests/test_slurm.py runs the script")
     if "--help" in args:
         pytest.skip("--help is tested on its own (tests/test_launcher.py)")
     if "--list" in args:

@@ -361,12 +361,13 @@ def test_fine_tuning_uses_the_pretrained_models_tokenizer(
     quick = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--onnx.enabled", "false"]
     code, _, err = run_launcher(lm_args(other, runs, "--model.pretrained", str(ckpt), *quick), capsys)
     assert code == 2 and err.strip().startswith("error: model.pretrained") and "--data.tokenizer_path" in err
+    assert list((runs / "stdlib_gpt").iterdir()) == []  # the mistake left no run folder
     code, out, err = run_launcher(
         lm_args(other, runs, "--model.pretrained", str(ckpt), "--data.tokenizer_path", str(ckpt), *quick), capsys
     )
     assert code == 0, err
     assert "pretrained: loaded" in out
-    tuned = torch.load(runs / "stdlib_gpt" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    tuned = torch.load(runs / "stdlib_gpt" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert tuned["tokenizer"] == torch.load(ckpt, weights_only=True)["tokenizer"]
 
 

@@ -177,8 +177,23 @@ def test_random_windows_continue_exactly_after_a_resume() -> None:
     resumed.load_state_dict(state)
     rest = list(resumed)
     assert len(rest) == 6 and all(torch.equal(a[0], b[0]) for a, b in zip(rest, full[4:], strict=True))
-    other_rank = RandomWindows(tokens, block_size=8, batch_size=4, steps=10, seed=3, rank=1)
-    assert not torch.equal(next(iter(other_rank))[0], full[0][0])
+
+
+def test_random_windows_share_each_batch_among_processes_whatever_their_number() -> None:
+    tokens = torch.arange(5000, dtype=torch.int32)
+    # One process with batches of 8 windows trains on exactly what 2 processes of 4 or 4 processes of 2 do together.
+    one = [x for x, _ in RandomWindows(tokens, block_size=8, batch_size=8, steps=10, seed=3)]
+    for world in (2, 4):
+        ranks = [
+            [x for x, _ in RandomWindows(tokens, 8, 8 // world, 10, seed=3, rank=r, world_size=world)]
+            for r in range(world)
+        ]
+        for step, whole in enumerate(one):
+            shares = [ranks[r][step] for r in range(world)]
+            assert all(share.shape == (8 // world, 8) for share in shares)
+            together = torch.cat(shares)
+            assert sorted(together[:, 0].tolist()) == sorted(whole[:, 0].tolist())  # the same windows ...
+            assert len(set(together[:, 0].tolist())) == len(together)  # ... and no window twice
 
 
 def test_fixed_blocks_score_every_token_once_and_shard_without_padding() -> None:

@@ -37,6 +37,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from experiments.files import atomic_path
+from lightning_models.checkpoints import load_checkpoint
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -395,9 +396,9 @@ class ONNXExport(Callback):
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
         if best and Path(best).is_file():
-            # The run's own checkpoint, written moments ago; Lightning checkpoints also hold hyperparameters and
-            # loop state that the weights_only unpickler rejects.
-            state = torch.load(best, map_location="cpu", weights_only=False)
+            # Through the one safe loader: the path comes from the checkpoint callback's state, which --resume and
+            # --ckpt_path restore from a checkpoint file, so it may name any file (one that runs code when unpickled).
+            state = load_checkpoint(best)
             model.load_state_dict(state["state_dict"])
             return model, f"best checkpoint {Path(best).name}"
         return model, "current weights (no best checkpoint)"

@@ -3,11 +3,17 @@
 * A NaN or infinite loss stops training at once and names the step; checkpoints are never overwritten with
   non-finite weights, so the last good one stays.
 * Ctrl+C (SIGINT) finishes the current batch, then saves a resumable ``last.ckpt`` (a second Ctrl+C stops at
-  once). SIGTERM (a scheduler's timeout, ``kill``) does the same through Lightning's own SIGTERM handling.
+  once). SIGTERM (a scheduler's timeout, ``kill``) does the same. Under several processes a signal that reaches one
+  of them stops all of them at the same batch: the processes agree on it after every training batch, so every rank
+  joins the save, even on a node that never saw the signal.
 * An exception in a callback or the model saves a checkpoint too (single process), names where it came from,
   and marks the run failed.
-* Every run folder has a ``status.json`` (``running``, ``interrupted``, ``failed``, ``completed``) with the reason
-  and the command that resumes it; checkpoints are written atomically by :class:`AtomicCheckpointIO`.
+* A SLURM job with Lightning's auto-requeue (its default) that gets the requeue signal (``#SBATCH
+  --signal=SIGUSR1@90``) saves the same way, marks the run ``requeued`` and calls ``scontrol requeue``; the requeued
+  job, running the same command, continues the run in its own folder from that checkpoint (see
+  :func:`experiments.status.find_requeued_run`).
+* Every run folder has a ``status.json`` (``running``, ``interrupted``, ``requeued``, ``failed``, ``completed``) with
+  the reason and the command that resumes it; checkpoints are written atomically by :class:`AtomicCheckpointIO`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -25,19 +33,21 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from datamodules.errors import DataError
 from experiments.console import end_progress_line
 from experiments.files import atomic_path
-from experiments.status import has_checkpoint, resume_command, write_status
+from experiments.geometry import GEOMETRY_KEY, BatchGeometry, BatchSized, Resize, remap_progress
+from experiments.status import has_checkpoint, resume_command, slurm_job, write_status
 from lightning_models.checkpoints import check_compatible, load_checkpoint, load_state_dict_file
 
-#: Exit codes: a failed run, and the shell's ``128 + signal`` for interrupted ones.
+#: Exit code of a failed run; interrupted ones end with the shell's ``128 + signal`` (130 for Ctrl+C).
 EXIT_FAILED = 1
-_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 #: Errors the user fixes in their data or paths; the launcher prints them as usage errors (exit code 2).
 _USER_ERRORS = (DataError, FileNotFoundError, NotADirectoryError)
 
@@ -76,38 +86,78 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, permissions); the previous file at that path is intact."""
 
 
-# -- SIGTERM outside the training loop ---------------------------------------------------------------------------
-#: Whether Lightning's training loop is running: it then stops by itself at the next batch on SIGTERM (its handler
-#: calls ours as a part of it), and the fault guard saves a resumable checkpoint there.
-_training_loop_stops_on_sigterm = False
+# -- stop signals outside Lightning's loops -------------------------------------------------------------------------
+class StopSignal(SIGTERMException):
+    """A stop signal that arrived outside Lightning's loops: SIGTERM, or SLURM's requeue signal.
+
+    Args:
+        signum: The signal.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
 
 
-def _raise_on_sigterm(signum: int, frame: Any) -> None:
-    if not _training_loop_stops_on_sigterm:
-        raise SIGTERMException
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise StopSignal(signum)
+
+
+def requeue_signal(trainer: L.Trainer | None = None) -> int | None:
+    """The signal that asks this SLURM job to save and requeue itself, or ``None`` when there is none to obey.
+
+    It is the one of Lightning's ``SLURMEnvironment`` (SIGUSR1 unless ``--trainer.plugins`` sets another
+    ``requeue_signal``), obeyed while its ``auto_requeue`` is on (Lightning's default). Outside SLURM, in an
+    interactive allocation, and before a trainer exists with a plugin saying otherwise: SIGUSR1 under SLURM, else
+    ``None``.
+    """
+    strategy = trainer.strategy if trainer is not None else None
+    environment = strategy.cluster_environment if isinstance(strategy, ParallelStrategy) else None
+    if isinstance(environment, SLURMEnvironment):
+        return int(environment.requeue_signal) if environment.auto_requeue and environment.requeue_signal else None
+    # A single task (or no trainer yet): under srun, with Lightning's defaults.
+    return int(signal.SIGUSR1) if slurm_job() is not None and "SLURM_NTASKS" in os.environ else None
+
+
+def requeue_job() -> tuple[bool, str]:
+    """Ask SLURM to requeue this job (``scontrol requeue JOB``), as Lightning's auto-requeue does.
+
+    Returns:
+        Whether SLURM took the request, and a sentence saying what happened.
+    """
+    job = slurm_job()
+    if job is None:
+        return False, "not a SLURM batch job, so it cannot be requeued"
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return False, f"could not requeue SLURM job {job} (scontrol: {getattr(err, 'strerror', None) or err})"
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).strip().splitlines()
+        return False, f"could not requeue SLURM job {job} (scontrol: {why[-1] if why else done.returncode})"
+    return True, f"SLURM job {job} requeued: it continues from there in the same run folder"
 
 
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Make SIGTERM raise :class:`SIGTERMException` wherever the process is, except inside the training loop.
+    """Make SIGTERM (and, in a SLURM job, its requeue signal) raise :class:`StopSignal` wherever the process is,
+    outside Lightning's loops.
 
-    Python's default SIGTERM ends the process on the spot, without a word and with the run folder still saying
-    ``running``. Inside the training loop Lightning's own handler stops after the current batch instead (and runs
-    this one as a part of it, which then does nothing). The previous handler is restored on exit.
+    Python's default SIGTERM (and SIGUSR1) ends the process on the spot, without a word and with the run folder still
+    saying ``running``. Inside a fit or test the :class:`FaultGuard` takes the signals over instead (it stops after the
+    current batch, on every rank together); Lightning restores these handlers when the fit or test ends. The previous
+    handlers are restored on exit.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signals = [signal.SIGTERM] + ([requeue] if (requeue := requeue_signal()) else [])
+    previous = {signum: signal.signal(signum, _raise_stop) for signum in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _set_training_loop(active: bool) -> None:
-    global _training_loop_stops_on_sigterm
-    _training_loop_stops_on_sigterm = active
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # -- atomic checkpoint files -----------------------------------------------------------------------------------------
@@ -181,8 +231,15 @@ class FaultGuard(L.Callback):
         self.outcome: Outcome | None = None
         self._pending: list[tuple[int, int, int, Tensor]] = []  # (global step, epoch, batch index, loss)
         self._step = (0, 0, 0)
-        self._stop_signal: int | None = None
-        self._previous_sigint: Callable | int | None = None
+        #: The stop signal this process received (the most urgent one, see :meth:`_urgency`), and the one every
+        #: process agreed on when the run stopped.
+        self._requested: int | None = None
+        self._agreed: int | None = None
+        #: SLURM's requeue signal when the run obeys one (see :func:`requeue_signal`).
+        self._requeue: int | None = None
+        #: Set by the launcher when the run resumes a checkpoint of another batch geometry (number of processes):
+        #: the position within the epoch is carried over to it when the checkpoint is restored.
+        self.resize: Resize | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -192,36 +249,67 @@ class FaultGuard(L.Callback):
             check_compatible(pl_module, load_state_dict_file(path), source=path)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.outcome, self._pending, self._stop_signal = None, [], None
+        self.outcome, self._pending, self._requested, self._agreed = None, [], None, None
         run_dir = _run_dir(trainer)
         if run_dir is not None and trainer.is_global_zero:
             write_status(run_dir, "running")
 
+    # Lightning installs its signal handlers when a fit or test starts running, and restores the ones before when it
+    # ends (an exception included). Its SIGTERM handler makes a collective call from inside the handler and stops only
+    # the process it reached, which leaves the others waiting for it; the guard's handlers replace it here.
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_signals(trainer)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Installed here, after Lightning has recorded the handlers it restores when the fit ends.
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-        _set_training_loop(True)
+        self._take_signals(trainer)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _set_training_loop(False)
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._requested, self._agreed = None, None
+        self._take_signals(trainer)
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        _set_training_loop(False)
-        self._restore_sigint()
+    @property
+    def stop_requested(self) -> int | None:
+        """The stop signal this process received and the run has not yet stopped for, else ``None``."""
+        return self._requested
 
-    def _restore_sigint(self) -> None:
-        # Also after an exception, where Lightning calls no teardown hook and leaves SIGINT ignored.
-        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+    def _take_signals(self, trainer: L.Trainer) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._requeue = requeue_signal(trainer)
+        for signum in (signal.SIGINT, signal.SIGTERM, self._requeue):
+            if signum is not None and signal.getsignal(signum) != self._on_signal:
+                signal.signal(signum, self._on_signal)
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None:
+    def _urgency(self, signum: int | None) -> int:
+        """Which stop wins when processes received different signals: SLURM's requeue (the job goes on), then a
+        scheduler's SIGTERM, then a Ctrl+C; 0 for none."""
+        return {signal.SIGINT: 1, signal.SIGTERM: 2, self._requeue: 3}.get(signum, 0) if signum else 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Note the stop; the process stops at the next point where every process can agree on it."""
+        if signum == signal.SIGINT and self._requested is not None:
             raise KeyboardInterrupt  # a second Ctrl+C: stop now
-        self._stop_signal = signum
-        end_progress_line()
-        print("interrupt: saving a checkpoint after this batch (Ctrl+C again to stop at once)", file=sys.stderr)
+        first = self._requested is None
+        if first or self._urgency(signum) > self._urgency(self._requested):
+            self._requested = signum
+        if first and signum == signal.SIGINT:
+            end_progress_line()
+            print("interrupt: saving a checkpoint after this batch (Ctrl+C again to stop at once)", file=sys.stderr)
+
+    def _stop_if_requested(self, trainer: L.Trainer) -> None:
+        """Raise :class:`KeyboardInterrupt` on every process once any of them received a stop signal.
+
+        Under several processes the most urgent signal any of them received is agreed on with one reduction (every
+        process calls this at the same point), so every process stops at the same batch and joins the save.
+        """
+        urgency = self._urgency(self._requested)
+        if trainer.world_size > 1:
+            flag = torch.tensor(float(urgency), device=trainer.strategy.root_device)
+            urgency = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        if urgency:
+            stops = (signal.SIGINT, signal.SIGTERM, self._requeue)
+            self._agreed = next(s for s in stops if self._urgency(s) == urgency)
+            raise KeyboardInterrupt
 
     # -- per step ------------------------------------------------------------------------------------------------
     def on_train_batch_start(
@@ -237,19 +325,38 @@ class FaultGuard(L.Callback):
             self._pending.append((*self._step, loss.detach()))
             if len(self._pending) >= self.check_every_n_steps:
                 self._check_losses()
-        # Stop here, with this batch's step done: Lightning restores a checkpoint saved at this point as "batch
+        # Stop here, with this batch's optimizer step done (not between the batches of an accumulated step, whose
+        # gradients a checkpoint cannot hold): Lightning restores a checkpoint saved at this point as "batch
         # completed", so a resumed run neither repeats nor skips a step.
-        requested = self._stop_signal is not None
-        if trainer.world_size > 1:  # every rank stops at the same batch, or collectives would hang
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if requested:
-            raise KeyboardInterrupt
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            self._stop_if_requested(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A signal during the last validation: training is done, but the run stops before testing.
+        self._stop_if_requested(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # One process stops at once; several finish the validation (their shares of it differ in batches).
+        if trainer.world_size == 1 and not trainer.sanity_checking:
+            self._stop_if_requested(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.world_size == 1:
+            self._stop_if_requested(trainer)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_requested(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check_losses()
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Refuse to write weights that are not finite: the checkpoint on disk stays the last good one."""
+        """Record the run's batch geometry; refuse to write weights that are not finite (the checkpoint on disk stays
+        the last good one)."""
+        dm = trainer.datamodule
+        if isinstance(dm, BatchSized):
+            geometry = BatchGeometry(dm.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+            checkpoint[GEOMETRY_KEY] = geometry.as_dict()
         if not self.check_finite:
             return
         self._check_losses()
@@ -266,6 +373,14 @@ class FaultGuard(L.Callback):
                 f"{' and more' if len(bad) > 3 else ''})"
             )
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Carry the position within the epoch over to a new batch geometry (before Lightning restores its loops)."""
+        if self.resize is None or not self.resize.changed or not isinstance(checkpoint.get("loops"), dict):
+            return
+        note = remap_progress(checkpoint["loops"], self.resize)
+        if note and trainer.is_global_zero:
+            print(f"note: {note}", file=sys.stderr)
+
     def _check_losses(self) -> None:
         if not self._pending:
             return
@@ -279,11 +394,7 @@ class FaultGuard(L.Callback):
     # -- faults --------------------------------------------------------------------------------------------------
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.outcome = None
-        _set_training_loop(False)
-        try:
-            self._handle(trainer, exception)
-        finally:
-            self._restore_sigint()
+        self._handle(trainer, exception)
 
     def _handle(self, trainer: L.Trainer, exception: BaseException) -> None:
         """Save what can be resumed, set :attr:`outcome` and mark the run folder."""
@@ -299,7 +410,7 @@ class FaultGuard(L.Callback):
             if run_dir is not None and trainer.is_global_zero:
                 write_status(run_dir, "failed", reason=str(exception), **where)
             return
-        signum = _signal_of(exception, self._stop_signal)
+        signum = _signal_of(exception, self._agreed or self._requested)
         if signum is None and not isinstance(exception, NonFiniteLossError | CheckpointWriteError):
             # Anything but an interrupt surfaces pending non-finite losses first: they are the likelier cause.
             try:
@@ -322,6 +433,8 @@ class FaultGuard(L.Callback):
             except Exception as err:  # noqa: BLE001 - the original failure is what gets reported
                 save_error = err
         self.outcome = self._describe(trainer, exception, signum, saved, save_error, run_dir)
+        if signum is not None and signum == self._requeue and trainer.is_global_zero:
+            self.outcome = self._requeued(self.outcome, saved)
         if run_dir is not None and trainer.is_global_zero:
             resume = resume_command(run_dir) if has_checkpoint(run_dir) else None
             write_status(
@@ -332,6 +445,16 @@ class FaultGuard(L.Callback):
                 resume=resume,
                 **where,
             )
+
+    @staticmethod
+    def _requeued(outcome: Outcome, saved: Path | None) -> Outcome:
+        """Requeue the SLURM job once the resumable checkpoint is written; the outcome says whether SLURM took it."""
+        if saved is None:
+            return outcome  # nothing the requeued job could continue from: the run stays interrupted
+        requeued, note = requeue_job()
+        if not requeued:
+            return Outcome(outcome.state, f"{outcome.message}; {note}", outcome.hint, outcome.exit_code)
+        return Outcome("requeued", f"{outcome.message}; {note}", "", outcome.exit_code)
 
     def _should_save(self, trainer: L.Trainer, exception: BaseException, signum: int | None) -> bool:
         if not self.save_on_interrupt or trainer.sanity_checking or trainer.global_step == 0:
@@ -366,7 +489,7 @@ class FaultGuard(L.Callback):
             else:
                 what = f"the last checkpoint is {kept}" if kept else "no checkpoint had been saved yet"
             hint = resume if (saved or kept) else "start it again: nothing was saved yet"
-            return Outcome("interrupted", f"{name} {at}; {what}", hint, _SIGNAL_EXIT[signum])
+            return Outcome("interrupted", f"{name} {at}; {what}", hint, 128 + signum)
         if isinstance(exception, NonFiniteLossError):
             keep = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been saved yet"
             return Outcome(
@@ -426,7 +549,8 @@ def guarded(trainer: L.Trainer, fn: Callable[[], Any]) -> Any:
 @contextlib.contextmanager
 def mark_stopped(trainer: L.Trainer) -> Iterator[None]:
     """Report an interrupt that reaches the launcher outside a guarded fit or test (between them, or while the
-    summary is written): one line, and the run folder marked ``interrupted``.
+    summary is written): one line, and the run folder marked ``interrupted`` (``requeued`` when SLURM's requeue
+    signal stopped a job that has a checkpoint to continue from).
 
     Raises:
         TrainingStopped: for such an interrupt, with its :class:`Outcome`.
@@ -434,7 +558,7 @@ def mark_stopped(trainer: L.Trainer) -> Iterator[None]:
     try:
         yield
     except (KeyboardInterrupt, SIGTERMException) as err:
-        signum = signal.SIGTERM if isinstance(err, SIGTERMException) else signal.SIGINT
+        signum = _signal_of(err, None)
         run_dir = _run_dir(trainer)
         kept = _kept_checkpoint(trainer)
         resume = resume_command(run_dir) if run_dir is not None and kept else None
@@ -443,10 +567,12 @@ def mark_stopped(trainer: L.Trainer) -> Iterator[None]:
             f"{signal.Signals(signum).name} {_phase(trainer)}; "
             + (f"the last checkpoint is {kept}" if kept else "no checkpoint had been saved yet"),
             f"resume with: {resume}" if resume else "start it again: nothing was saved yet",
-            _SIGNAL_EXIT[signum],
+            128 + signum,
         )
+        if signum == requeue_signal(trainer) and trainer.is_global_zero:
+            outcome = FaultGuard._requeued(outcome, kept)
         if run_dir is not None and trainer.is_global_zero:
-            write_status(run_dir, "interrupted", reason=outcome.message, checkpoint=kept, resume=resume)
+            write_status(run_dir, outcome.state, reason=outcome.message, checkpoint=kept, resume=resume)
         if trainer.is_global_zero:
             report(outcome)
         raise TrainingStopped(outcome) from None
@@ -528,7 +654,10 @@ def _phase(trainer: L.Trainer) -> str:
 
 
 def _signal_of(exception: BaseException, requested: int | None) -> int | None:
-    """The signal behind an interrupt: SIGTERM for Lightning's SIGTERMException, SIGINT for KeyboardInterrupt."""
+    """The signal behind an interrupt: a :class:`StopSignal`'s own, SIGTERM for Lightning's SIGTERMException, SIGINT
+    for KeyboardInterrupt."""
+    if isinstance(exception, StopSignal):
+        return exception.signum
     if isinstance(exception, SIGTERMException):
         return signal.SIGTERM
     if isinstance(exception, KeyboardInterrupt):
