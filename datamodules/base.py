@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from datamodules.augment import random_affine, random_crop_flip
-from datamodules.errors import DataError
+from fileio.errors import DataError
 
 #: Key of the input description in a datamodule's ``state_dict`` (and so in every checkpoint Lightning writes).
 INPUT_SPEC_KEY = "zerotune_input"

@@ -44,7 +44,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.errors import DataError
 from datamodules.tokenizer import (
     Tokenizer,
     TokenizerKind,
@@ -55,6 +54,7 @@ from datamodules.tokenizer import (
     tokenizer_from_dict,
     train_tokenizer,
 )
+from fileio.errors import DataError
 
 SPLITS = ("train", "val", "test")
 #: Packages of the standard-library corpus held out of pre-training by default (a fine-tuning target).

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from datamodules.base import InMemoryDataModule, Split
-from datamodules.errors import DataError
 from datamodules.tabular import encode_labels
 from datamodules.tokenizer import (
     Tokenizer,
@@ -40,6 +39,7 @@ from datamodules.tokenizer import (
     read_tokenizer,
     train_tokenizer,
 )
+from fileio.errors import DataError
 
 #: Id of padding positions (right padding); models treat every negative id as padding.
 PAD_ID = -1

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from datamodules.errors import DataError
+from fileio.errors import DataError
 
 TokenizerKind = Literal["byte", "char", "bpe"]
 
@@ -258,7 +258,7 @@ def read_tokenizer(path: str | Path, setting: str = "data.tokenizer_path") -> To
         except OSError as err:
             raise DataError(f"cannot read {path} ({setting}): {err.strerror or err}") from None
     else:
-        from lightning_models.checkpoints import load_checkpoint
+        from fileio.checkpoints import load_checkpoint
 
         checkpoint = load_checkpoint(path)
         if not isinstance(checkpoint, dict) or not checkpoint.get("tokenizer"):

@@ -38,10 +38,10 @@ from experiments.callbacks.early_stopping import EarlyStopping
 from experiments.callbacks.progress import AdaptiveProgressBar
 from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard, find_guard
 from experiments.console import UsageError, explain_config_error, parser_options
-from experiments.files import atomic_write_text
 from experiments.geometry import BatchGeometry, BatchSized, plan_resize
 from experiments.status import STATUS_FILE, write_status
-from lightning_models.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
+from fileio.atomic import atomic_write_text
+from fileio.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
 from lightning_models.finetune import FreezeSchedule
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

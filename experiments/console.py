@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from datamodules.errors import DataError
+from fileio.errors import DataError
 
 #: Messages Lightning prints that advertise products or restate the obvious; matched by substring, one by one.
 _NOISE_LOG_SUBSTRINGS = (

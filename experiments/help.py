@@ -52,7 +52,7 @@ def print_help(argv: list[str], build: Callable[[list[str]], str]) -> None:
     except OSError:
         text = build(argv)
         with contextlib.suppress(OSError):
-            from experiments.files import atomic_write_text
+            from fileio.atomic import atomic_write_text
 
             atomic_write_text(path, text)
     print(text, end="")

@@ -236,7 +236,7 @@ def suggest(lrs: list[float], losses: list[float], mode: str, skip_begin: int = 
 def save_results(run_dir: Path, test: RangeTest, logger: Any | None = None) -> Path:
     """Write ``lr_find.png`` and ``lr_find.json`` into ``run_dir`` and the plot into TensorBoard; return the PNG."""
     from experiments.callbacks.dashboards import _figure, _render
-    from experiments.files import atomic_write, atomic_write_text
+    from fileio.atomic import atomic_write, atomic_write_text
 
     fig, ax = _figure(7, 4.5)
     fig.set_dpi(100)
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = cli.run_dir
         plot = None
         if run_dir is not None:
-            from experiments.files import atomic_write_text
+            from fileio.atomic import atomic_write_text
 
             config = cli.config.clone()
             config.resume = None

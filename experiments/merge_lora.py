@@ -61,7 +61,8 @@ def merge(checkpoint: Path, out: Path, force: bool = False, option: str = "--out
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from experiments.files import atomic_path, check_output_path
+    from experiments.files import check_output_path
+    from fileio.atomic import atomic_path
     from lightning_models.checkpoints import model_from_checkpoint
     from lightning_models.peft import LoRALinear
 

@@ -166,9 +166,9 @@ def _language_model_hint(checkpoint: Mapping[str, Any], run: Path, ckpt: Path) -
 
 def _onnx_language_model_hint(path: Path) -> str | None:
     """For an ONNX file without an input description: the language-model message when its run's checkpoint is one."""
-    from datamodules.errors import DataError
     from experiments.status import best_checkpoint
-    from lightning_models.checkpoints import load_checkpoint
+    from fileio.checkpoints import load_checkpoint
+    from fileio.errors import DataError
 
     ckpt = best_checkpoint(path.parent)
     if ckpt is None:
@@ -185,7 +185,8 @@ def load_torch(ckpt: Path, run: Path, device: str, trust: bool | None = None) ->
     import torch
 
     from experiments.callbacks.onnx_export import with_input_front
-    from lightning_models.checkpoints import check_compatible, load_checkpoint
+    from fileio.checkpoints import load_checkpoint
+    from lightning_models.checkpoints import check_compatible
 
     checkpoint = load_checkpoint(ckpt, trust=trust)
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
@@ -362,8 +363,9 @@ def predict(args: argparse.Namespace) -> Path:
     """
     import torch
 
-    from experiments.files import atomic_write, check_output_path
+    from experiments.files import check_output_path
     from experiments.predict_inputs import PredictOptions, input_kind
+    from fileio.atomic import atomic_write
 
     device = args.device
     if device == "auto":

@@ -73,7 +73,7 @@ def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> None:
 
     Never raises on a full disk or a read-only folder: the run goes on and a warning says the status is stale.
     """
-    from experiments.files import atomic_write_text
+    from fileio.atomic import atomic_write_text
 
     pid = os.getpid()
     job = slurm_job()

@@ -571,8 +571,8 @@ def start_study(sweep: Sweep, opts: argparse.Namespace) -> tuple[StudyRef, Any, 
 
 
 def _write_pointer(ref: StudyRef) -> None:
-    from experiments.files import atomic_write_text
     from experiments.studies import shown_url
+    from fileio.atomic import atomic_write_text
 
     record = {"study": ref.name, "storage": shown_url(ref.url)}
     path = ref.folder / POINTER_FILE
@@ -681,7 +681,7 @@ def report(ref: StudyRef, sweep: Sweep, seconds: float | None = None) -> str:
         lines.append(f"more       {python} -m experiments.sweep --resume {folder} --trials {sweep.trials + 10}")
     lines.append("=" * 72)
     text = "\n".join(lines)
-    from experiments.files import atomic_write_text
+    from fileio.atomic import atomic_write_text
 
     atomic_write_text(ref.folder / SUMMARY_FILE, text.strip("\n=") + "\n")
     return text
@@ -699,8 +699,8 @@ def _duration(seconds: float) -> str:
 
 def _write_best(ref: StudyRef, sweep: Sweep, space: Any, trials: list[Any], single: bool) -> list[Path]:
     """Write the config of each of ``trials`` as a YAML that ``experiments.run --config`` runs as it trained."""
-    from experiments.files import atomic_write_text
     from experiments.run import make_cli
+    from fileio.atomic import atomic_write_text
 
     parse_only, _ = _cli_classes()
     written = []

@@ -19,8 +19,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from datamodules.errors import DataError
-from lightning_models.checkpoints import load_state_dict_file
+from fileio.checkpoints import load_state_dict_file
+from fileio.errors import DataError
 
 
 @dataclass
@@ -73,7 +73,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a zerotune/Lightning checkpoint (its ``state_dict``), a plain ``state_dict`` file or a
     ``.safetensors`` file.
 
-    Read with ``weights_only=True`` (see :mod:`lightning_models.checkpoints`): a weights file from elsewhere cannot
+    Read with ``weights_only=True`` (see :mod:`fileio.checkpoints`): a weights file from elsewhere cannot
     run code when it is loaded, unless the user passed ``--trust_checkpoint true``.
 
     Raises:

@@ -202,9 +202,9 @@ class CausalLMModule(TaskModule):
         Raises:
             DataError: naming the file and the setting that makes the data use the model's own tokenizer.
         """
-        from datamodules.errors import DataError
         from datamodules.tokenizer import char_gap_message, tokenizer_from_dict
-        from lightning_models.checkpoints import load_checkpoint
+        from fileio.checkpoints import load_checkpoint
+        from fileio.errors import DataError
 
         path = self.hparams.pretrained
         if str(path).endswith(".safetensors"):

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from datamodules.errors import DataError
+from fileio.errors import DataError
 from lightning_models.hf_gpt2 import from_hf, is_hf_gpt2
 
 FinetuneMethod = Literal["full", "partial", "lora"]

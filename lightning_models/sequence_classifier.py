@@ -138,13 +138,13 @@ class SequenceClassifier(FinetuneMethods, ClassifierModule):
 
 
 def check_same_tokenizer(pretrained: str, tokenizer: Any) -> None:
-    """Raise a :class:`~datamodules.errors.DataError` when the zerotune checkpoint ``pretrained`` was trained with
+    """Raise a :class:`~fileio.errors.DataError` when the zerotune checkpoint ``pretrained`` was trained with
     another tokenizer than ``tokenizer``: its embedding rows would stand for other tokens."""
     from pathlib import Path
 
-    from datamodules.errors import DataError
     from datamodules.tokenizer import char_gap_message, tokenizer_from_dict
-    from lightning_models.checkpoints import load_checkpoint
+    from fileio.checkpoints import load_checkpoint
+    from fileio.errors import DataError
 
     if Path(pretrained).suffix != ".ckpt" or not Path(pretrained).is_file():
         return  # a plain weights file names no tokenizer (the loader reports a missing file)

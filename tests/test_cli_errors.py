@@ -16,9 +16,10 @@ import pytest
 import torch
 from conftest import ROOT, run_launcher
 
-from datamodules.errors import DataError
+from fileio.checkpoints import TRUST_ENV, load_checkpoint, load_state_dict_file
+from fileio.errors import DataError
 from lightning_models import MLPClassifier, SmallCNN
-from lightning_models.checkpoints import TRUST_ENV, check_compatible, load_checkpoint, load_state_dict_file
+from lightning_models.checkpoints import check_compatible
 
 
 def _one_error(code: int, err: str) -> str:

@@ -16,8 +16,8 @@ from fakedata import SHAKESPEARE, write_code_corpus, write_jpeg_folder, write_ti
 
 from datamodules import TextClassificationDataModule, TextDataModule
 from datamodules import text as text_module
-from datamodules.errors import DataError
 from datamodules.tokenizer import CharTokenizer, read_tokenizer
+from fileio.errors import DataError
 
 
 # -- the token cache -------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from PIL import Image
 
 from experiments.predict import input_spec_of, main
 from experiments.run import main as run_main
-from lightning_models.checkpoints import load_checkpoint
+from fileio.checkpoints import load_checkpoint
 
 
 def train(runs: Path, args: list[str]) -> Path:

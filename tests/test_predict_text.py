@@ -23,8 +23,8 @@ from datamodules import TextClassificationDataModule
 from datamodules.text_classification import PAD_ID
 from experiments.predict import input_spec_of
 from experiments.run import main as run_main
+from fileio.checkpoints import load_checkpoint
 from lightning_models import SequenceClassifier
-from lightning_models.checkpoints import load_checkpoint
 
 BLOCK = 32
 DATA = ["--data.block_size", str(BLOCK), "--data.bpe_vocab_size", "300", "--data.batch_size", "16"]
@@ -241,9 +241,9 @@ def test_a_text_is_cut_before_tokenizing_and_keeps_the_tokens_of_the_whole_line(
 
 
 def test_text_lines_are_decoded_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    from datamodules.errors import DataError
     from experiments import predict_inputs
     from experiments.predict_inputs import text_lines
+    from fileio.errors import DataError
 
     monkeypatch.setattr(predict_inputs, "READ_CHUNK", 3)  # characters of several bytes are split between chunks
     body = "\ufeffhéllo wörld\r\n\n  \r\n€uro\nabc\r"

@@ -14,8 +14,8 @@ from pretrained_fixtures import QUIET, TINY_SHAPE, TINY_TEXT, TOPICS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules import TextClassificationDataModule
-from datamodules.errors import DataError
 from datamodules.text_classification import PAD_ID
+from fileio.errors import DataError
 from lightning_models import SequenceClassifier
 
 

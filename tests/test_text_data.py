@@ -15,7 +15,6 @@ from fakedata import CODE
 from fakedata import write_code_corpus as write_corpus
 
 from datamodules import TextDataModule
-from datamodules.errors import DataError
 from datamodules.text import FixedBlocks, RandomWindows
 from datamodules.tokenizer import (
     BPETokenizer,
@@ -26,6 +25,7 @@ from datamodules.tokenizer import (
     tokenizer_from_dict,
     train_tokenizer,
 )
+from fileio.errors import DataError
 
 #: Text with characters of 1, 2, 3 and 4 UTF-8 bytes, tabs, carriage returns and code.
 TRICKY = "héllo wörld — naïve café 你好 🙂\n\tdef f(x):\r\n    return {'a': x ** 2}  # ok\n"

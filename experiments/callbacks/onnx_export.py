@@ -36,8 +36,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from experiments.files import atomic_path
-from lightning_models.checkpoints import load_checkpoint
+from fileio.atomic import atomic_path
+from fileio.checkpoints import load_checkpoint
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"

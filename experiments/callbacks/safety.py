@@ -39,12 +39,13 @@ from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from datamodules.errors import DataError
 from experiments.console import end_progress_line
-from experiments.files import atomic_path
 from experiments.geometry import GEOMETRY_KEY, BatchGeometry, BatchSized, Resize, remap_progress
 from experiments.status import has_checkpoint, resume_command, slurm_job, write_status
-from lightning_models.checkpoints import check_compatible, load_checkpoint, load_state_dict_file
+from fileio.atomic import atomic_path
+from fileio.checkpoints import load_checkpoint, load_state_dict_file
+from fileio.errors import DataError
+from lightning_models.checkpoints import check_compatible
 
 #: Exit code of a failed run; interrupted ones end with the shell's ``128 + signal`` (130 for Ctrl+C).
 EXIT_FAILED = 1
@@ -165,7 +166,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint I/O that writes to a temporary file and renames it, and reads through the safe loader.
 
     A crash, a kill or a full disk mid-write leaves the previous checkpoint untouched instead of a truncated file.
-    Loading uses :func:`lightning_models.checkpoints.load_checkpoint`: ``weights_only`` unless the user trusts the
+    Loading uses :func:`fileio.checkpoints.load_checkpoint`: ``weights_only`` unless the user trusts the
     file, and one clear error naming the file when it is unreadable.
     """
 
