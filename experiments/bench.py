@@ -375,7 +375,7 @@ def onnx_inference(case: Case, workdir: str, seconds: float) -> dict[int, tuple[
     """Samples/s of PyTorch eager and ONNX Runtime inference at batch 1 and 256: ``{batch: (torch, ort)}``."""
     import onnxruntime as ort
 
-    from experiments.callbacks.onnx_export import export_onnx
+    from lightning_models.export import export_onnx
 
     dm = case.datamodule()
     model = case.model(dm).eval()

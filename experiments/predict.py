@@ -184,7 +184,7 @@ def load_torch(ckpt: Path, run: Path, device: str, trust: bool | None = None) ->
     """The checkpoint's model, in eval mode on ``device``, behind the input front end its input kind needs."""
     import torch
 
-    from experiments.callbacks.onnx_export import with_input_front
+    from lightning_models.export import with_input_front
     from fileio.checkpoints import load_checkpoint
     from lightning_models.checkpoints import check_compatible
 

@@ -11,7 +11,7 @@ import torch
 from conftest import run_launcher
 from fakedata import write_jpeg_folder, write_mnist
 
-from experiments.callbacks.onnx_export import export_onnx, onnx_parity
+from lightning_models.export import export_onnx, onnx_parity
 from lightning_models import MNISTCNN, ResNet9
 
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from experiments.callbacks.onnx_export import export_onnx, onnx_parity
+from lightning_models.export import export_onnx, onnx_parity
 from experiments.cli import CONFIG_DIR
 from lightning_models import GPT
 from lightning_models.gpt import sample_next

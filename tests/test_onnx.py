@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import lightning_models
 from datamodules import DigitsDataModule
 from experiments.callbacks import ONNXExport, ONNXExportWarning
-from experiments.callbacks.onnx_export import export_onnx, failure_reason, onnx_parity
+from lightning_models.export import export_onnx, failure_reason, onnx_parity
 from lightning_models import MLPClassifier
 from lightning_models.base import TaskModule
 

@@ -13,7 +13,7 @@ from conftest import run_launcher
 from pretrained_fixtures import QUIET, TINY_SHAPE, TINY_TEXT
 
 from experiments import merge_lora
-from experiments.callbacks.onnx_export import export_onnx, onnx_parity
+from lightning_models.export import export_onnx, onnx_parity
 from fileio.checkpoints import load_checkpoint
 from fileio.errors import DataError
 from lightning_models import GPT, LoRALinear, SequenceClassifier
