@@ -18,18 +18,16 @@ Unix tools killed by SIGPIPE do.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from experiments import console
+from experiments.rundir import console
+from experiments.rundir.console import USAGE_ERROR
 
-USAGE_ERROR = 2
 #: Exit code when standard output's reader went away: what a shell reports for a process killed by SIGPIPE.
 BROKEN_PIPE = 128 + signal.SIGPIPE
 
@@ -63,7 +61,7 @@ def _run_checkpoint(run: Path, which: str) -> Path | None:
     if which == "last":
         last = run / "checkpoints" / "last.ckpt"
         return last if last.is_file() else None
-    from experiments.status import best_checkpoint
+    from experiments.rundir.status import best_checkpoint
 
     return best_checkpoint(run)
 
@@ -78,11 +76,13 @@ def load_language_model(checkpoint: Path, trust: bool | None = None) -> Any:
 
     with console.user_errors():
         model, _ = model_from_checkpoint(checkpoint, trust=trust)
-    if not callable(getattr(model, "generate_stream", None)):
+    from lightning_models.language_model import CausalLMModule
+
+    if not (isinstance(model, CausalLMModule) and model.generates):
         raise console.UsageError(
             f"{checkpoint} holds a {type(model).__name__}, which does not generate text; pass a language model's run"
         )
-    if getattr(model, "tokenizer", None) is None:
+    if model.tokenizer is None:
         saved = checkpoint.parent.parent / "tokenizer.json"
         if saved.is_dir():
             raise console.UsageError(
@@ -144,61 +144,6 @@ def torch_device(name: str) -> str:
         first = str(err).strip().split(". ")[0].splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise console.UsageError(f"--device {name} cannot be used here ({first}); leave --device auto") from None
     return str(device)
-
-
-def generate_text(
-    model: Any,
-    prompt: str,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    top_p: float | None = None,
-    seed: int = 0,
-    use_cache: bool = True,
-    on_text: Callable[[str], None] | None = None,
-    echo_prompt: bool = False,
-) -> str:
-    """Sample a continuation of ``prompt`` with ``model`` and its tokenizer; returns the new text.
-
-    Args:
-        model: A language model with ``generate_stream`` and ``tokenizer``.
-        prompt: Text to continue (at least one token, at most ``block_size``).
-        max_new_tokens: Tokens to generate.
-        temperature: Logit scale; 0 picks the most likely token.
-        top_k: Sample among the k most likely tokens.
-        top_p: Sample among the most likely tokens that make up probability ``top_p``.
-        seed: Seed of the sampling.
-        use_cache: Keep keys and values of earlier positions.
-        on_text: Called with each new piece of text as soon as it is complete (streaming).
-        echo_prompt: Pass the prompt to ``on_text`` first, once the settings have been checked.
-
-    Raises:
-        ValueError: an empty prompt, one longer than the model's context, characters the tokenizer lacks, or an
-            invalid sampling setting.
-    """
-    import torch
-
-    from datamodules.tokenizer import StreamDecoder
-
-    device = next(model.parameters()).device
-    ids = torch.as_tensor(model.tokenizer.encode(prompt), dtype=torch.long, device=device).view(1, -1)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    decoder = StreamDecoder(model.tokenizer)
-    stream = model.generate_stream(ids, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
-    first = next(stream, None)  # checks the prompt and the settings before anything is shown
-    emit = on_text or (lambda text: None)
-    if echo_prompt:
-        emit(prompt)
-    pieces = []
-    for token in itertools.chain([first] if first is not None else [], stream):
-        piece = decoder.push(token.view(-1).tolist())
-        if piece:
-            pieces.append(piece)
-            emit(piece)
-    pieces.append(decoder.flush())
-    emit(pieces[-1])
-    return "".join(pieces)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,8 +217,7 @@ def _generate(args: argparse.Namespace) -> int:
         if i:
             show("\n" + "-" * 40 + "\n")
         try:
-            generate_text(
-                model,
+            model.generate_text(
                 args.prompt,
                 args.max_new_tokens,
                 args.temperature,

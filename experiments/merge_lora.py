@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from experiments import console
+from experiments.rundir import console
+from experiments.rundir.console import USAGE_ERROR
 
-USAGE_ERROR = 2
 OUTPUT_NAME = "merged.safetensors"
 
 
@@ -32,7 +32,7 @@ def find_checkpoint(path: Path) -> Path:
     Raises:
         UsageError: no checkpoint in the folder.
     """
-    from experiments.status import best_checkpoint
+    from experiments.rundir.status import best_checkpoint
 
     if path.is_file():
         return path
@@ -53,7 +53,7 @@ def base_weights(checkpoint: Mapping[str, Any]) -> list[Path]:
 def merge(checkpoint: Path, out: Path, force: bool = False, option: str = "--out") -> tuple[int, int]:
     """Write the merged weights of ``checkpoint`` to ``out`` atomically; returns (adapted layers, tensors written).
 
-    ``force`` replaces an existing ``out`` (see :func:`experiments.files.check_output_path`); ``option`` names it.
+    ``force`` replaces an existing ``out`` (see :func:`experiments.rundir.files.check_output_path`); ``option`` names it.
 
     Raises:
         UsageError: no adapters, an output that would replace an input or a run's file, or a failed write.
@@ -61,7 +61,7 @@ def merge(checkpoint: Path, out: Path, force: bool = False, option: str = "--out
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from experiments.files import check_output_path
+    from experiments.rundir.files import check_output_path
     from fileio.atomic import atomic_path
     from lightning_models.checkpoints import model_from_checkpoint
     from lightning_models.peft import LoRALinear
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     console.quiet()
     try:
-        from experiments.files import check_output_path
+        from experiments.rundir.files import check_output_path
 
         with console.user_errors():
             source = Path(args.source)

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from experiments import console
+from experiments.rundir import console
+from experiments.rundir.console import USAGE_ERROR
 
-USAGE_ERROR = 2
 OUTPUT_NAME = "predictions"
 
 
@@ -62,7 +62,7 @@ class LoadedModel:
 def find_run(path: Path) -> Path:
     """``path`` itself, or for an experiment folder (``runs/NAME``) its newest ``version_N`` that has a model; for a
     run's ``checkpoints`` folder, the run folder."""
-    from experiments.files import is_run_folder
+    from experiments.rundir.files import is_run_folder
 
     if path.name == "checkpoints" and is_run_folder(path.parent):
         return path.parent
@@ -81,7 +81,7 @@ def find_checkpoint(run: Path) -> Path:
     Raises:
         UsageError: no checkpoint in the folder.
     """
-    from experiments.status import best_checkpoint
+    from experiments.rundir.status import best_checkpoint
 
     found = best_checkpoint(run)
     if found is not None:
@@ -156,7 +156,9 @@ def _language_model_hint(checkpoint: Mapping[str, Any], run: Path, ckpt: Path) -
         cls = _model_class(checkpoint, run, ckpt)
     except console.UsageError:
         return None
-    if not callable(getattr(cls, "generate_stream", None)):
+    from lightning_models.language_model import CausalLMModule
+
+    if not (isinstance(cls, type) and issubclass(cls, CausalLMModule) and cls.generates):
         return None
     return (
         f"{ckpt} holds a {cls.__name__}, a language model: it generates text rather than predicting on inputs; "
@@ -166,7 +168,7 @@ def _language_model_hint(checkpoint: Mapping[str, Any], run: Path, ckpt: Path) -
 
 def _onnx_language_model_hint(path: Path) -> str | None:
     """For an ONNX file without an input description: the language-model message when its run's checkpoint is one."""
-    from experiments.status import best_checkpoint
+    from experiments.rundir.status import best_checkpoint
     from fileio.checkpoints import load_checkpoint
     from fileio.errors import DataError
 
@@ -184,9 +186,9 @@ def load_torch(ckpt: Path, run: Path, device: str, trust: bool | None = None) ->
     """The checkpoint's model, in eval mode on ``device``, behind the input front end its input kind needs."""
     import torch
 
-    from lightning_models.export import with_input_front
     from fileio.checkpoints import load_checkpoint
     from lightning_models.checkpoints import check_compatible
+    from lightning_models.export import with_input_front
 
     checkpoint = load_checkpoint(ckpt, trust=trust)
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
@@ -363,8 +365,8 @@ def predict(args: argparse.Namespace) -> Path:
     """
     import torch
 
-    from experiments.files import check_output_path
-    from experiments.predict_inputs import PredictOptions, input_kind
+    from experiments.inference.inputs import PredictOptions, input_kind
+    from experiments.rundir.files import check_output_path
     from fileio.atomic import atomic_write
 
     device = args.device

@@ -16,9 +16,9 @@ import time
 import webbrowser
 from pathlib import Path
 
-from experiments import console
+from experiments.rundir import console
+from experiments.rundir.console import USAGE_ERROR
 
-USAGE_ERROR = 2
 DEFAULT_FILE = "model.onnx"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_PORT = 65535

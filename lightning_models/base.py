@@ -222,7 +222,7 @@ class TaskModule(L.LightningModule):
             )
             self.pretrained_report = report
             rank_zero_only(print)(str(report))
-            # A line of the launcher's end-of-run summary (see experiments/summary.py).
+            # A line of the launcher's end-of-run summary (see experiments/launcher/summary.py).
             summary = getattr(self.trainer, "zerotune_summary", None)
             if summary is None:
                 summary = self.trainer.zerotune_summary = []

@@ -93,6 +93,7 @@ def export_onnx(
         program.save(str(tmp), external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
 
+
 class ImageInput(nn.Module):
     """Raw pixels in: ``uint8`` images ``(N, C, H, W)``, 0..255, normalized as the datamodule did, then ``model``.
 
@@ -117,11 +118,13 @@ class ImageInput(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(torch.addcmul(self.shift, x.to(torch.float32), self.scale))
 
+
 def with_input_front(model: nn.Module, spec: Mapping[str, Any] | None) -> nn.Module:
     """``model`` behind the front end its input kind needs inside the graph (images: :class:`ImageInput`)."""
     if spec and spec.get("kind") == "image":
         return ImageInput(model, spec["mean"], spec["std"])
     return model
+
 
 def describe_input(spec: Mapping[str, Any] | None) -> str:
     """One line saying what the exported graph's input is."""
@@ -149,6 +152,7 @@ def describe_input(spec: Mapping[str, Any] | None) -> str:
         return f"float32 (batch, {', '.join(map(str, spec['shape']))})"
     return "the tensor the model's forward takes, with a leading batch axis"
 
+
 def describe_output(output_kind: str, spec: Mapping[str, Any] | None) -> str:
     """One line saying what the exported graph's output is."""
     names = (spec or {}).get("class_names") or []
@@ -162,6 +166,7 @@ def describe_output(output_kind: str, spec: Mapping[str, Any] | None) -> str:
     if (mean, std) != (0.0, 1.0):
         text += f", standardized: multiply by {std:.6g} and add {mean:.6g} for the target's units"
     return text
+
 
 def model_metadata(spec: Mapping[str, Any] | None, output_kind: str) -> dict[str, str]:
     """The ``metadata_props`` of an exported model: version, class names, input and output, input description."""
@@ -182,6 +187,7 @@ def model_metadata(spec: Mapping[str, Any] | None, output_kind: str) -> dict[str
             meta["features"] = json.dumps(list(spec["features"]))
         meta["input_spec"] = json.dumps(spec)
     return meta
+
 
 def onnx_parity(path: str | Path, model: nn.Module, x: Tensor, batch_sizes: Sequence[int]) -> dict[int, float]:
     """Run the ONNX file with onnxruntime and ``model`` with PyTorch on the first ``n`` rows of ``x`` for each size.
@@ -214,6 +220,7 @@ def onnx_parity(path: str | Path, model: nn.Module, x: Tensor, batch_sizes: Sequ
             )
     return diffs
 
+
 def failure_reason(err: BaseException) -> str:
     """One line saying why an export failed: the unsupported op, or the root error and where it was raised."""
     root = err
@@ -228,6 +235,7 @@ def failure_reason(err: BaseException) -> str:
     location = f" (raised at {Path(where.group(1)).name}:{where.group(2)} in {where.group(3)})" if where else ""
     return f"{type(root).__name__}: {first}{location}"
 
+
 def _tensors(output: Any) -> list[Tensor]:
     """The output's tensors in the order the exporter flattens them."""
     if isinstance(output, Tensor):
@@ -235,6 +243,7 @@ def _tensors(output: Any) -> list[Tensor]:
     if isinstance(output, dict):
         output = list(output.values())
     return [t for item in output for t in _tensors(item)]
+
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:

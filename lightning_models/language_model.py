@@ -14,8 +14,10 @@ Metrics, per split and comparable across tokenizers:
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import torch
 import torchmetrics
@@ -223,6 +225,77 @@ class CausalLMModule(TaskModule):
                 f"model.pretrained '{path}' was trained with another tokenizer than this run's data uses, so its "
                 f"token ids would mean other text; pass --data.tokenizer_path {path} to tokenize with the model's own"
             )
+
+    # -- generation ----------------------------------------------------------------------------------------------------
+    #: Whether the network continues text (a causal decoder does; a masked-token encoder trained here does not).
+    generates: ClassVar[bool] = False
+
+    def generate_stream(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Tensor]:
+        """Yield ``(B, 1)`` sampled tokens one at a time, continuing the ``(B, T)`` prompts ``idx`` (the subclass's
+        network samples them: :meth:`lightning_models.GPT.generate_stream`); only where :attr:`generates`."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate text")
+
+    def generate_text(
+        self,
+        prompt: str,
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 50,
+        top_p: float | None = None,
+        seed: int = 0,
+        use_cache: bool = True,
+        on_text: Callable[[str], None] | None = None,
+        echo_prompt: bool = False,
+    ) -> str:
+        """Sample a continuation of ``prompt`` with this model and its tokenizer; returns the new text.
+
+        Args:
+            prompt: Text to continue (at least one token, at most ``block_size``).
+            max_new_tokens: Tokens to generate.
+            temperature: Logit scale; 0 picks the most likely token.
+            top_k: Sample among the k most likely tokens.
+            top_p: Sample among the most likely tokens that make up probability ``top_p``.
+            seed: Seed of the sampling.
+            use_cache: Keep keys and values of earlier positions.
+            on_text: Called with each new piece of text as soon as it is complete (streaming).
+            echo_prompt: Pass the prompt to ``on_text`` first, once the settings have been checked.
+
+        Raises:
+            ValueError: an empty prompt, one longer than the model's context, characters the tokenizer lacks, or an
+                invalid sampling setting.
+        """
+        import torch
+
+        from datamodules.tokenizer import StreamDecoder
+
+        device = next(self.parameters()).device
+        ids = torch.as_tensor(self.tokenizer.encode(prompt), dtype=torch.long, device=device).view(1, -1)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        decoder = StreamDecoder(self.tokenizer)
+        stream = self.generate_stream(ids, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+        first = next(stream, None)  # checks the prompt and the settings before anything is shown
+        emit = on_text or (lambda text: None)
+        if echo_prompt:
+            emit(prompt)
+        pieces = []
+        for token in itertools.chain([first] if first is not None else [], stream):
+            piece = decoder.push(token.view(-1).tolist())
+            if piece:
+                pieces.append(piece)
+                emit(piece)
+        pieces.append(decoder.flush())
+        emit(pieces[-1])
+        return "".join(pieces)
 
     def set_tokenizer(self, tokenizer: Any) -> None:
         """Use ``tokenizer`` (an object with ``vocab_size``, ``token_bytes()`` and ``to_dict()``) from now on.

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from fakedata import write_tinyshakespeare
 
-from experiments import bench_gpt, bench_nanogpt
+from experiments.benchmarks import gpt as bench_gpt
+from experiments.benchmarks import nanogpt as bench_nanogpt
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,10 @@ import yaml
 from fakedata import write_jpeg_folder, write_mnist
 
 from datamodules import ImageFolderDataModule, MNISTDataModule
-from experiments import bench_real, handloops
-from experiments.cli import CONFIG_DIR, _import
+from experiments.benchmarks import handloops
+from experiments.benchmarks import real as bench_real
+from experiments.launcher.cli import _import
+from experiments.launcher.recipes import CONFIG_DIR
 
 
 @pytest.fixture(scope="module")

@@ -266,12 +266,13 @@ def test_bad_ckpt_path_is_one_line_through_the_launcher(
 def test_ctrl_c_before_training_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import experiments.run as launcher
+    import experiments.launcher.launch as launcher
+    from experiments.run import main
 
     def interrupted(args: list[str]) -> int:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(launcher, "run", interrupted)  # Ctrl+C while the config is read and classes are built
-    assert launcher.main(["digits_mlp"]) == 130
+    assert main(["digits_mlp"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "interrupted: SIGINT before training started: nothing to resume" and "Traceback" not in err

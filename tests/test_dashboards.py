@@ -16,8 +16,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.data import DataLoader, TensorDataset
 
-from experiments.callbacks import Dashboards, SafeTensorBoardLogger
+from experiments.callbacks import Dashboards
 from experiments.callbacks.dashboards import confusion_matrix
+from experiments.launcher.loggers import SafeTensorBoardLogger
 from lightning_models import LinearRegression, MLPClassifier
 
 TINY_RUN = [

@@ -11,8 +11,8 @@ import torch
 from conftest import run_launcher
 from fakedata import write_jpeg_folder, write_mnist
 
-from lightning_models.export import export_onnx, onnx_parity
 from lightning_models import MNISTCNN, ResNet9
+from lightning_models.export import export_onnx, onnx_parity
 
 
 def test_resnet9_shapes_width_and_checks() -> None:
@@ -91,7 +91,7 @@ def fast_args(name: str, data: Path, runs: Path, accelerator: str) -> list[str]:
 def test_fast_recipes_train_in_bf16_with_channels_last_weights(
     name: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from experiments.run import build_args, launch
+    from experiments.launcher.launch import build_args, launch
 
     code, out, err = run_launcher(fast_args(name, data, tmp_path, "cpu"), capsys)
     assert code == 0, err[-2000:]
@@ -116,7 +116,7 @@ class DataOnDevice(L.Callback):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mnist_fast", "cifar10_fast"])
 def test_fast_recipes_run_unchanged_on_a_gpu_with_the_data_on_it(name: str, data: Path, tmp_path: Path) -> None:
-    from experiments.run import build_args, launch
+    from experiments.launcher.launch import build_args, launch
 
     DataOnDevice.seen.clear()
     args = [*fast_args(name, data, tmp_path, "gpu"), "--trainer.callbacks+=test_fast_recipes.DataOnDevice"]

@@ -10,6 +10,7 @@ import pytest
 from pretrained_fixtures import TINY_SHAPE, TINY_TEXT
 
 from experiments import finetune_demo
+from experiments.demos import finetune as finetune_core
 
 
 def test_demo_reports_every_method_and_the_classification_transfer(
@@ -18,7 +19,7 @@ def test_demo_reports_every_method_and_the_classification_transfer(
     lm = ["--data.path", str(code_corpus), "--data.cache_dir", str(tmp_path / "tok"), "--trainer.val_check_interval",
           "2", "--model.warmup_steps", "1", *TINY_SHAPE, *TINY_TEXT]  # fmt: skip
     cls = ["--data.path", str(labelled_csv), "--data.block_size", "32", "--trainer.max_epochs", "1", *TINY_SHAPE]
-    report = finetune_demo.run(
+    report = finetune_core.run(
         [0], str(tmp_path / "runs"), steps=2, pretrained=tiny_gpt_ckpt, per_class=8, extra_lm=lm, extra_cls=cls
     )
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\s+0\s+(full|partial|lora|scratch)\s.*$", report, re.M)}

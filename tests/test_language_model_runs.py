@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from datamodules import TextDataModule
 from datamodules.text import FixedBlocks
 from experiments import generate
-from experiments.cli import CONFIG_DIR
+from experiments.launcher.recipes import CONFIG_DIR
 from lightning_models import GPT
 from lightning_models.checkpoints import model_from_checkpoint
 
@@ -160,7 +160,7 @@ def test_generate_streams_text_with_and_without_the_cache_alike(
     # Streaming: text arrives in pieces as the tokens come, and the pieces make up the whole.
     model = generate.load_language_model(generate.find_checkpoint(run))
     pieces: list[str] = []
-    text = generate.generate_text(model, "class ", 30, seed=3, on_text=pieces.append)
+    text = model.generate_text("class ", 30, seed=3, on_text=pieces.append)
     assert len([p for p in pieces if p]) > 5 and "".join(pieces) == text
 
 

@@ -21,9 +21,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import lightning_models
 from datamodules import DigitsDataModule
 from experiments.callbacks import ONNXExport, ONNXExportWarning
-from lightning_models.export import export_onnx, failure_reason, onnx_parity
 from lightning_models import MLPClassifier
 from lightning_models.base import TaskModule
+from lightning_models.export import export_onnx, failure_reason, onnx_parity
 
 #: Small sample shapes tried in order until an architecture accepts one (conv stacks need room, ImageNet-style
 #: models need 3 channels); keeps the sweep free of per-model cases.

@@ -19,7 +19,7 @@ import datamodules
 import fileio
 import lightning_models
 from datamodules import DigitsDataModule
-from experiments.run import experiment_names
+from experiments.launcher.recipes import experiment_names
 from lightning_models import SmallCNN
 
 target = Path(sys.argv[1]).resolve()

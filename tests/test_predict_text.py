@@ -217,7 +217,7 @@ def test_a_text_is_cut_before_tokenizing_and_keeps_the_tokens_of_the_whole_line(
 ) -> None:
     from datamodules.text_classification import encode_texts
     from datamodules.tokenizer import ByteTokenizer, CharTokenizer
-    from experiments.predict_inputs import PredictOptions, TextLines, text_window
+    from experiments.inference.inputs import PredictOptions, TextLines, text_window
 
     _, dm = trained(text_run)
     words = " ".join(dm.texts()["train"][0][:40])
@@ -241,8 +241,8 @@ def test_a_text_is_cut_before_tokenizing_and_keeps_the_tokens_of_the_whole_line(
 
 
 def test_text_lines_are_decoded_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    from experiments import predict_inputs
-    from experiments.predict_inputs import text_lines
+    from experiments.inference import inputs as predict_inputs
+    from experiments.inference.inputs import text_lines
     from fileio.errors import DataError
 
     monkeypatch.setattr(predict_inputs, "READ_CHUNK", 3)  # characters of several bytes are split between chunks
@@ -307,7 +307,7 @@ def test_a_huge_line_costs_neither_memory_nor_time(text_run: Path, tmp_path: Pat
 def test_a_csv_or_json_lines_row_too_long_to_read_is_one_line(
     text_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from experiments import predict_inputs
+    from experiments.inference import inputs as predict_inputs
 
     monkeypatch.setattr(predict_inputs, "MAX_ROW_BYTES", 1000)
     path = tmp_path / "rows.jsonl"

@@ -255,5 +255,3 @@ def _to_pixels(x: Tensor, spec: Mapping[str, Any]) -> Tensor:
     mean = torch.tensor(spec["mean"], dtype=torch.float64).view(1, -1, 1, 1)
     std = torch.tensor(spec["std"], dtype=torch.float64).view(1, -1, 1, 1)
     return ((x.double() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
-
-

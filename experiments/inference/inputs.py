@@ -23,7 +23,7 @@ import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.table_io import TABLE_FORMATS
-from experiments.console import UsageError
+from experiments.rundir.console import UsageError
 from fileio.errors import DataError
 
 

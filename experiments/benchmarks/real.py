@@ -5,7 +5,7 @@ process, timed from process start until the test accuracy (measured after every 
 first reaches the target:
 
 (a) the classic tutorial loop and (b) the best hand-written in-memory loop, both in
-    :mod:`experiments.handloops` (plain PyTorch, no Lightning);
+    :mod:`experiments.benchmarks.handloops` (plain PyTorch, no Lightning);
 (c) zerotune: ``python -m experiments.run NAME`` with the experiment's own config and defaults (validation,
     checkpoints, dashboards, progress bar, TensorBoard) and :class:`TargetProbe` added.
 
@@ -32,9 +32,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from experiments.handloops import Clock
+from experiments.benchmarks.handloops import Clock
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: (experiment, target test accuracy) per kind of real data.
 TASKS = {"mnist": ("mnist_fast", 0.99), "folder": ("cifar10_fast", 0.70)}
 SECTION_START, SECTION_END = (
@@ -95,7 +95,8 @@ def data_args(kind: str, path: str) -> list[str]:
 
 def make_plan(kind: str, path: str, device: str, workers: int) -> dict[str, Any]:
     """What the hand-written loops need to know of the experiment's config, read from its YAML and datamodule."""
-    from experiments.cli import _import, read_recipe
+    from experiments.launcher.cli import _import
+    from experiments.launcher.recipes import read_recipe
 
     name, target = TASKS[kind]
     cfg = read_recipe(name)
@@ -168,7 +169,7 @@ def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
 def time_hand_loop(loop: str, plan: dict[str, Any], work: str) -> dict[str, Any]:
     path = Path(work) / f"plan-{plan['experiment']}.json"
     path.write_text(json.dumps(plan))
-    return _spawn([sys.executable, "-m", "experiments.handloops", loop, str(path)])
+    return _spawn([sys.executable, "-m", "experiments.benchmarks.handloops", loop, str(path)])
 
 
 def time_zerotune(plan: dict[str, Any], work: str, target: float | None = None, cache_dir: str | None = None) -> dict:
@@ -176,7 +177,7 @@ def time_zerotune(plan: dict[str, Any], work: str, target: float | None = None, 
     kind, path = plan["data"]["kind"], plan["data"]["path"]
     args = [sys.executable, "-m", "experiments.run", plan["experiment"], *data_args(kind, path)]
     args += ["--runs_dir", f"{work}/runs", "--test_after_fit", "false", "--trainer.accelerator", plan["device"]]
-    args += ["--trainer.callbacks+=experiments.bench_real.TargetProbe"]
+    args += ["--trainer.callbacks+=experiments.benchmarks.real.TargetProbe"]
     args += [f"--trainer.callbacks.init_args.target={plan['target'] if target is None else target}"]
     if target is not None and target > 1:  # only the start is timed, with the defaults that act before it
         args += ["--trainer.max_steps", "1", "--onnx.enabled", "false"]  # the export comes after the first step
@@ -186,11 +187,13 @@ def time_zerotune(plan: dict[str, Any], work: str, target: float | None = None, 
 
 def setup_seconds(folder: str, cache_dir: str) -> dict[str, Any]:
     """``cifar10_fast``'s datamodule ``setup()`` on ``folder`` in a fresh process: seconds and peak RSS."""
-    return _spawn([sys.executable, "-m", "experiments.bench_real", "setup", folder], {"ZEROTUNE_CACHE_DIR": cache_dir})
+    command = [sys.executable, "-m", "experiments.benchmarks.real", "setup", folder]
+    return _spawn(command, {"ZEROTUNE_CACHE_DIR": cache_dir})
 
 
 def _setup_main(folder: str) -> None:
-    from experiments.cli import _import, read_recipe
+    from experiments.launcher.cli import _import
+    from experiments.launcher.recipes import read_recipe
 
     cfg = read_recipe("cifar10_fast")
     dm = _import(cfg["data"]["class_path"])(**{**cfg["data"]["init_args"], "root": folder})
@@ -298,5 +301,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "setup":
         _setup_main(sys.argv[2])
     else:
-        print("usage: python -m experiments.bench_real setup FOLDER (the benchmark: python -m experiments.bench)")
+        print("usage: python -m experiments.benchmarks.real setup FOLDER (the benchmark: python -m experiments.bench)")
         sys.exit(2)

@@ -14,8 +14,8 @@ import lightning as L
 import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
-from experiments.callbacks.safety import CleanStop
-from experiments.summary import log_hparams
+from experiments.launcher.summary import log_hparams
+from experiments.rundir.stops import CleanStop
 
 #: The objective that is the model's parameter count rather than a logged metric.
 PARAMS = "params"

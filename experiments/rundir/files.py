@@ -108,7 +108,7 @@ def check_output_path(
     Raises:
         UsageError: the reason, and what to pass instead.
     """
-    from experiments.console import UsageError
+    from experiments.rundir.console import UsageError
 
     path = Path(path)
     if path.is_dir():

@@ -11,7 +11,7 @@ distribution::
     data.batch_size: {choice: [32, 64, 128]}
 
 Every mistake (an unknown distribution, an empty or inverted range, a step that does not divide the range, an empty
-choice) raises :class:`~experiments.console.UsageError` with one line naming the key.
+choice) raises :class:`~experiments.rundir.console.UsageError` with one line naming the key.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from experiments.console import UsageError
+from experiments.rundir.console import UsageError
 
 #: Distribution names and what their arguments are.
 DISTRIBUTIONS = {

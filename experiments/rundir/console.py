@@ -51,6 +51,10 @@ _NOISE_WARNINGS = (
 )
 
 
+#: Exit code of a mistake the user can fix (a name, a setting, a file): one ``error:`` line, no traceback.
+USAGE_ERROR = 2
+
+
 class UsageError(Exception):
     """A mistake the user can fix (bad name, bad config value, missing file): printed as one line, exit code 2."""
 

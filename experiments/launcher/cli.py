@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
@@ -25,36 +24,20 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import CheckpointIO
 
-from experiments.callbacks import (
-    AttentionMaps,
-    Dashboards,
-    ONNXExport,
-    SafeTensorBoardLogger,
-    TextSamples,
-    Throughput,
-)
+from experiments.callbacks import AttentionMaps, Dashboards, ONNXExport, TextSamples, Throughput
 from experiments.callbacks.checkpoint import ModelCheckpoint
 from experiments.callbacks.early_stopping import EarlyStopping
+from experiments.callbacks.geometry import BatchGeometry, BatchSized, GlobalBatch, plan_resize
 from experiments.callbacks.progress import AdaptiveProgressBar
-from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard, find_guard
-from experiments.console import UsageError, explain_config_error, parser_options
-from experiments.geometry import BatchGeometry, BatchSized, plan_resize
-from experiments.status import STATUS_FILE, write_status
+from experiments.callbacks.safety import FaultGuard
+from experiments.launcher.loggers import SafeTensorBoardLogger
+from experiments.launcher.recipes import DEFAULTS_FILE
+from experiments.rundir.checkpoint_io import AtomicCheckpointIO
+from experiments.rundir.console import UsageError, explain_config_error, parser_options
+from experiments.rundir.status import STATUS_FILE, write_status
 from fileio.atomic import atomic_write_text
 from fileio.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
 from lightning_models.finetune import FreezeSchedule
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DEFAULTS_FILE = CONFIG_DIR / "_defaults.yaml"
-
-
-def read_recipe(name: str) -> dict[str, Any]:
-    """Experiment ``name``'s YAML over ``_defaults.yaml`` (its ``trainer`` section key by key), as the launcher
-    layers them before any command-line override: for tools that read a recipe without launching it."""
-    defaults = yaml.safe_load(DEFAULTS_FILE.read_text()) or {}
-    cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()) or {}
-    return {**defaults, **cfg, "trainer": {**(defaults.get("trainer") or {}), **(cfg.get("trainer") or {})}}
-
 
 # Set by rank 0 before DDP launches its worker processes, so every rank logs into the same run folder.
 RUN_VERSION_ENV = "ZEROTUNE_RUN_VERSION"
@@ -150,7 +133,7 @@ class ZeroTuneCLI(LightningCLI):
         self.new_run_dir = False
         #: Checkpoint the fit restores (from ``--resume`` or ``--ckpt_path``), resolved before the run folder exists.
         self.ckpt_path: str | None = None
-        #: The batch geometry that checkpoint recorded (see :mod:`experiments.geometry`).
+        #: The batch geometry that checkpoint recorded (see :mod:`experiments.callbacks.geometry`).
         self.ckpt_geometry: BatchGeometry | None = None
         super().__init__(*args, **kwargs)
 
@@ -317,9 +300,9 @@ class ZeroTuneCLI(LightningCLI):
             if isinstance(count, int) and not isinstance(count, bool) and resize.count_scale(count):
                 setattr(trainer, key, resize.count_scale(count))
                 setattr(cfg.trainer, key, resize.count_scale(count))
-        guard = find_guard(trainer)
-        if guard is not None:
-            guard.resize = resize
+        keeper = next((cb for cb in trainer.callbacks if isinstance(cb, GlobalBatch)), None)
+        if keeper is not None:
+            keeper.resize = resize
         if is_global_zero():
             print(f"note: {resize.note}", file=sys.stderr)
 
@@ -333,6 +316,8 @@ class ZeroTuneCLI(LightningCLI):
         if config.get("logger") is False:
             unwanted += (LearningRateMonitor,)
         callbacks = [c for c in callbacks if not isinstance(c, unwanted)]
+        # Not a setting: every run records its batch geometry and can resume on another number of processes.
+        callbacks.append(GlobalBatch())
         return super()._instantiate_trainer(config, callbacks)
 
     def make_logger(self, cfg: Namespace) -> TensorBoardLogger:

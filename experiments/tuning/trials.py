@@ -26,21 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments import console
-from experiments.console import UsageError
+from experiments.rundir import console
+from experiments.rundir.console import UsageError
+from experiments.tuning.settings import TRIAL_SETTINGS
 
 if TYPE_CHECKING:
-    from experiments.sweep import StudyRef, Sweep
+    from experiments.tuning.settings import StudyRef, Sweep
 
 LOCK_FILE = ".sweep.lock"
 #: Event file with the study's description for TensorBoard's HParams tab (see :func:`write_hparams_config`).
 STUDY_EVENTS = "events.out.tfevents.0.study"
 #: Trials in a row that end with an error (not a pruned or diverged run) before a worker gives up.
 MAX_FAILURES_IN_A_ROW = 3
-#: Settings of every trial that shape what it learns (``best.yaml`` keeps them); the sweep's own settings win.
-TRIAL_SETTINGS = ["--early_stopping.enabled", "true", "--trainer.devices", "1"]
-#: Settings of trials only (``best.yaml`` runs with the experiment's): one line per trial instead of a progress
-#: bar, no ONNX export or image dashboards, and no test: trials are compared on validation only.
 TRIAL_ONLY = [
     "--trainer.enable_progress_bar",
     "false",
@@ -67,7 +64,7 @@ class TrialOutcome:
     error: bool = False  # a usage error or a bug (counts towards MAX_FAILURES_IN_A_ROW)
 
     def line(self, sweep: Sweep, best: float | None) -> str:
-        from experiments.search_space import format_value
+        from experiments.tuning.search_space import format_value
 
         metric = sweep.objectives[0][0]
         label = self.state if not self.note or self.state != "pruned" else self.note
@@ -107,8 +104,8 @@ def captured(path: Path) -> Iterator[None]:
 
 def run_trial(trial: Any, sweep: Sweep, ref: StudyRef) -> TrialOutcome:
     """Run ``trial`` as a launcher run in ``SWEEP_DIR/trial_N``; returns how it ended (the caller tells the study)."""
-    from experiments.callbacks.trial import PARAMS, TrialReporter
-    from experiments.search_space import SearchSpace, launcher_args
+    from experiments.tuning.reporter import PARAMS, TrialReporter
+    from experiments.tuning.search_space import SearchSpace, launcher_args
 
     params = SearchSpace.parse(sweep.space).suggest(trial)
     folder = ref.folder / f"trial_{trial.number}"
@@ -166,7 +163,7 @@ def run_one(study: Any, sweep: Sweep, ref: StudyRef, lock: Any) -> TrialOutcome 
     """
     import optuna
 
-    from experiments.studies import GRACE_ENV, INTERRUPTED_ATTR, WORKER_ATTR, requeue, worker_identity
+    from experiments.tuning.studies import GRACE_ENV, INTERRUPTED_ATTR, WORKER_ATTR, requeue, worker_identity
 
     ended: list[tuple[TrialOutcome, int]] = []
 
@@ -222,8 +219,8 @@ def _launch(args: list[str], reporter: Any, outcome: TrialOutcome) -> Any:
     Ends: ``complete``; ``pruned``; ``interrupted`` (Ctrl+C, SIGTERM); ``diverged`` (a NaN loss: a result of its
     parameters, counted like any trial); ``failed`` with ``error`` set (a usage error, exit code 2, or a bug, 1).
     """
-    from experiments.callbacks.safety import TrainingStopped
-    from experiments.run import launch
+    from experiments.launcher.launch import launch
+    from experiments.rundir.stops import TrainingStopped
 
     try:
         return launch(args, callbacks=[reporter]).model
@@ -263,7 +260,7 @@ def work(ref: StudyRef, sweep: Sweep, rank: int | None = None, created: bool = F
     import optuna
     from optuna.trial import TrialState
 
-    from experiments.studies import counted, heartbeat_settings, make_pruner, make_sampler, open_storage, reap
+    from experiments.tuning.studies import counted, heartbeat_settings, make_pruner, make_sampler, open_storage, reap
 
     storage = open_storage(ref.url)
     n_before = len(optuna.load_study(study_name=ref.name, storage=storage).trials)
@@ -314,7 +311,7 @@ def work(ref: StudyRef, sweep: Sweep, rank: int | None = None, created: bool = F
 
 
 def _lock(ref: StudyRef) -> Any:
-    from experiments.studies import FileLock
+    from experiments.tuning.studies import FileLock
 
     return FileLock(ref.folder / LOCK_FILE)
 
@@ -424,7 +421,7 @@ def _study_done(ref: StudyRef) -> bool:
     import optuna
     from optuna.trial import TrialState
 
-    from experiments.studies import counted, open_storage, stored_settings
+    from experiments.tuning.studies import counted, open_storage, stored_settings
 
     study = optuna.load_study(study_name=ref.name, storage=open_storage(ref.url))
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -443,7 +440,7 @@ def write_hparams_config(folder: Path, sweep: Sweep) -> None:
     from tensorboard.plugins.hparams import summary_v2 as hp
     from torch.utils.tensorboard import SummaryWriter
 
-    from experiments.search_space import SearchSpace
+    from experiments.tuning.search_space import SearchSpace
 
     path = folder / STUDY_EVENTS
     if path.exists():
