@@ -53,7 +53,8 @@ def base_weights(checkpoint: Mapping[str, Any]) -> list[Path]:
 def merge(checkpoint: Path, out: Path, force: bool = False, option: str = "--out") -> tuple[int, int]:
     """Write the merged weights of ``checkpoint`` to ``out`` atomically; returns (adapted layers, tensors written).
 
-    ``force`` replaces an existing ``out`` (see :func:`experiments.rundir.files.check_output_path`); ``option`` names it.
+    ``force`` replaces an existing ``out`` (see :func:`experiments.rundir.files.check_output_path`); ``option``
+    names it.
 
     Raises:
         UsageError: no adapters, an output that would replace an input or a run's file, or a failed write.

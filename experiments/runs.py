@@ -1,9 +1,9 @@
 """List runs and how each one stands: ``python -m experiments.runs [RUNS_DIR or RUN_DIR ...]``.
 
 One line per run folder (``RUNS_DIR/NAME/version_N``, newest last within each experiment): its state from
-``status.json`` as :func:`experiments.rundir.status.read_status` reads it (a run whose process died shows as ``crashed``),
-where it stopped, its best checkpoint's score or test metrics, and the command that resumes it when it can be.
-Reads JSON files only: it answers at once, without importing PyTorch.
+``status.json`` as :func:`experiments.rundir.status.read_status` reads it (a run whose process died shows as
+``crashed``), where it stopped, its best checkpoint's score or test metrics, and the command that resumes it when
+it can be. Reads JSON files only: it answers at once, without importing PyTorch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Callbacks every zerotune run has (registered in :data:`experiments.launcher.cli.FORCED_CALLBACKS`); each also works alone."""
+"""Callbacks every zerotune run has (:data:`experiments.launcher.cli.FORCED_CALLBACKS`); each also works alone."""
 
 from experiments.callbacks.attention_maps import AttentionMaps
 from experiments.callbacks.dashboards import Dashboards
