@@ -34,9 +34,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if "-h" in argv or "--help" in argv:
         from experiments.launcher.help import capture_help, print_help
-        from experiments.launcher.launch import build_args, launch
 
-        print_help(argv, lambda args: capture_help(lambda a: launch(build_args(a)), args))
+        def full_help(args: list[str]) -> str:
+            # Only on a cache miss: the parser that lists every option needs PyTorch and Lightning.
+            from experiments.launcher.launch import build_args, launch
+
+            return capture_help(lambda a: launch(build_args(a)), args)
+
+        print_help(argv, full_help)
         return 0
     if "--force" in argv and not any(a == "--resume" or a.startswith("--resume=") for a in argv):
         console.error("--force only applies to --resume RUN_DIR (resume a run whose status says it is running)")

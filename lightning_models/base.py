@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -20,6 +20,9 @@ import torch
 import torchmetrics
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lightning_models.finetune import LoadReport
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["none", "cosine", "onecycle", "step"]
@@ -116,6 +119,8 @@ class TaskModule(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         # Set once pre-trained weights were applied or a checkpoint was loaded: either way they are not re-applied.
         self._weights_initialized = False
+        #: What ``pretrained`` loaded (:class:`~lightning_models.finetune.LoadReport`), once :meth:`setup` loaded it.
+        self.pretrained_report: LoadReport | None = None
         self._compiled = False
 
     # -- to be provided by task subclasses -------------------------------------------------------------------------
@@ -222,11 +227,6 @@ class TaskModule(L.LightningModule):
             )
             self.pretrained_report = report
             rank_zero_only(print)(str(report))
-            # A line of the launcher's end-of-run summary (see experiments/launcher/summary.py).
-            summary = getattr(self.trainer, "zerotune_summary", None)
-            if summary is None:
-                summary = self.trainer.zerotune_summary = []
-            summary.append(f"pretrained {report.summary()}")
         self._weights_initialized = True
 
     def on_train_start(self) -> None:

@@ -21,6 +21,7 @@ import logging
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,48 @@ from fileio.atomic import atomic_path
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class ONNXExportResult:
+    """What an export to ONNX gave: the file, where its weights came from, and the parity check against PyTorch
+    (the run's export at the end of fit: ``experiments.callbacks.ONNXExport.result``).
+
+    Attributes:
+        path: The ONNX file (``None`` if export failed).
+        source: Where the weights came from (the best checkpoint's file name, or ``current weights``).
+        seconds: Wall time of the export (tracing, conversion, optimization, save).
+        max_abs_diff: Largest ``|onnx - torch|`` over every output element and checked batch size.
+        batch_sizes: Batch sizes run through onnxruntime.
+        other_shapes: Further dynamic axes checked at a second size, e.g. ``["sequence 32"]``.
+        ok: Exported, valid, and within tolerance at every batch size.
+        problem: Why ``ok`` is false, one line.
+        opset: The ONNX opset exported to.
+        atol: The largest difference accepted.
+    """
+
+    path: Path | None = None
+    source: str = ""
+    seconds: float = 0.0
+    max_abs_diff: float | None = None
+    batch_sizes: list[int] = field(default_factory=list)
+    other_shapes: list[str] = field(default_factory=list)
+    ok: bool = False
+    problem: str = ""
+    opset: int = 20
+    atol: float = 1e-4
+
+    def summary(self) -> str:
+        """One line: the file, where its weights came from, and the parity check (or why there is no file)."""
+        if self.path is None:
+            return f"not exported: {self.problem}"
+        sizes = "/".join(map(str, self.batch_sizes)) + "".join(f", {s}" for s in self.other_shapes)
+        if self.max_abs_diff is None:
+            check = "not checked"
+        else:
+            verdict = "ok" if self.ok else "FAILED"
+            check = f"max |onnx - torch| = {self.max_abs_diff:.2g} at batch {sizes} ({verdict}, atol {self.atol:g})"
+        return f"{self.path} ({self.source}, opset {self.opset}, {self.seconds:.1f} s): {check}"
 
 
 def export_onnx(

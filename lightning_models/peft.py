@@ -290,13 +290,7 @@ class FinetuneMethods:
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        line = self.parameter_summary()
-        rank_zero_only(print)(f"model: {type(self).__name__}, {line}")
-        trainer = self.trainer
-        summary = getattr(trainer, "zerotune_summary", None)
-        if summary is None:
-            summary = trainer.zerotune_summary = []
-        summary.append(f"params     {line}")
+        rank_zero_only(print)(f"model: {type(self).__name__}, {self.parameter_summary()}")
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

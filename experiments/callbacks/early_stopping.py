@@ -8,12 +8,14 @@ is saved in every checkpoint, so ``--resume`` continues with the patience alread
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+from experiments.callbacks.report import EarlyStop, RunReport
 
 
 class EarlyStopping(_LightningEarlyStopping):
@@ -94,14 +96,8 @@ class EarlyStopping(_LightningEarlyStopping):
         return (self.stopping_reason_message or self.stopping_reason.name).replace(" Signaling Trainer to stop.", "")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Report the stop in the launcher's summary (``trainer.zerotune_summary``) and ``status.json``."""
-        if not self.enabled or self.stop_reason is None:
+        """Report the stop in the run report (the summary and ``status.json`` read it)."""
+        report = RunReport.of(trainer)
+        if not self.enabled or self.stop_reason is None or report is None:
             return
-        epoch = int(self.stopped_epoch)
-        summary = getattr(trainer, "zerotune_summary", None)
-        if summary is None:
-            summary = trainer.zerotune_summary = []
-        summary.append(f"early stop at epoch {epoch} of {trainer.max_epochs}: {self.stop_reason}")
-        status: dict[str, Any] = getattr(trainer, "zerotune_status", None) or {}
-        status["stopped_early"] = {"epoch": epoch, "reason": self.stop_reason}
-        trainer.zerotune_status = status
+        report.early_stop = EarlyStop(int(self.stopped_epoch), trainer.max_epochs, self.stop_reason)

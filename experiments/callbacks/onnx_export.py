@@ -13,7 +13,6 @@ import copy
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +22,20 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from experiments.callbacks.report import RunReport
 from fileio.checkpoints import load_checkpoint
-from lightning_models.export import export_onnx, failure_reason, model_metadata, onnx_parity, with_input_front
+from lightning_models.export import (
+    ONNXExportResult,
+    export_onnx,
+    failure_reason,
+    model_metadata,
+    onnx_parity,
+    with_input_front,
+)
 
 
 class ONNXExportWarning(UserWarning):
     """The model could not be exported, or its ONNX outputs differ from PyTorch's."""
-
-
-@dataclass
-class ONNXExportResult:
-    """What :class:`ONNXExport` did; also kept as ``ONNXExport.result``.
-
-    Attributes:
-        path: The ONNX file (``None`` if export failed).
-        source: Where the weights came from (the best checkpoint's file name, or ``current weights``).
-        seconds: Wall time of the export (tracing, conversion, optimization, save).
-        max_abs_diff: Largest ``|onnx - torch|`` over every output element and checked batch size.
-        batch_sizes: Batch sizes run through onnxruntime.
-        other_shapes: Further dynamic axes checked at a second size, e.g. ``["sequence 32"]``.
-        ok: Exported, valid, and within tolerance at every batch size.
-        problem: Why ``ok`` is false, one line.
-    """
-
-    path: Path | None = None
-    source: str = ""
-    seconds: float = 0.0
-    max_abs_diff: float | None = None
-    batch_sizes: list[int] = field(default_factory=list)
-    other_shapes: list[str] = field(default_factory=list)
-    ok: bool = False
-    problem: str = ""
 
 
 class ONNXExport(Callback):
@@ -62,8 +44,9 @@ class ONNXExport(Callback):
     Rank 0 loads the best checkpoint's weights into a copy of the module (current weights, with a note, when
     there is no checkpoint), exports it with a dynamic batch axis, validates the file with ``onnx.checker`` and
     compares onnxruntime with PyTorch on the first validation batch at the full batch and each size in
-    ``batch_sizes``. The maximum difference is logged as ``onnx/max_abs_diff`` and added to the run summary
-    (``trainer.zerotune_summary``). Nothing is written under ``fast_dev_run``.
+    ``batch_sizes``. The maximum difference is logged as ``onnx/max_abs_diff``; the result goes into the run report
+    (:class:`~experiments.callbacks.report.RunReport`) and stays as :attr:`result`. Nothing is written under
+    ``fast_dev_run``.
 
     Args:
         enabled: Export at all.
@@ -100,7 +83,7 @@ class ONNXExport(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or trainer.fast_dev_run or trainer.interrupted or not trainer.is_global_zero:
             return
-        result = ONNXExportResult()
+        result = ONNXExportResult(opset=self.opset, atol=self.atol)
         self.result = result
         try:
             self._export(trainer, pl_module, result)
@@ -189,23 +172,9 @@ class ONNXExport(Callback):
         if result.max_abs_diff is not None:
             for logger in trainer.loggers:
                 logger.log_metrics({"onnx/max_abs_diff": result.max_abs_diff}, step=trainer.global_step)
-        if result.path is None:
-            line = f"onnx       not exported: {result.problem}"
-        else:
-            sizes = "/".join(map(str, result.batch_sizes)) + "".join(f", {s}" for s in result.other_shapes)
-            if result.max_abs_diff is None:
-                check = "not checked"
-            else:
-                verdict = "ok" if result.ok else "FAILED"
-                check = (
-                    f"max |onnx - torch| = {result.max_abs_diff:.2g} at batch {sizes} ({verdict}, atol {self.atol:g})"
-                )
-            line = f"onnx       {result.path} ({result.source}, opset {self.opset}, {result.seconds:.1f} s): {check}"
-        summary = getattr(trainer, "zerotune_summary", None)
-        if summary is None:
-            summary = []
-            trainer.zerotune_summary = summary
-        summary.append(line)
+        report = RunReport.of(trainer)
+        if report is not None:
+            report.onnx = result
 
 
 def run_dir(trainer: L.Trainer) -> Path:

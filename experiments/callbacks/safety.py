@@ -28,9 +28,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
+from experiments.callbacks.report import RunReport
 from experiments.rundir.console import end_progress_line
 from experiments.rundir.status import has_checkpoint, resume_command, write_status
 from experiments.rundir.stops import (
@@ -360,14 +362,14 @@ def find_guard(trainer: L.Trainer) -> FaultGuard | None:
 
 # -- internals -------------------------------------------------------------------------------------------------------
 def run_dir_of(trainer: L.Trainer) -> Path | None:
-    """The run folder: the launcher's (``trainer.zerotune_run_dir``), else the logger's version folder, else ``None``.
+    """The run folder: the run report's (the launcher's), else the logger's version folder, else ``None``.
 
     Read without ``trainer.log_dir``, which is a collective call under DDP and would hang when one rank asks alone.
     """
-    explicit = getattr(trainer, "zerotune_run_dir", None)
-    if explicit is not None:
-        return Path(explicit)
-    log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+    report = RunReport.of(trainer)
+    if report is not None and report.run_dir is not None:
+        return report.run_dir
+    log_dir = trainer.logger.log_dir if isinstance(trainer.logger, TensorBoardLogger) else None
     return Path(log_dir) if log_dir else None
 
 

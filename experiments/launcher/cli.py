@@ -29,6 +29,7 @@ from experiments.callbacks.checkpoint import ModelCheckpoint
 from experiments.callbacks.early_stopping import EarlyStopping
 from experiments.callbacks.geometry import BatchGeometry, BatchSized, GlobalBatch, plan_resize
 from experiments.callbacks.progress import AdaptiveProgressBar
+from experiments.callbacks.report import RunReport
 from experiments.callbacks.safety import FaultGuard
 from experiments.launcher.loggers import SafeTensorBoardLogger
 from experiments.launcher.recipes import DEFAULTS_FILE
@@ -266,8 +267,6 @@ class ZeroTuneCLI(LightningCLI):
                 if self.run_dir is not None and not cfg.get("resume"):
                     discard_fresh_run_dir(self.run_dir)
                 raise
-        # Where the fault guard and the launcher keep status.json, with or without a logger.
-        trainer.zerotune_run_dir = self.run_dir
         _precision_note(cfg, trainer)
         self._keep_global_batch(trainer)
         return trainer
@@ -316,8 +315,9 @@ class ZeroTuneCLI(LightningCLI):
         if config.get("logger") is False:
             unwanted += (LearningRateMonitor,)
         callbacks = [c for c in callbacks if not isinstance(c, unwanted)]
-        # Not a setting: every run records its batch geometry and can resume on another number of processes.
-        callbacks.append(GlobalBatch())
+        # Not settings: every run records its batch geometry and can resume on another number of processes, and
+        # reports what it did (where status.json lives, with or without a logger).
+        callbacks += [GlobalBatch(), RunReport(self.run_dir)]
         return super()._instantiate_trainer(config, callbacks)
 
     def make_logger(self, cfg: Namespace) -> TensorBoardLogger:

@@ -10,12 +10,13 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jsonargparse import DefaultHelpFormatter
 
+from experiments.callbacks.report import BestCheckpoint, RunReport
 from experiments.launcher.recipes import CONFIG_DIR, DEFAULT_EXPERIMENT, experiment_names
 from experiments.rundir import console
 
@@ -179,18 +180,35 @@ class RunResult:
     """What one launcher run produced.
 
     Attributes:
-        run_dir: The run folder (``None`` without a logger, e.g. ``fast_dev_run``).
-        best_checkpoint: Path of the best checkpoint, if one was saved.
-        test_metrics: Test metrics of the best checkpoint (empty when testing was skipped).
+        report: What the run did (:class:`~experiments.callbacks.report.RunReport`): its folder, the fit's time, the
+            best checkpoint, the test metrics, the ONNX export, early stopping, the pre-trained weights loaded.
         model: The trained LightningModule (holding the tested checkpoint's weights when a test ran).
         datamodule: The run's LightningDataModule, set up.
     """
 
-    run_dir: Path | None
-    best_checkpoint: str | None
-    test_metrics: dict[str, float] = field(default_factory=dict)
+    report: RunReport
     model: L.LightningModule | None = None
     datamodule: L.LightningDataModule | None = None
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder (``None`` without a logger, e.g. ``fast_dev_run``)."""
+        return self.report.run_dir
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        """The best checkpoint, if one was saved."""
+        return self.report.best.path if self.report.best is not None else None
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        """Test metrics of the best checkpoint (empty when testing was skipped)."""
+        return self.report.test_metrics
+
+    @property
+    def onnx(self) -> Path | None:
+        """The exported ONNX file, if the export succeeded."""
+        return self.report.onnx.path if self.report.onnx is not None else None
 
 
 def run(args: list[str]) -> int:
@@ -271,26 +289,30 @@ def launch(args: list[str], callbacks: Sequence[L.Callback] = ()) -> RunResult:
                 discard_fresh_run_dir(cli.run_dir)
             raise
         trainer.ckpt_path = None
-        # For the summary: the whole fit, data setup, validation, checkpoints and the fit-end ONNX export included.
-        if not hasattr(trainer, "zerotune_summary"):
-            trainer.zerotune_summary = []
-        epochs = trainer.current_epoch
-        trainer.zerotune_summary.insert(
-            0, f"fit        {time.perf_counter() - start:.1f} s, {epochs} epoch{'' if epochs == 1 else 's'}"
-        )
-        test_metrics: dict[str, float] = {}
+        report = RunReport.of(trainer) or RunReport(cli.run_dir)
+        # The whole fit: data setup, validation, checkpoints and the fit-end ONNX export included.
+        report.fit_seconds, report.epochs = time.perf_counter() - start, trainer.current_epoch
+        report.best = _best_checkpoint(trainer)
         if cli.config.test_after_fit and not trainer.interrupted:
-            ckpt = trainer.checkpoint_callback
-            best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+            best = str(report.best.path) if report.best is not None else None
             results = guarded(trainer, lambda: trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False))
-            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+            report.test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         _leave_process_group()
         if trainer.is_global_zero:
-            finish_run(trainer, model, test_metrics)
-        mark_completed(trainer, test_metrics)
+            finish_run(trainer, model, report)
+        mark_completed(trainer, report)
+    return RunResult(report, model, dm)
+
+
+def _best_checkpoint(trainer: L.Trainer) -> BestCheckpoint | None:
+    """The checkpoint callback's best checkpoint, if it saved one."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     ckpt = trainer.checkpoint_callback
-    best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    return RunResult(cli.run_dir, best_path, test_metrics, model, dm)
+    if not isinstance(ckpt, ModelCheckpoint) or not ckpt.best_model_path:
+        return None
+    score = ckpt.best_model_score
+    return BestCheckpoint(Path(ckpt.best_model_path), str(ckpt.monitor), float(score) if score is not None else None)
 
 
 def _leave_process_group() -> None:

@@ -13,12 +13,13 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from experiments.callbacks.report import RunReport
 from experiments.callbacks.safety import (
     USER_ERRORS,
     FaultGuard,
@@ -125,21 +126,19 @@ def report(outcome: Outcome) -> None:
         print(outcome.hint, file=sys.stderr)
 
 
-def mark_completed(trainer: L.Trainer, test_metrics: Mapping[str, float] | None = None) -> None:
-    """Mark the run folder completed (``status.json``), with the best checkpoint and the test metrics."""
-    run_dir = run_dir_of(trainer)
+def mark_completed(trainer: L.Trainer, report: RunReport) -> None:
+    """Mark the run folder completed (``status.json``): where it ended, the best checkpoint, the test metrics, and what
+    else the run report holds (where early stopping stopped it)."""
+    run_dir = report.run_dir or run_dir_of(trainer)
     if run_dir is None or not trainer.is_global_zero:
         return
-    ckpt = trainer.checkpoint_callback
-    best = getattr(ckpt, "best_model_path", None) or None
-    metrics = {k: v for k, v in (test_metrics or {}).items() if math.isfinite(v)}
+    metrics = {k: v for k, v in report.test_metrics.items() if math.isfinite(v)}
     write_status(
         run_dir,
         "completed",
         epoch=trainer.current_epoch,
         global_step=trainer.global_step,
-        best_checkpoint=best,
+        best_checkpoint=str(report.best.path) if report.best is not None else None,
         test_metrics=metrics,
-        # What callbacks add, e.g. the early-stopping epoch and reason.
-        **getattr(trainer, "zerotune_status", {}),
+        **report.status_fields(),
     )

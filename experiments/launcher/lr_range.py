@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from experiments.callbacks.report import AutoLR, RunReport
 from experiments.rundir import console
 
 if TYPE_CHECKING:
@@ -268,16 +269,11 @@ def apply_auto_lr(cli: ZeroTuneCLI) -> float:
     model.save_hyperparameters({**model.hparams, "lr": lr})
     cli.config.model.init_args.lr = lr
     cli.config.auto_lr = False
-    run_dir = cli.run_dir
-    where = ""
+    run_dir, plot = cli.run_dir, None
     if run_dir is not None and cli.trainer.is_global_zero:
-        where = f" (plot: {save_results(run_dir, test, cli.trainer.logger)})"
-    summary = getattr(cli.trainer, "zerotune_summary", None)
-    if summary is None:
-        summary = cli.trainer.zerotune_summary = []
-    summary.append(f"lr         {lr:g}, from the learning-rate range test{where}")
-    print(f"auto_lr: training at lr {lr:g}, the range test's suggestion{where}")
+        plot = save_results(run_dir, test, cli.trainer.logger)
+    report = RunReport.of(cli.trainer)
+    if report is not None:
+        report.auto_lr = AutoLR(lr, plot)
+    print(f"auto_lr: training at lr {lr:g}, the range test's suggestion" + (f" (plot: {plot})" if plot else ""))
     return lr
-
-
-# -- command line ----------------------------------------------------------------------------------------------------
