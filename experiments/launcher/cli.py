@@ -142,7 +142,8 @@ class ZeroTuneCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            configs = [str(a) for flag, a in zip(args, args[1:], strict=False) if flag in ("--config", "-c")]
+            given = args if isinstance(args, list) else []
+            configs = [str(a) for flag, a in zip(given, given[1:], strict=False) if flag in ("--config", "-c")]
             raise UsageError(explain_config_error(str(err), parser_options(parser), configs)) from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -490,3 +491,13 @@ def is_global_zero() -> bool:
 def _import(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")
     return getattr(__import__(module, fromlist=[name]), name)
+
+
+class ParseOnlyCLI(ZeroTuneCLI):
+    """Parses a run's settings like the launcher and builds nothing: no classes, no trainer, no run folder."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass

@@ -7,13 +7,17 @@ them, the fit, the test of the best checkpoint, the summary, and the result.
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import yaml
 from jsonargparse import DefaultHelpFormatter
 
 from experiments.callbacks.report import BestCheckpoint, RunReport
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
     from experiments.launcher.cli import ZeroTuneCLI
 
 USAGE = "python -m experiments.run [NAME] [--key value ...]"
+#: A run's config as plain data: the YAML's structure (``model: {class_path, init_args}``, ``trainer: {...}``, ...).
+Config = dict[str, Any]
 #: The description above the parser's full list of options (the common ones come first, from experiments.launcher.help).
 FULL_HELP = """All options. Besides the trainer, model, data and callback settings:
     --list              list the named experiments and exit
@@ -60,14 +66,7 @@ def build_args(argv: list[str]) -> list[str]:
         name = DEFAULT_EXPERIMENT
     prefix: list[str] = []
     if name is not None:
-        path = CONFIG_DIR / f"{name}.yaml"
-        if name.startswith("_") or not path.is_file():
-            valid = ", ".join(experiment_names())
-            raise console.UsageError(
-                f"unknown experiment '{name}'. Valid names: {valid}. "
-                f"Run 'python -m experiments.run --list' to see what each trains."
-            )
-        prefix = ["--config", str(path), "--name", name]
+        prefix = ["--config", str(named_config(name)), "--name", name]
     elif not any(a == "--name" or a.startswith("--name=") for a in args):
         config_path = _option(args, "--config", "-c")
         if config_path is not None:
@@ -76,6 +75,22 @@ def build_args(argv: list[str]) -> list[str]:
     if requeued is not None:
         return requeued
     return prefix + args
+
+
+def named_config(name: str) -> Path:
+    """The YAML of the named experiment ``name`` (``experiments/configs/NAME.yaml``).
+
+    Raises:
+        UsageError: for an unknown name, listing the valid ones.
+    """
+    path = CONFIG_DIR / f"{name}.yaml"
+    if name.startswith("_") or not path.is_file():
+        valid = ", ".join(experiment_names())
+        raise console.UsageError(
+            f"unknown experiment '{name}'. Valid names: {valid}. "
+            f"Run 'python -m experiments.run --list' to see what each trains."
+        )
+    return path
 
 
 def _requeued_run(args: list[str]) -> list[str] | None:
@@ -130,8 +145,6 @@ def _resume_args(run_dir: str, name: str | None, args: list[str]) -> list[str]:
         UsageError: for an experiment name or ``--ckpt_path`` next to ``--resume``, a folder that is no run, or a
             run whose process is still working on it (unless ``--force`` is given).
     """
-    from experiments.rundir.status import read_status, still_running
-
     if name is not None:
         raise console.UsageError(
             f"--resume continues a run with the config saved in its folder: leave out the experiment name '{name}'"
@@ -140,6 +153,17 @@ def _resume_args(run_dir: str, name: str | None, args: list[str]) -> list[str]:
         raise console.UsageError("--resume restores the run's own last checkpoint: leave out --ckpt_path")
     force = "--force" in args
     args = [a for a in args if a != "--force"]
+    return ["--config", str(resumable_config(run_dir, force)), *args]
+
+
+def resumable_config(run_dir: str | Path, force: bool = False) -> Path:
+    """The ``config.yaml`` of the run in ``run_dir``, once it is clear that the run may be resumed.
+
+    Raises:
+        UsageError: for a folder that is no run, or a run whose process is still working on it (unless ``force``).
+    """
+    from experiments.rundir.status import read_status, still_running
+
     config = Path(run_dir) / "config.yaml"
     if not config.is_file():
         raise console.UsageError(
@@ -149,7 +173,7 @@ def _resume_args(run_dir: str, name: str | None, args: list[str]) -> list[str]:
     status = read_status(run_dir)
     # DDP worker processes re-run this command while rank 0, which rewrote the status, works on the run.
     if _is_worker_process() or status is None:
-        return ["--config", str(config), *args]
+        return config
     where = f"PID {status.get('pid')} on {'this host' if status.get('host') == _hostname() else status.get('host')}"
     if still_running(status) and not force:
         raise console.UsageError(
@@ -158,7 +182,7 @@ def _resume_args(run_dir: str, name: str | None, args: list[str]) -> list[str]:
         )
     if status.get("state") == "crashed" and (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
         print(f"note: {run_dir} crashed: {status['reason']}; resuming from its last checkpoint", file=sys.stderr)
-    return ["--config", str(config), *args]
+    return config
 
 
 def _is_worker_process() -> bool:
@@ -173,6 +197,89 @@ def _hostname() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def experiment_config(experiment: str | os.PathLike) -> Config:
+    """The config of a named experiment (``experiments/configs/NAME.yaml``) or of a YAML file, with its run name, as
+    plain data (``_defaults.yaml`` is laid under it by the launcher's parser).
+
+    Raises:
+        UsageError: an unknown name, a missing or unreadable file, or one that holds no mapping.
+    """
+    path = Path(experiment)
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        name = path.stem
+        if not path.is_file():
+            raise console.UsageError(
+                f"config file not found: '{path}'; pass a YAML file that exists, or an experiment name"
+            )
+    else:
+        name, path = str(experiment), named_config(str(experiment))
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise console.UsageError(f"cannot read {path} as YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(config, dict):
+        raise console.UsageError(f"{path} holds no settings (a YAML mapping such as 'model: ...')")
+    config.setdefault("name", name)
+    return config
+
+
+def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """A copy of ``config`` with ``overrides`` applied, as the command line applies ``--key value``.
+
+    Keys are dotted as on the command line (``model.lr``, ``trainer.max_epochs``, ``data.batch_size``,
+    ``onnx.enabled``); a key inside a group given by class (``model``, ``data``) goes to the class's ``init_args``.
+    A string given for such a group itself (``{"model": "lightning_models.SmallCNN"}``) chooses another class.
+    Values keep their types: nothing is turned into text and parsed back.
+    """
+    out = copy.deepcopy(config)
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = _into_init_args(node, part)
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node = _into_init_args(node, last)
+        if isinstance(value, str) and isinstance(node.get(last), dict) and "class_path" in node[last]:
+            node[last] = {"class_path": value}  # another class: the old class's arguments do not carry over
+        else:
+            node[last] = value
+    return out
+
+
+def _into_init_args(node: dict[str, Any], key: str) -> dict[str, Any]:
+    """Where ``key`` lives in ``node``: its ``init_args`` when ``node`` names a class, else ``node`` itself."""
+    if "class_path" in node and key not in ("class_path", "init_args", "dict_kwargs"):
+        return node.setdefault("init_args", {})
+    return node
+
+
+def resolve_config(args: list[str] | Config) -> Config:
+    """The whole config a run of ``args`` gets (its YAML, ``_defaults.yaml`` and every override), as plain data, without
+    building anything; launching it gives the same run as launching ``args``.
+
+    Raises:
+        UsageError: for a bad setting, with one line naming it.
+    """
+    from experiments.launcher.cli import ParseOnlyCLI
+
+    cli = make_cli(args, cli_class=ParseOnlyCLI)
+    config = yaml.safe_load(cli.parser.dump(cli.config, skip_unset=False)) or {}
+    config.pop("config", None)
+    return config
+
+
+def command_line(experiment: str, overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """``python -m experiments.run`` arguments of ``experiment`` with ``overrides``, for a run in a process of its own
+    (a benchmark times the command a user types): each value written as the launcher's YAML parser reads it."""
+    args = [experiment]
+    for key, value in (overrides or {}).items():
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return args
 
 
 @dataclass
@@ -223,12 +330,12 @@ def run(args: list[str]) -> int:
 
 
 def make_cli(
-    args: list[str], callbacks: Sequence[L.Callback] = (), cli_class: type[ZeroTuneCLI] | None = None
+    args: list[str] | Config, callbacks: Sequence[L.Callback] = (), cli_class: type[ZeroTuneCLI] | None = None
 ) -> ZeroTuneCLI:
     """Parse ``args`` and build the run: model, datamodule, trainer (with ``callbacks`` added), run folder.
 
     Args:
-        args: Launcher arguments (see :func:`build_args`).
+        args: Launcher arguments (see :func:`build_args`), or a config as plain data (see :func:`apply_overrides`).
         callbacks: Callback objects added to the trainer without appearing in the config.
         cli_class: A :class:`~experiments.launcher.cli.ZeroTuneCLI` subclass to build with (e.g. one that only checks).
 
@@ -251,11 +358,12 @@ def make_cli(
         sys.argv = argv
 
 
-def launch(args: list[str], callbacks: Sequence[L.Callback] = ()) -> RunResult:
+def launch(args: list[str] | Config, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     """Parse ``args``, fit (resuming when asked), test the best checkpoint, print the summary; return the result.
 
     Args:
-        args: Launcher arguments (see :func:`build_args`).
+        args: Launcher arguments (see :func:`build_args`), or a config as plain data (see :func:`apply_overrides`;
+            :mod:`experiments.api` builds one from typed settings).
         callbacks: Callback objects added to the trainer without appearing in the config (e.g. a sweep's trial
             reporter).
 
