@@ -102,9 +102,7 @@ def launch(
         given = {k: str(v) for k, v in placement.items() if v is not None}
         run_config = apply_overrides(experiment, {**(settings or {}), **given})
     else:
-        run_config = config(
-            experiment, settings, runs_dir=runs_dir, name=name, version=version, ckpt_path=ckpt_path
-        )
+        run_config = config(experiment, settings, runs_dir=runs_dir, name=name, version=version, ckpt_path=ckpt_path)
     return launch_config(run_config, callbacks)
 
 

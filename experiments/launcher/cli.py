@@ -221,6 +221,15 @@ class ZeroTuneCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.block_size", "model.init_args.block_size", apply_on="instantiate")
 
+    def complete_config(self) -> None:
+        """Fill in what the config leaves to the classes it names: the checkpoint's metric (``monitor: auto``)."""
+        ckpt = self.config.checkpoint
+        if ckpt.monitor == "auto":
+            # The task class states which metric defines "best" (val/acc for classifiers, val/loss for regressors).
+            model_cls = _import(self.config.model.class_path)
+            ckpt.monitor = getattr(model_cls, "monitor", "val/loss")
+            ckpt.mode = getattr(model_cls, "monitor_mode", "min")
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config
         if not cfg.get("resume"):
@@ -228,12 +237,7 @@ class ZeroTuneCLI(LightningCLI):
         # Read by every checkpoint/weights load (resume, pretrained weights), which are weights-only unless trusted.
         os.environ[TRUST_ENV] = "1" if cfg.get("trust_checkpoint") else "0"
         torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
-        ckpt = cfg.checkpoint
-        if ckpt.monitor == "auto":
-            # The task class states which metric defines "best" (val/acc for classifiers, val/loss for regressors).
-            model_cls = _import(cfg.model.class_path)
-            ckpt.monitor = getattr(model_cls, "monitor", "val/loss")
-            ckpt.mode = getattr(model_cls, "monitor_mode", "min")
+        self.complete_config()
         self.ckpt_path = resolve_ckpt_path(cfg)
         if self.ckpt_path is not None:
             self.ckpt_geometry = BatchGeometry.from_checkpoint(load_checkpoint(self.ckpt_path))
@@ -497,7 +501,7 @@ class ParseOnlyCLI(ZeroTuneCLI):
     """Parses a run's settings like the launcher and builds nothing: no classes, no trainer, no run folder."""
 
     def before_instantiate_classes(self) -> None:
-        pass
+        self.complete_config()
 
     def instantiate_classes(self) -> None:
         pass

@@ -163,14 +163,6 @@ class SearchSpace:
         return {d.key: d.spec() for d in self.dims}
 
 
-def launcher_args(params: Mapping[str, Any]) -> list[str]:
-    """``--key value`` launcher arguments for ``params`` (values as the launcher's YAML parser reads them)."""
-    args: list[str] = []
-    for key, value in params.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return args
-
-
 def format_value(value: Any) -> str:
     """A parameter value, short: four significant digits for floats, JSON for the rest."""
     if isinstance(value, float):

@@ -24,7 +24,6 @@ from experiments.rundir.console import UsageError
 from experiments.tuning.settings import DEFAULT_TRIALS, StudyRef, Sweep
 from experiments.tuning.trials import (
     LOCK_FILE,
-    TRIAL_SETTINGS,
     write_hparams_config,
 )
 
@@ -129,14 +128,13 @@ def _check_file_values(path: Path, data: dict[str, Any]) -> None:
         raise UsageError(f"{path}: objective takes a metric such as val/acc (or a list of them), got {objective!r}")
 
 
-def _fixed_args(mapping: Any, source: str) -> list[str]:
-    from experiments.tuning.search_space import launcher_args
-
+def _fixed_settings(mapping: Any, source: str) -> dict[str, Any]:
+    """A sweep file's ``fixed:`` mapping as settings of every trial (dotted keys, typed values)."""
     if mapping is None:
-        return []
+        return {}
     if not isinstance(mapping, dict):
         raise UsageError(f"{source}: 'fixed' maps launcher settings to values, e.g. 'trainer.max_epochs: 10'")
-    return launcher_args({str(k).removeprefix("--"): v for k, v in mapping.items()})
+    return {str(k).removeprefix("--"): v for k, v in mapping.items()}
 
 
 def _objectives(given: list[str], monitor: str, mode: str) -> list[list[str]]:
@@ -163,23 +161,16 @@ def _objectives(given: list[str], monitor: str, mode: str) -> list[list[str]]:
 
 
 @functools.cache
-def _cli_classes() -> tuple[type, type]:
-    """Launcher CLIs that check a sweep without running it: one only parses, one also builds the classes."""
+def _build_model_cli() -> type:
+    """A launcher CLI that parses and builds model, datamodule and callbacks like a run, without a trainer or a run
+    folder: a searched value the model or the data rejects fails the check before the study starts."""
     from experiments.launcher.cli import ZeroTuneCLI
 
-    class ParseOnly(ZeroTuneCLI):
-        """Parses like a run and builds nothing (for writing best.yaml)."""
-
-        def instantiate_classes(self) -> None:
-            pass
-
     class BuildModel(ZeroTuneCLI):
-        """Parses and builds model, datamodule and callbacks like a run, without a trainer or a run folder."""
-
         def instantiate_trainer(self, **kwargs: Any) -> None:
             return None
 
-    return ParseOnly, BuildModel
+    return BuildModel
 
 
 def check_with_launcher(sweep: Sweep, sources: dict[str, str]) -> tuple[str, str, int | None]:
@@ -195,16 +186,16 @@ def check_with_launcher(sweep: Sweep, sources: dict[str, str]) -> tuple[str, str
     Raises:
         UsageError: for a bad setting; one of the search space names its source, key and value.
     """
-    from experiments.launcher.launch import make_cli
-    from experiments.tuning.search_space import SearchSpace, format_value, launcher_args
+    from experiments.launcher.launch import apply_overrides, make_cli
+    from experiments.tuning.search_space import SearchSpace, format_value
 
-    _, build = _cli_classes()
+    build = _build_model_cli()
     space = SearchSpace.parse(sweep.space)
-    fixed_keys = {a[2:].split("=", 1)[0] for a in sweep.fixed if a.startswith("--")}
+    fixed_keys = {a[2:].split("=", 1)[0] for a in sweep.fixed if a.startswith("--")} | set(sweep.settings)
     both = [k for k in space.keys if k in fixed_keys]
     if both:
         raise UsageError(f"search space: {', '.join(both)} is searched and also fixed; remove one of the two")
-    base = [*sweep.base_args(), *TRIAL_SETTINGS, *sweep.fixed]
+    base = sweep.base_config()
     with _quiet_build():
         cli = make_cli(base, cli_class=build)
     devices = cli.config.trainer.devices
@@ -217,7 +208,7 @@ def check_with_launcher(sweep: Sweep, sources: dict[str, str]) -> tuple[str, str
         for value in dim.corners():
             try:
                 with _quiet_build():
-                    make_cli([*base, *launcher_args({dim.key: value})], cli_class=build)
+                    make_cli(apply_overrides(base, {dim.key: value}), cli_class=build)
             except UsageError as err:
                 where = f"search space ({sources.get(dim.key, 'search space')})"
                 if f"--{dim.key}" in str(err):
@@ -296,7 +287,8 @@ def make_sweep(name: str | None, opts: argparse.Namespace, overrides: list[str])
         named=named,
         name=folder,
         space=space,
-        fixed=[*_fixed_args(data.get("fixed"), source), *overrides],
+        fixed=list(overrides),
+        settings=_fixed_settings(data.get("fixed"), source),
         sampler=str(sampler),
         sampler_args={**(data.get("sampler_args") or {}), **_yaml_option("--sampler_args", opts.sampler_args)},
         pruner=str(pruner_given or "median"),
@@ -547,26 +539,21 @@ def _duration(seconds: float) -> str:
 
 def _write_best(ref: StudyRef, sweep: Sweep, space: Any, trials: list[Any], single: bool) -> list[Path]:
     """Write the config of each of ``trials`` as a YAML that ``experiments.run --config`` runs as it trained."""
-    from experiments.launcher.launch import make_cli
+    from experiments.launcher.launch import apply_overrides, resolve_config
     from fileio.atomic import atomic_write_text
 
-    parse_only, _ = _cli_classes()
     written = []
     for t in trials:
-        params = space.decode(t.params)
-        args = [*sweep.run_args(params), "--runs_dir", str(ref.runs_dir), "--name", sweep.name]
+        placement = {"runs_dir": str(ref.runs_dir), "name": sweep.name, "resume": None, "version": None}
         with _quiet_build():
-            cli = make_cli(args, cli_class=parse_only)
-        config = cli.config.clone()
-        config.resume = None
-        config.version = None
+            config = resolve_config(apply_overrides(sweep.trial_config(space.decode(t.params)), placement))
         values = ", ".join(f"{m} {v:.4f}" for (m, _), v in zip(sweep.objectives, t.values, strict=True))
         path = ref.folder / (BEST_FILE if single else f"best-trial_{t.number}.yaml")
         header = (
             f"# Trial {t.number} of study {ref.name} ({values}); its run: {t.user_attrs.get('run_dir', '')}\n"
             f"# Run it: python -m experiments.run --config {path}\n"
         )
-        atomic_write_text(path, header + cli.parser.dump(config, skip_unset=False))
+        atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
         written.append(path)
     return written
 
