@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
     from experiments.launcher.launch import Config, RunResult
 
-__all__ = ["config", "launch", "resume"]
+__all__ = ["Built", "build", "config", "launch", "resume"]
 
 
 def config(
@@ -104,6 +105,55 @@ def launch(
     else:
         run_config = config(experiment, settings, runs_dir=runs_dir, name=name, version=version, ckpt_path=ckpt_path)
     return launch_config(run_config, callbacks)
+
+
+@dataclass
+class Built:
+    """A run assembled as the launcher assembles it, not started: call ``trainer.fit(model, datamodule=datamodule)``.
+
+    Attributes:
+        model: The LightningModule the config names.
+        datamodule: The LightningDataModule the config names (set up only when its data was checked).
+        trainer: The Trainer with every default callback, its logger and the run folder.
+    """
+
+    model: L.LightningModule
+    datamodule: L.LightningDataModule
+    trainer: L.Trainer
+
+
+def build(
+    experiment: str | os.PathLike | Config = DEFAULT_EXPERIMENT,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    runs_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+    callbacks: Sequence[L.Callback] = (),
+    check_data: bool = True,
+) -> Built:
+    """Assemble ``experiment`` with ``settings`` without training it: for code that drives the Trainer itself (the
+    benchmarks time the fit alone, on data of their own).
+
+    Args:
+        experiment: A named experiment, a YAML file, or a config from :func:`config`.
+        settings: Dotted keys and values.
+        runs_dir: Root of the run folders (default ``runs``).
+        name: The run's name (default: the experiment's).
+        callbacks: Callback objects added to the trainer without appearing in the saved config.
+        check_data: Set up and check the data first (``False`` when the caller replaces the data).
+
+    Raises:
+        UsageError: a setting, experiment or file the user can fix (one line).
+    """
+    from experiments.launcher.launch import apply_overrides, make_cli
+
+    if isinstance(experiment, dict):
+        placement = {"runs_dir": runs_dir, "name": name}
+        run_config = apply_overrides(experiment, {**(settings or {}), **{k: str(v) for k, v in placement.items() if v}})
+    else:
+        run_config = config(experiment, settings, runs_dir=runs_dir, name=name)
+    cli = make_cli(run_config, callbacks, check_data=check_data)
+    return Built(cli.model, cli.datamodule, cli.trainer)
 
 
 def resume(

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from pretrained_fixtures import TINY_SHAPE, TINY_TEXT
+from pretrained_fixtures import SHAPE, TEXT
 
 from experiments import finetune_demo
 from experiments.demos import finetune as finetune_core
@@ -16,9 +16,9 @@ from experiments.demos import finetune as finetune_core
 def test_demo_reports_every_method_and_the_classification_transfer(
     tiny_gpt_ckpt: Path, code_corpus: Path, labelled_csv: Path, tmp_path: Path
 ) -> None:
-    lm = ["--data.path", str(code_corpus), "--data.cache_dir", str(tmp_path / "tok"), "--trainer.val_check_interval",
-          "2", "--model.warmup_steps", "1", *TINY_SHAPE, *TINY_TEXT]  # fmt: skip
-    cls = ["--data.path", str(labelled_csv), "--data.block_size", "32", "--trainer.max_epochs", "1", *TINY_SHAPE]
+    lm = {"data.path": str(code_corpus), "data.cache_dir": str(tmp_path / "tok"), "trainer.val_check_interval": 2,
+          "model.warmup_steps": 1, **SHAPE, **TEXT}  # fmt: skip
+    cls = {"data.path": str(labelled_csv), "data.block_size": 32, "trainer.max_epochs": 1, **SHAPE}
     report = finetune_core.run(
         [0], str(tmp_path / "runs"), steps=2, pretrained=tiny_gpt_ckpt, per_class=8, extra_lm=lm, extra_cls=cls
     )

@@ -13,9 +13,10 @@ from conftest import ROOT
 
 #: Packages from the bottom up: each may import only those before it (and itself).
 PACKAGES = ("fileio", "datamodules", "lightning_models", "experiments")
-#: The wings of ``experiments`` from the bottom up; the commands users type (its top-level modules) sit above them,
-#: and the command table (``__main__``) and the Python API above those.
-WINGS = ("rundir", "inference", "callbacks", "launcher", "tuning", ("benchmarks", "demos"))
+#: The wings of ``experiments`` from the bottom up; the Python API (``api``) sits on the launcher, under the sweep,
+#: benchmarks and demos that call it; the commands users type (its top-level modules) sit above them, and the command
+#: table (``__main__``) above those.
+WINGS = ("rundir", "inference", "callbacks", "launcher", "api", "tuning", ("benchmarks", "demos"))
 
 
 def layer(module: str) -> tuple[int, int]:
@@ -24,7 +25,7 @@ def layer(module: str) -> tuple[int, int]:
     package = PACKAGES.index(parts[0])
     if parts[0] != "experiments":
         return package, 0
-    if len(parts) == 1 or parts[1] in ("__main__", "api"):
+    if len(parts) == 1 or parts[1] == "__main__":
         return package, len(WINGS) + 1
     for place, wing in enumerate(WINGS):
         if parts[1] in ((wing,) if isinstance(wing, str) else wing):

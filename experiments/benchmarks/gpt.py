@@ -30,10 +30,13 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+
+from experiments.launcher.launch import command_line
 
 SPEED_EXPERIMENTS = ["shakespeare_char_gpt", "stdlib_gpt"]
 TARGET = 1.88
@@ -111,24 +114,20 @@ class StepTimer(L.Callback):
 
 def run_zerotune(name: str, data_path: str | None, steps: int, data_dir: str, runs_dir: str) -> float:
     """(c) the experiment through zerotune's CLI and Trainer, default callbacks, validation off; returns seconds."""
-    from experiments.launcher.cli import ZeroTuneCLI
-    from experiments.launcher.recipes import CONFIG_DIR
+    from experiments.api import build
 
-    args = ["--config", str(CONFIG_DIR / f"{name}.yaml"), "--name", name, "--runs_dir", runs_dir,
-            "--data.data_dir", data_dir, "--trainer.max_steps", str(WARMUP + steps + 1),
-            "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]  # fmt: skip
-    if data_path:
-        args += ["--data.path", data_path]
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        cli = ZeroTuneCLI(args=args, run=False)
-    finally:
-        sys.argv = argv
     timer = StepTimer(steps)
-    cli.trainer.callbacks.append(timer)
+    settings = {
+        "data.data_dir": data_dir,
+        "trainer.max_steps": WARMUP + steps + 1,
+        "trainer.limit_val_batches": 0,
+        "trainer.num_sanity_val_steps": 0,
+        **({"data.path": data_path} if data_path else {}),
+    }
+    run = build(name, settings, runs_dir=runs_dir, callbacks=[timer])
     with open(os.devnull, "w") as void, contextlib.redirect_stdout(void), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        run.trainer.fit(run.model, datamodule=run.datamodule)
     return timer.seconds
 
 
@@ -169,14 +168,16 @@ def _timed(cmd: list[str]) -> tuple[float, list[tuple[int, float, float]], str]:
     return wall, [(int(s), float(v), float(t) - start) for s, v, t in found], proc.stdout
 
 
-#: The zerotune side of the race: a label and launcher arguments added to ``shakespeare_char_gpt``'s own.
-RACE_RECIPES: list[tuple[str, list[str]]] = [
-    ("zerotune, nanoGPT's recipe (lr 1e-3, 2,000 steps)", ["--model.lr", "0.001", "--trainer.max_steps", "2000"]),
-    ("zerotune, `shakespeare_char_gpt` (lr 3e-3, 1,500 steps)", []),
+#: The zerotune side of the race: a label and launcher settings added to ``shakespeare_char_gpt``'s own.
+RACE_RECIPES: list[tuple[str, dict[str, Any]]] = [
+    ("zerotune, nanoGPT's recipe (lr 1e-3, 2,000 steps)", {"model.lr": 0.001, "trainer.max_steps": 2000}),
+    ("zerotune, `shakespeare_char_gpt` (lr 3e-3, 1,500 steps)", {}),
 ]
 
 
-def race(data: str, work: str, recipes: list[tuple[str, list[str]]] | None = None, nano_iters: int = 2000) -> list[str]:
+def race(
+    data: str, work: str, recipes: list[tuple[str, dict[str, Any]]] | None = None, nano_iters: int = 2000
+) -> list[str]:
     """nanoGPT's recipe (re-implemented), then each zerotune recipe, one after the other; Markdown rows.
 
     Time to the target is read on each side's own validation loss (nanoGPT's 20-batch estimate, zerotune's exact
@@ -188,9 +189,10 @@ def race(data: str, work: str, recipes: list[tuple[str, list[str]]] | None = Non
     wall, evals, out = _timed(nano)
     results = [("nanoGPT CPU recipe, re-implemented", wall, evals, float(re.findall(r"(?m)^EXACT (\S+)$", out)[-1]))]
     for i, (label, extra) in enumerate(RACE_RECIPES if recipes is None else recipes):
-        cmd = [py, "-m", "experiments.run", "shakespeare_char_gpt", "--data.path", data, "--runs_dir",
-               f"{work}/runs{i}", "--data.data_dir", f"{work}/data",
-               "--trainer.callbacks+=experiments.benchmarks.gpt.ValLossProbe", *extra]  # fmt: skip
+        settings = {"data.path": data, "runs_dir": f"{work}/runs{i}", "data.data_dir": f"{work}/data", **extra}
+        # The command a user types, timed in a process of its own; the probe is appended to the default callbacks.
+        cmd = [py, "-m", "experiments.run", *command_line("shakespeare_char_gpt", settings),
+               "--trainer.callbacks+=experiments.benchmarks.gpt.ValLossProbe"]  # fmt: skip
         wall, evals, _ = _timed(cmd)
         results.append((label, wall, evals, evals[-1][1]))
     rows = []

@@ -86,11 +86,11 @@ class TargetProbe(L.Callback):
 
 
 # -- plans and processes ----------------------------------------------------------------------------------------------
-def data_args(kind: str, path: str) -> list[str]:
-    """Launcher options that point the experiment at the real data."""
+def data_settings(kind: str, path: str) -> dict[str, Any]:
+    """Launcher settings that point the experiment at the real data."""
     if kind == "mnist":
-        return ["--data.data_dir", path, "--data.download", "false"]
-    return ["--data.root", path]
+        return {"data.data_dir": path, "data.download": False}
+    return {"data.root": path}
 
 
 def make_plan(kind: str, path: str, device: str, workers: int) -> dict[str, Any]:
@@ -175,12 +175,20 @@ def time_hand_loop(loop: str, plan: dict[str, Any], work: str) -> dict[str, Any]
 def time_zerotune(plan: dict[str, Any], work: str, target: float | None = None, cache_dir: str | None = None) -> dict:
     """The experiment through the launcher with its defaults; a fresh image cache unless ``cache_dir`` is given."""
     kind, path = plan["data"]["kind"], plan["data"]["path"]
-    args = [sys.executable, "-m", "experiments.run", plan["experiment"], *data_args(kind, path)]
-    args += ["--runs_dir", f"{work}/runs", "--test_after_fit", "false", "--trainer.accelerator", plan["device"]]
+    from experiments.launcher.launch import command_line
+
+    settings = {
+        **data_settings(kind, path),
+        "runs_dir": f"{work}/runs",
+        "test_after_fit": False,
+        "trainer.accelerator": plan["device"],
+    }
+    if target is not None and target > 1:  # only the start is timed, with the defaults that act before it
+        settings |= {"trainer.max_steps": 1, "onnx.enabled": False}  # the export comes after the first step
+    # The command a user types, timed in a process of its own; the probe is appended to the default callbacks.
+    args = [sys.executable, "-m", "experiments.run", *command_line(plan["experiment"], settings)]
     args += ["--trainer.callbacks+=experiments.benchmarks.real.TargetProbe"]
     args += [f"--trainer.callbacks.init_args.target={plan['target'] if target is None else target}"]
-    if target is not None and target > 1:  # only the start is timed, with the defaults that act before it
-        args += ["--trainer.max_steps", "1", "--onnx.enabled", "false"]  # the export comes after the first step
     cache = cache_dir or tempfile.mkdtemp(prefix="zerotune-cache-", dir=work)
     return _spawn(args, {"ZEROTUNE_CACHE_DIR": cache})
 

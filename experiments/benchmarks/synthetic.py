@@ -36,9 +36,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+
+from experiments.launcher.launch import command_line
+from experiments.launcher.recipes import DEFAULT_EXPERIMENT
 
 BENCH_EXPERIMENTS = ["mnist_mlp", "mnist_cnn", "cifar10_lenet", "cifar10_resnet18"]
 WARMUP = 5
@@ -252,40 +256,24 @@ def run_lightning(case: Case, split, steps: int, device: torch.device) -> float:
 
 def run_zerotune(case: Case, split, steps: int, device: torch.device, runs_dir: str) -> float:
     """(c) the experiment through zerotune's CLI and Trainer with default callbacks; returns seconds."""
-    from experiments.launcher.cli import ZeroTuneCLI
-    from experiments.launcher.recipes import CONFIG_DIR
+    from experiments.api import build
 
-    args = [
-        "--config",
-        str(CONFIG_DIR / f"{case.name}.yaml"),
-        "--name",
-        case.name,
-        "--runs_dir",
-        runs_dir,
-        "--trainer.max_steps",
-        str(WARMUP + steps + 1),
-        "--trainer.max_epochs",
-        "-1",
-        "--trainer.limit_val_batches",
-        "0",
-        "--trainer.num_sanity_val_steps",
-        "0",
-        "--trainer.accelerator",
-        device.type,
-    ]
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        cli = ZeroTuneCLI(args=args, run=False, check_data=False)  # the synthetic split replaces the files
-    finally:
-        sys.argv = argv
     timer = StepTimer(steps, device)
-    cli.trainer.callbacks.append(timer)
-    _with_split(cli.datamodule, split)
+    settings = {
+        "trainer.max_steps": WARMUP + steps + 1,
+        "trainer.max_epochs": -1,
+        "trainer.limit_val_batches": 0,
+        "trainer.num_sanity_val_steps": 0,
+        "trainer.accelerator": device.type,
+    }
+    # The synthetic split replaces the files: their check is skipped.
+    run = build(case.name, settings, runs_dir=runs_dir, callbacks=[timer], check_data=False)
+    _with_split(run.datamodule, split)
     # The progress bar renders as usual, into the void: the benchmark's own table is the output worth reading.
     with open(os.devnull, "w") as void, contextlib.redirect_stdout(void), warnings.catch_warnings():
         # No validation in a throughput run, so the best-checkpoint metric never appears.
         warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        run.trainer.fit(run.model, datamodule=run.datamodule)
     return timer.timer.seconds
 
 
@@ -317,8 +305,10 @@ class AccuracyProbe(L.Callback):
         print(f"\nFIT {time.perf_counter() - self.start}", flush=True)
 
 
-def _launch(args: list[str]) -> tuple[float, str]:
-    """Run the launcher in a subprocess; returns (start time, stdout)."""
+def _launch(settings: dict[str, Any], probe: list[str]) -> tuple[float, str]:
+    """Run the default experiment with ``settings`` in a process of its own, as a user types it, with ``probe`` (its
+    callback appended to the default ones); returns (start time, stdout)."""
+    args = [*command_line(DEFAULT_EXPERIMENT, settings), *probe]
     start = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.run", *args],
@@ -342,30 +332,18 @@ def _marks(out: str) -> dict[str, float]:
 
 def time_startup(runs_dir: str) -> float:
     """Seconds from starting ``python -m experiments.run`` to its first training step (default experiment)."""
-    start, out = _launch(
-        [
-            "--runs_dir",
-            runs_dir,
-            "--trainer.max_steps",
-            "1",
-            "--test_after_fit",
-            "false",
-            "--trainer.callbacks+=experiments.benchmarks.synthetic.FirstStepProbe",
-        ]
-    )
+    settings = {"runs_dir": runs_dir, "trainer.max_steps": 1, "test_after_fit": False}
+    start, out = _launch(settings, ["--trainer.callbacks+=experiments.benchmarks.synthetic.FirstStepProbe"])
     return _marks(out)["FIRST_STEP"] - start
 
 
 def time_to_accuracy(runs_dir: str, target: float = 0.97) -> dict[str, float]:
     """The default experiment, whole: seconds to ``target`` val accuracy, fit seconds, test accuracy, wall seconds."""
-    start, out = _launch(
-        [
-            "--runs_dir",
-            runs_dir,
-            "--trainer.callbacks+=experiments.benchmarks.synthetic.AccuracyProbe",
-            f"--trainer.callbacks.init_args.target={target}",
-        ]
-    )
+    probe = [
+        "--trainer.callbacks+=experiments.benchmarks.synthetic.AccuracyProbe",
+        f"--trainer.callbacks.init_args.target={target}",
+    ]
+    start, out = _launch({"runs_dir": runs_dir}, probe)
     marks = _marks(out)
     marks["wall"] = time.time() - start
     return marks

@@ -33,9 +33,10 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from experiments.rundir import console
 
@@ -43,21 +44,21 @@ if TYPE_CHECKING:
     from experiments.launcher.launch import RunResult
 
 
-#: Fine-tuning methods of the language-model transfer: launcher options (learning rates chosen on seed 0).
-METHODS: dict[str, list[str]] = {
-    "full": ["--model.finetune", "full", "--model.lr", "0.001"],
-    "partial": ["--model.finetune", "partial", "--model.freeze_blocks", "2", "--model.lr", "0.001"],
-    "lora": ["--model.finetune", "lora", "--model.lora_targets", "[attn.qkv,attn.proj,mlp]", "--model.lr", "0.003"],
-    "scratch": ["--model.lr", "0.002"],
+#: Fine-tuning methods of the language-model transfer: launcher settings (learning rates chosen on seed 0).
+METHODS: dict[str, dict[str, Any]] = {
+    "full": {"model.finetune": "full", "model.lr": 0.001},
+    "partial": {"model.finetune": "partial", "model.freeze_blocks": 2, "model.lr": 0.001},
+    "lora": {"model.finetune": "lora", "model.lora_targets": ["attn.qkv", "attn.proj", "mlp"], "model.lr": 0.003},
+    "scratch": {"model.lr": 0.002},
 }
-#: Options every demo run shares: no export, figures or progress bars.
-QUIET = [
-    "--progress_bar.refresh_rate", "0",
-    "--onnx.enabled", "false",
-    "--dashboards.enabled", "false",
-    "--samples.enabled", "false",
-    "--attention.enabled", "false",
-]  # fmt: skip
+#: Settings every demo run shares: no export, figures or progress bars.
+QUIET: dict[str, Any] = {
+    "progress_bar.refresh_rate": 0,
+    "onnx.enabled": False,
+    "dashboards.enabled": False,
+    "samples.enabled": False,
+    "attention.enabled": False,
+}
 
 
 @dataclass
@@ -138,11 +139,14 @@ def _rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _launch(argv: list[str]) -> RunResult:
-    from experiments.launcher.launch import build_args, launch
+def _launch(experiment: str, settings: Mapping[str, Any], runs_dir: str, name: str | None = None) -> RunResult:
+    """Run ``experiment`` with ``settings`` through the Python API, first printing the command that runs it alone."""
+    from experiments.api import launch
+    from experiments.launcher.launch import command_line
 
-    print(f"\n$ python -m experiments.run {' '.join(argv)}", flush=True)
-    return launch(build_args(argv))
+    shown = command_line(experiment, {**settings, "runs_dir": runs_dir, **({"name": name} if name else {})})
+    print(f"\n$ python -m experiments.run {' '.join(shown)}", flush=True)
+    return launch(experiment, settings, runs_dir=runs_dir, name=name)
 
 
 def _cuda() -> bool:
@@ -151,37 +155,42 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def pretrain(steps: int, runs_dir: str, extra: list[str]) -> Path:
+def pretrain(steps: int, runs_dir: str, extra: Mapping[str, Any]) -> Path:
     """Pre-train ``stdlib_gpt`` (the held-out package left out by its data settings); returns its last checkpoint."""
-    argv = ["stdlib_gpt", "--runs_dir", runs_dir, "--trainer.max_steps", str(steps), "--data.exclude", "[email]"]
-    result = _launch([*argv, *QUIET, *extra])
+    settings = {"trainer.max_steps": steps, "data.exclude": ["email"], **QUIET, **extra}
+    result = _launch("stdlib_gpt", settings, runs_dir)
     ckpt = result.run_dir / "checkpoints" / "last.ckpt" if result.run_dir is not None else None
     if ckpt is None or not ckpt.is_file():
         raise console.UsageError("the pre-training run saved no last.ckpt to fine-tune from")
     return ckpt
 
 
-def finetune(method: str, seed: int, weights: Path, steps: int, runs_dir: str, extra: list[str]) -> MethodResult:
+def finetune(
+    method: str, seed: int, weights: Path, steps: int, runs_dir: str, extra: Mapping[str, Any]
+) -> MethodResult:
     """One ``email_gpt_finetune`` run: ``method`` from ``weights`` (``scratch``: random weights, same tokenizer)."""
     from lightning_models.peft import count_parameters
 
-    argv = [
-        "email_gpt_finetune", "--runs_dir", runs_dir, "--name", f"email_gpt_{method}",
-        "--seed_everything", str(seed), "--data.seed", str(seed), "--trainer.max_steps", str(steps),
-        "--data.tokenizer_path", str(weights), *METHODS[method], *QUIET, *extra,
-    ]  # fmt: skip
-    if method != "scratch":
-        argv += ["--model.pretrained", str(weights)]
+    settings = {
+        "seed_everything": seed,
+        "data.seed": seed,
+        "trainer.max_steps": steps,
+        "data.tokenizer_path": str(weights),
+        **METHODS[method],
+        **({} if method == "scratch" else {"model.pretrained": str(weights)}),
+        **QUIET,
+        **extra,
+    }
     start = time.perf_counter()
     with PeakMemory(_cuda()) as memory:
-        result = _launch(argv)
+        result = _launch("email_gpt_finetune", settings, runs_dir, name=f"email_gpt_{method}")
     seconds = time.perf_counter() - start
     trainable, total = count_parameters(result.model)
-    ckpt = result.model.trainer.checkpoint_callback
+    best = result.report.best
     return MethodResult(
         seed=seed,
         method=method,
-        val_loss=float(ckpt.best_model_score),
+        val_loss=best.score if best is not None and best.score is not None else float("nan"),
         test_loss=result.test_metrics.get("test/loss", float("nan")),
         trainable=trainable,
         total=total,
@@ -191,14 +200,20 @@ def finetune(method: str, seed: int, weights: Path, steps: int, runs_dir: str, e
     )
 
 
-def classify(seed: int, weights: Path, per_class: int, runs_dir: str, extra: list[str]) -> ClassifyResult:
+def classify(seed: int, weights: Path, per_class: int, runs_dir: str, extra: Mapping[str, Any]) -> ClassifyResult:
     """``stdlib_classifier`` from ``per_class`` snippets per class: pre-trained, from scratch, and a linear probe."""
-    common = [
-        "stdlib_classifier", "--runs_dir", runs_dir, "--seed_everything", str(seed), "--data.seed", str(seed),
-        "--data.train_per_class", str(per_class), "--data.tokenizer_path", str(weights), *QUIET, *extra,
-    ]  # fmt: skip
-    tuned = _launch([*common, "--name", "stdlib_classifier_pretrained", "--model.pretrained", str(weights)])
-    scratch = _launch([*common, "--name", "stdlib_classifier_scratch"])
+    common = {
+        "seed_everything": seed,
+        "data.seed": seed,
+        "data.train_per_class": per_class,
+        "data.tokenizer_path": str(weights),
+        **QUIET,
+        **extra,
+    }
+    tuned = _launch(
+        "stdlib_classifier", {**common, "model.pretrained": str(weights)}, runs_dir, "stdlib_classifier_pretrained"
+    )
+    scratch = _launch("stdlib_classifier", common, runs_dir, "stdlib_classifier_scratch")
     return ClassifyResult(
         seed=seed,
         pretrained=tuned.test_metrics["test/acc"],
@@ -303,13 +318,13 @@ def run(
     methods: list[str] | None = None,
     per_class: int = 64,
     parts: tuple[str, ...] = ("lm", "classify"),
-    extra_lm: list[str] | None = None,
-    extra_cls: list[str] | None = None,
+    extra_lm: Mapping[str, Any] | None = None,
+    extra_cls: Mapping[str, Any] | None = None,
 ) -> str:
     """The whole demo; returns the report. ``parts`` picks the language-model and/or classification transfer;
-    ``extra_lm``/``extra_cls`` are launcher options added to the language model runs (pre-training included) and
+    ``extra_lm``/``extra_cls`` are launcher settings added to the language model runs (pre-training included) and
     to the classifier runs (tests make everything tiny with them)."""
-    extra_lm, extra_cls = extra_lm or [], extra_cls or []
+    extra_lm, extra_cls = extra_lm or {}, extra_cls or {}
     weights = pretrained or pretrain(pretrain_steps, runs_dir, extra_lm)
     report = [f"pre-trained weights: {weights}"]
     if "lm" in parts:

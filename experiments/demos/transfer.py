@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from experiments.rundir import console
 
@@ -58,39 +59,37 @@ class TransferResult:
     seconds: float
 
 
-def _launch(argv: list[str]) -> RunResult:
-    from experiments.launcher.launch import build_args, launch
+def _launch(experiment: str, settings: Mapping[str, Any], runs_dir: str) -> RunResult:
+    """Run ``experiment`` with ``settings`` through the Python API, first printing the command that runs it alone."""
+    from experiments.api import launch
+    from experiments.launcher.launch import command_line
 
-    print(f"\n$ python -m experiments.run {' '.join(argv)}", flush=True)
-    return launch(build_args(argv))
+    print(
+        f"\n$ python -m experiments.run {' '.join(command_line(experiment, {**settings, 'runs_dir': runs_dir}))}",
+        flush=True,
+    )
+    return launch(experiment, settings, runs_dir=runs_dir)
 
 
 def transfer(k: int, seed: int, runs_dir: str) -> TransferResult:
     """Run the three runs for one seed (data split, initialization and batch order all follow it)."""
     start = time.perf_counter()
-    common = [
-        "--runs_dir",
-        runs_dir,
-        "--seed_everything",
-        str(seed),
-        "--data.seed",
-        str(seed),
-        "--progress_bar.refresh_rate",
-        "0",
-        "--onnx.enabled",
-        "false",
-        "--dashboards.enabled",
-        "false",
-    ]
-    few = ["--data.train_per_class", str(k)]
-    pre = _launch(["digits_pretrain", *common])
+    common = {
+        "seed_everything": seed,
+        "data.seed": seed,
+        "progress_bar.refresh_rate": 0,
+        "onnx.enabled": False,
+        "dashboards.enabled": False,
+    }
+    few = {**common, "data.train_per_class": k}
+    pre = _launch("digits_pretrain", common, runs_dir)
     # The end of pre-training, not its best validation epoch: validation accuracy on digits 0-4 saturates early.
     weights = pre.run_dir / "checkpoints" / "last.ckpt" if pre.run_dir is not None else None
     if weights is None or not weights.is_file():
         raise console.UsageError("the pre-training run saved no last.ckpt to fine-tune from")
-    tuned = _launch(["digits_transfer", *common, *few, "--model.pretrained", str(weights)])
+    tuned = _launch("digits_transfer", {**few, "model.pretrained": str(weights)}, runs_dir)
     scratch = _launch(
-        ["digits_transfer", *common, *few, "--freeze.unfreeze_at_epoch", "0", "--model.backbone_lr_factor", "1.0"]
+        "digits_transfer", {**few, "freeze.unfreeze_at_epoch": 0, "model.backbone_lr_factor": 1.0}, runs_dir
     )
     probe_pretrained, probe_random = probe(weights, scratch, seed)
     return TransferResult(

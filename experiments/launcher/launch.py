@@ -330,7 +330,10 @@ def run(args: list[str]) -> int:
 
 
 def make_cli(
-    args: list[str] | Config, callbacks: Sequence[L.Callback] = (), cli_class: type[ZeroTuneCLI] | None = None
+    args: list[str] | Config,
+    callbacks: Sequence[L.Callback] = (),
+    cli_class: type[ZeroTuneCLI] | None = None,
+    check_data: bool = True,
 ) -> ZeroTuneCLI:
     """Parse ``args`` and build the run: model, datamodule, trainer (with ``callbacks`` added), run folder.
 
@@ -338,6 +341,8 @@ def make_cli(
         args: Launcher arguments (see :func:`build_args`), or a config as plain data (see :func:`apply_overrides`).
         callbacks: Callback objects added to the trainer without appearing in the config.
         cli_class: A :class:`~experiments.launcher.cli.ZeroTuneCLI` subclass to build with (e.g. one that only checks).
+        check_data: Set up the data before the run folder is made, refusing data no run can learn from (``False``
+            when the caller replaces the data, as the synthetic benchmark does).
 
     Raises:
         UsageError: for a bad setting, with one line naming it.
@@ -353,6 +358,7 @@ def make_cli(
                 run=False,
                 parser_kwargs={"description": FULL_HELP, "formatter_class": _HelpFormatter, "usage": USAGE},
                 trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
+                check_data=check_data,
             )
     finally:
         sys.argv = argv
