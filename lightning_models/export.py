@@ -43,7 +43,7 @@ class ONNXExportResult:
 
     Attributes:
         path: The ONNX file (``None`` if export failed).
-        source: Where the weights came from (the best checkpoint's file name, or ``current weights``).
+        source: Where the weights came from (``best checkpoint best-epoch003.ckpt``, or ``current weights ...``).
         seconds: Wall time of the export (tracing, conversion, optimization, save).
         max_abs_diff: Largest ``|onnx - torch|`` over every output element and checked batch size.
         batch_sizes: Batch sizes run through onnxruntime.
