@@ -21,14 +21,14 @@ from PIL import Image
 from pretrained_fixtures import QUIET
 
 from datamodules import DigitsDataModule
-from experiments import predict
+from experiments import merge_lora, predict
 from experiments.inference.loading import TrainedModel, find_checkpoint, load_trained
 from experiments.run import main as run_main
 from experiments.rundir import finder
 from experiments.rundir.console import UsageError
 from fileio.checkpoints import load_checkpoint
 from lightning_models import ViT
-from lightning_models.checkpoints import import_class
+from lightning_models.checkpoints import import_class, model_from_checkpoint
 from lightning_models.finetune import load_pretrained
 
 #: A one-block ViT, 16 wide, on the 8x8 digits: a few batches train it in a second.
@@ -94,6 +94,11 @@ def test_predict_on_an_adapters_only_lora_run_equals_the_models_own_forward_and_
         expected = torch.softmax(_own_model(run, base)(dm.normalize(pixels)), dim=1).numpy()
         random_base = torch.softmax(_own_model(run, base, with_base=False)(dm.normalize(pixels)), dim=1).numpy()
     assert np.abs(expected - random_base).max() > 1e-3  # the base weights matter: the comparison can fail
+    # The model's own restore path (its on_load_checkpoint reads the base) gives the same model.
+    restored, _ = model_from_checkpoint(finder.run_checkpoint(run))
+    with torch.no_grad():
+        restored_probs = torch.softmax(restored.eval()(dm.normalize(pixels)), dim=1).numpy()
+    np.testing.assert_allclose(restored_probs, expected, rtol=0, atol=1e-6)
 
     frames = {}
     for backend in ("torch", "onnx"):
@@ -130,19 +135,24 @@ def test_the_loader_returns_the_model_and_what_it_was_trained_on(lora_run: tuple
     assert load_trained(run, which="last").checkpoint == run / "checkpoints" / "last.ckpt"
 
 
-def test_predict_with_the_base_weights_gone_is_one_line(
-    lora_run: tuple[Path, Path], digit_pngs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("command", ["predict", "merge_lora"])
+def test_predict_or_merge_with_the_base_weights_gone_is_one_line(
+    lora_run: tuple[Path, Path], digit_pngs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
     run, base = lora_run
+    out = tmp_path / "out.csv"
     moved = base.rename(base.with_name("moved.ckpt"))
     try:
-        code = predict.main([str(run), str(digit_pngs), "--output", str(tmp_path / "out.csv")])
+        if command == "predict":
+            code = predict.main([str(run), str(digit_pngs), "--output", str(out)])
+        else:
+            code = merge_lora.main([str(run), "--out", str(out)])
     finally:
         moved.rename(base)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"error: this checkpoint holds LoRA adapters only; their base weights file '{base}'")
-    assert not (tmp_path / "out.csv").exists()
+    assert not out.exists()
 
 
 def test_the_guides_python_snippet_runs_as_written(
