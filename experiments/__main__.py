@@ -54,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
+        from experiments.rundir.console import USAGE_ERROR
+
         close = difflib.get_close_matches(name, COMMANDS, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'? " if close else ""
         print(f"error: unknown command '{name}'; {hint}the commands are {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from experiments.rundir.console import USAGE_ERROR
+from experiments.rundir.finder import versions
 from experiments.rundir.status import STATUS_FILE, read_status
 
 
@@ -23,8 +25,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if (path / "config.yaml").is_file() or (path / STATUS_FILE).is_file():
             runs.append(path)
             continue
-        candidates = [p for p in path.glob("*/version_*") if p.is_dir()] + [p for p in path.glob("version_*")]
-        runs += sorted(candidates, key=lambda p: (p.parent.name, _version(p)))
+        # Experiment folders by name (the root itself too, when runs lie directly in it); runs oldest first in each.
+        experiments = sorted([path, *(p for p in path.iterdir() if p.is_dir())], key=lambda p: p.name)
+        runs += [run for experiment in experiments for run in versions(experiment)]
     return runs
 
 
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in paths if not p.is_dir()]
     if missing:
         print(f"error: no such folder: {', '.join(missing)}; pass a runs folder such as runs", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     rows = [describe(run) for run in find_runs(paths)]
     if not rows:
         print(f"no runs under {', '.join(map(str, paths))}")
@@ -66,11 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         if r["resume"]:
             print(f"{'':<{width}}  resume with: {r['resume']}")
     return 0
-
-
-def _version(path: Path) -> int:
-    number = path.name.removeprefix("version_")
-    return int(number) if number.isdigit() else -1
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         code = spawn_workers(ref, opts.workers, storage) if opts.workers > 1 else work(ref, sweep, created=created)
     except UsageError as err:
         console.error(str(err))
-        return 2
+        return console.USAGE_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted before the first trial started", file=sys.stderr)
         return 130

@@ -5,15 +5,48 @@ Reading the files themselves is :mod:`fileio.checkpoints`' job (weights-only unl
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+from lightning import LightningModule
 from torch import Tensor, nn
 
 from fileio.checkpoints import load_checkpoint
 from fileio.errors import DataError
+
+
+def import_class(class_path: str) -> type:
+    """The class a dotted path names, as configs and checkpoints name them (``lightning_models.GPT``).
+
+    Raises:
+        ImportError: one line naming the path and why: not a dotted path, no such module (or one that fails to
+            import), no such name in it, or a name that is not a class.
+    """
+    module_name, _, name = class_path.rpartition(".")
+    if not module_name or not name:
+        raise ImportError(f"'{class_path}' is not a class path (module.Class, e.g. lightning_models.GPT)")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except ImportError as err:
+        raise ImportError(f"cannot import '{class_path}': {err}") from None
+    except AttributeError:
+        raise ImportError(f"cannot import '{class_path}': module '{module_name}' has no '{name}'") from None
+    if not isinstance(found, type):
+        raise ImportError(f"'{class_path}' is a {type(found).__name__}, not a class")
+    return found
+
+
+@runtime_checkable
+class PartialCheckpoints(Protocol):
+    """A model whose checkpoints may leave some of its weights out (a LoRA model's frozen base, see
+    :class:`lightning_models.peft.FinetuneMethods`)."""
+
+    def optional_checkpoint_keys(self) -> set[str]:
+        """State-dict keys a checkpoint may leave out."""
+        ...
 
 
 @dataclass
@@ -48,8 +81,7 @@ def compare_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> St
     checkpoints leave out) may be missing.
     """
     own = model.state_dict()
-    optional = getattr(model, "optional_checkpoint_keys", None)
-    may_miss = optional() if callable(optional) else set()
+    may_miss = model.optional_checkpoint_keys() if isinstance(model, PartialCheckpoints) else set()
     diff = StateDictDiff()
     diff.missing = [k for k in own if k not in state_dict and k not in may_miss]
     diff.unexpected = [k for k in state_dict if k not in own]
@@ -83,7 +115,9 @@ def _first(items: list[str], limit: int) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def model_from_checkpoint(path: str | os.PathLike, *, trust: bool | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def model_from_checkpoint(
+    path: str | os.PathLike, *, trust: bool | None = None, class_path: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a zerotune checkpoint was saved from, with its weights, through :func:`load_checkpoint`.
 
     The class and its arguments come from the checkpoint's hyperparameters (LightningCLI stores the class path as
@@ -91,30 +125,40 @@ def model_from_checkpoint(path: str | os.PathLike, *, trust: bool | None = None)
     model's tokenizer, a LoRA model's base weights) before the weights load. The model is returned in eval mode on
     the CPU.
 
+    Args:
+        path: The checkpoint file.
+        trust: Allow a checkpoint that needs code to load (``None``: as the environment says, see
+            :data:`fileio.checkpoints.TRUST_ENV`).
+        class_path: The model class when the checkpoint names none (a run's ``config.yaml`` says).
+
     Returns:
         The model and the checkpoint.
 
     Raises:
-        DataError: an unreadable file, one without hyperparameters or a class, or weights that do not fit.
+        DataError: an unreadable file, a weights file, one that names no class or one that cannot be imported,
+            base weights that are gone (adapters-only LoRA), or weights that do not fit.
     """
-    import importlib
-
     checkpoint = load_checkpoint(path, trust=trust)
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
-    class_path = hparams.get("_class_path") if isinstance(hparams, Mapping) else None
-    if not class_path or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise DataError(
+            f"'{path}' is a weights file, not a training checkpoint of a zerotune run (it names no model class); "
+            "pass a .ckpt from a run folder's checkpoints/"
+        )
+    hparams = checkpoint.get("hyper_parameters")
+    hparams = hparams if isinstance(hparams, Mapping) else {}
+    class_path = hparams.get("_class_path") or class_path
+    if not class_path:
         raise DataError(
             f"'{path}' is not a checkpoint of a zerotune run (it names no model class); pass a .ckpt from a run "
             "folder's checkpoints/"
         )
-    module, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
+        cls = import_class(class_path)
+    except ImportError as err:
         raise DataError(f"'{path}' was saved from {class_path}, which cannot be imported here: {err}") from None
-    model = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    model = cls(**{k: v for k, v in hparams.items() if not str(k).startswith("_")})
     # Lightning's order: the model's hook sees the checkpoint first (a LoRA model fills in its base weights there).
-    if hasattr(model, "on_load_checkpoint"):
+    if isinstance(model, LightningModule):
         model.on_load_checkpoint(checkpoint)
     check_compatible(model, checkpoint["state_dict"], source=path)
     model.load_state_dict(checkpoint["state_dict"])

@@ -14,7 +14,8 @@ import pytest
 from fakedata import titanic_rows, write_titanic
 from PIL import Image
 
-from experiments.predict import input_spec_of, main
+from experiments.inference.loading import input_spec_of
+from experiments.predict import main
 from experiments.run import main as run_main
 from fileio.checkpoints import load_checkpoint
 

@@ -21,7 +21,7 @@ from test_predict import one_error, predict
 
 from datamodules import TextClassificationDataModule
 from datamodules.text_classification import PAD_ID
-from experiments.predict import input_spec_of
+from experiments.inference.loading import input_spec_of
 from experiments.run import main as run_main
 from fileio.checkpoints import load_checkpoint
 from lightning_models import SequenceClassifier

@@ -35,9 +35,11 @@ from experiments.launcher.loggers import SafeTensorBoardLogger
 from experiments.launcher.recipes import DEFAULTS_FILE
 from experiments.rundir.checkpoint_io import AtomicCheckpointIO
 from experiments.rundir.console import UsageError, explain_config_error, parser_options
+from experiments.rundir.finder import newest_run, next_version, run_checkpoint
 from experiments.rundir.status import STATUS_FILE, write_status
 from fileio.atomic import atomic_write_text
 from fileio.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
+from lightning_models.checkpoints import import_class
 from lightning_models.finetune import FreezeSchedule
 
 # Set by rank 0 before DDP launches its worker processes, so every rank logs into the same run folder.
@@ -98,8 +100,7 @@ def allocate_run_dir(root: Path, name: str) -> tuple[Path, int]:
     """
     base = root / name
     base.mkdir(parents=True, exist_ok=True)
-    existing = [int(p.name.split("_", 1)[1]) for p in base.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
-    version = max(existing, default=-1) + 1
+    version = next_version(base)
     while True:
         try:
             (base / f"version_{version}").mkdir()
@@ -226,7 +227,7 @@ class ZeroTuneCLI(LightningCLI):
         ckpt = self.config.checkpoint
         if ckpt.monitor == "auto":
             # The task class states which metric defines "best" (val/acc for classifiers, val/loss for regressors).
-            model_cls = _import(self.config.model.class_path)
+            model_cls = import_class(self.config.model.class_path)
             ckpt.monitor = getattr(model_cls, "monitor", "val/loss")
             ckpt.mode = getattr(model_cls, "monitor_mode", "min")
 
@@ -460,10 +461,11 @@ def resolve_ckpt_path(cfg: Namespace) -> str | None:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "last":
         base = Path(cfg.runs_dir) / cfg.name
-        runs = [p for p in base.glob("version_*") if p.name[8:].isdigit() and (p / "checkpoints/last.ckpt").is_file()]
-        if not runs:
+        run = newest_run(base, has=lambda folder: run_checkpoint(folder, "last") is not None)
+        last = run_checkpoint(run, "last") if run is not None else None
+        if last is None:
             raise FileNotFoundError(f"--ckpt_path last: no earlier run in {base} has checkpoints/last.ckpt")
-        return str(max(runs, key=lambda p: int(p.name[8:])) / "checkpoints" / "last.ckpt")
+        return str(last)
     if ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path: no such checkpoint file '{ckpt_path}'")
     return ckpt_path
@@ -490,11 +492,6 @@ def is_global_zero() -> bool:
         if var in os.environ:
             return int(os.environ[var]) == 0
     return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
-
-
-def _import(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(__import__(module, fromlist=[name]), name)
 
 
 class ParseOnlyCLI(ZeroTuneCLI):

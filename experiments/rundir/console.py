@@ -234,10 +234,12 @@ def _article(type_name: str) -> str:
 
 def _init_args(class_path: str) -> list[str]:
     """Argument names a class accepts, following ``**kwargs`` up its bases as jsonargparse does."""
-    module, _, name = class_path.rpartition(".")
+    # Imported here: PyTorch comes with it, and --help and --list must not wait for it.
+    from lightning_models.checkpoints import import_class
+
     try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+        cls = import_class(class_path)
+    except ImportError:
         return []
     names: list[str] = []
     for klass in cls.__mro__:
