@@ -9,7 +9,6 @@ Every architecture in this package subclasses one of the task bases below and on
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -20,6 +19,8 @@ import torch
 import torchmetrics
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
+
+from lightning_models.schedules import warmup_cosine_scheduler
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["none", "cosine", "onecycle", "step"]
@@ -298,11 +299,10 @@ class TaskModule(L.LightningModule):
         if hp.scheduler == "onecycle":
             max_lr = [g.get("lr", hp.lr) for g in opt.param_groups]
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
-        else:
-            steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
-            warmup = int(hp.warmup_epochs * steps_per_epoch)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(warmup, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = int(hp.warmup_epochs * steps_per_epoch)
+        return {"optimizer": opt, "lr_scheduler": warmup_cosine_scheduler(opt, warmup, total, peak_in_warmup=True)}
 
 
 def _rng_states() -> dict[str, Any]:
@@ -326,18 +326,6 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _warmup_cosine(warmup: int, total: int):
-    """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to zero at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 class ClassifierModule(TaskModule):

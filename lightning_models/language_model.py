@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lightning_models.base import OptimizerName, SchedulerName, Stage, TaskModule
+from lightning_models.schedules import warmup_cosine as warmup_cosine  # also importable from here, where it was
+from lightning_models.schedules import warmup_cosine_scheduler
 
 
 class LanguageModelStats(torchmetrics.Metric):
@@ -53,21 +55,6 @@ class LanguageModelStats(torchmetrics.Metric):
         if int(self.bytes) > 0:
             values["bpb"] = (self.nll / (math.log(2) * self.bytes)).float()
         return values
-
-
-def warmup_cosine(warmup: int, decay_steps: int, min_ratio: float):
-    """LR multiplier by optimizer step (nanoGPT's schedule): linear warmup over ``warmup`` steps, cosine decay to
-    ``min_ratio`` at ``decay_steps``, then constant."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if step >= decay_steps:
-            return min_ratio
-        progress = (step - warmup) / max(1, decay_steps - warmup)
-        return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
-
-    return factor
 
 
 class CausalLMModule(TaskModule):
@@ -380,6 +367,5 @@ class CausalLMModule(TaskModule):
             return super().configure_optimizers()
         opt = self.build_optimizer()
         decay_steps = hp.lr_decay_steps or max(1, int(self.trainer.estimated_stepping_batches))
-        factor = warmup_cosine(hp.warmup_steps, decay_steps, hp.min_lr_ratio)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        schedule = warmup_cosine_scheduler(opt, hp.warmup_steps, decay_steps, hp.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": schedule}
