@@ -479,7 +479,7 @@ class TextDataModule(DataModule):
         if trainer is None or not trainer.is_global_zero or trainer.fast_dev_run:
             return
         logger = trainer.loggers[0] if trainer.loggers else None
-        folder = getattr(logger, "log_dir", None) if logger is not None else trainer.default_root_dir
+        folder = logger.log_dir if logger is not None else trainer.default_root_dir
         if folder:
             _mkdir(Path(folder))
             (Path(folder) / "tokenizer.json").write_text(json.dumps(self.tokenizer.to_dict()))

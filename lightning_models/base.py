@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -31,6 +31,28 @@ if TYPE_CHECKING:
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["none", "cosine", "onecycle", "step"]
 Stage = Literal["train", "val", "test"]
+
+
+@runtime_checkable
+class CountsFlops(Protocol):
+    """A model that counts its training FLOPs, for the throughput and MFU report (the language models).
+
+    A protocol rather than a default on :class:`TaskModule`: a model either counts them or is left out of the
+    report, and ``isinstance(model, CountsFlops)`` says which.
+    """
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs (forward and backward) per token at context ``seq_len`` (default: the model's own)."""
+        ...
+
+
+@runtime_checkable
+class ExposesAttention(Protocol):
+    """A model whose attention weights the dashboards draw (the ViT)."""
+
+    def attention_maps(self, x: Tensor) -> Tensor:
+        """Attention weights of every layer for inputs ``x``: ``(n_layer, B, n_head, T, T)``, rows summing to 1."""
+        ...
 
 
 class TaskModule(L.LightningModule):

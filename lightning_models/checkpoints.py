@@ -10,10 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import lightning as L
 from torch import Tensor, nn
 
 from fileio.checkpoints import load_checkpoint
 from fileio.errors import DataError
+from lightning_models.base import TaskModule
 
 
 @dataclass
@@ -44,12 +46,12 @@ class StateDictDiff:
 def compare_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> StateDictDiff:
     """Compare ``state_dict`` with ``model.state_dict()`` key by key and shape by shape.
 
-    Keys the model names in ``optional_checkpoint_keys()`` (a LoRA model's frozen base, which adapters-only
-    checkpoints leave out) may be missing.
+    Keys a zerotune model names in :meth:`~lightning_models.base.TaskModule.optional_checkpoint_keys` (a LoRA
+    model's frozen base, which adapters-only checkpoints leave out) may be missing; any other module must match
+    in full.
     """
     own = model.state_dict()
-    optional = getattr(model, "optional_checkpoint_keys", None)
-    may_miss = optional() if callable(optional) else set()
+    may_miss = model.optional_checkpoint_keys() if isinstance(model, TaskModule) else set()
     diff = StateDictDiff()
     diff.missing = [k for k in own if k not in state_dict and k not in may_miss]
     diff.unexpected = [k for k in state_dict if k not in own]
@@ -114,7 +116,7 @@ def model_from_checkpoint(path: str | os.PathLike, *, trust: bool | None = None)
         raise DataError(f"'{path}' was saved from {class_path}, which cannot be imported here: {err}") from None
     model = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     # Lightning's order: the model's hook sees the checkpoint first (a LoRA model fills in its base weights there).
-    if hasattr(model, "on_load_checkpoint"):
+    if isinstance(model, L.LightningModule):
         model.on_load_checkpoint(checkpoint)
     check_compatible(model, checkpoint["state_dict"], source=path)
     model.load_state_dict(checkpoint["state_dict"])
