@@ -141,7 +141,7 @@ class TextClassificationDataModule(InMemoryDataModule):
         return self.tokenizer.vocab_size
 
     @property
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self) -> Tokenizer:  # type: ignore[override]
         """The given tokenizer (``tokenizer_path``), or one fitted to the training texts."""
         if self._tokenizer is None:
             if self.tokenizer_path is not None:

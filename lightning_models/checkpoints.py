@@ -9,13 +9,14 @@ import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from lightning import LightningModule
 from torch import Tensor, nn
 
 from fileio.checkpoints import load_checkpoint
 from fileio.errors import DataError
+from lightning_models.base import TaskModule
 
 
 def import_class(class_path: str) -> type:
@@ -37,16 +38,6 @@ def import_class(class_path: str) -> type:
     if not isinstance(found, type):
         raise ImportError(f"'{class_path}' is a {type(found).__name__}, not a class")
     return found
-
-
-@runtime_checkable
-class PartialCheckpoints(Protocol):
-    """A model whose checkpoints may leave some of its weights out (a LoRA model's frozen base, see
-    :class:`lightning_models.peft.FinetuneMethods`)."""
-
-    def optional_checkpoint_keys(self) -> set[str]:
-        """State-dict keys a checkpoint may leave out."""
-        ...
 
 
 @dataclass
@@ -77,11 +68,12 @@ class StateDictDiff:
 def compare_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> StateDictDiff:
     """Compare ``state_dict`` with ``model.state_dict()`` key by key and shape by shape.
 
-    Keys the model names in ``optional_checkpoint_keys()`` (a LoRA model's frozen base, which adapters-only
-    checkpoints leave out) may be missing.
+    Keys a zerotune model names in :meth:`~lightning_models.base.TaskModule.optional_checkpoint_keys` (a LoRA
+    model's frozen base, which adapters-only checkpoints leave out) may be missing; any other module must match
+    in full.
     """
     own = model.state_dict()
-    may_miss = model.optional_checkpoint_keys() if isinstance(model, PartialCheckpoints) else set()
+    may_miss = model.optional_checkpoint_keys() if isinstance(model, TaskModule) else set()
     diff = StateDictDiff()
     diff.missing = [k for k in own if k not in state_dict and k not in may_miss]
     diff.unexpected = [k for k in state_dict if k not in own]

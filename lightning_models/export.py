@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from fileio.atomic import atomic_path
+from lightning_models.base import TaskModule
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -103,13 +104,13 @@ def export_onnx(
         optimize: Run the ONNX optimizer (constant folding, BatchNorm folded into Conv: a smaller, clearer graph).
         metadata: Model-level ``metadata_props`` (see :func:`model_metadata`); its ``input`` entry also becomes
             the graph input's ``doc_string``, which Netron shows.
-        dynamic_axes: ``{axis: name}`` of the input's dynamic axes; default the model's ``onnx_dynamic_axes``, else
-            ``{0: "batch"}``.
+        dynamic_axes: ``{axis: name}`` of the input's dynamic axes; default a zerotune model's
+            ``onnx_dynamic_axes``, else ``{0: "batch"}``.
 
     Raises:
         Exception: whatever the exporter raises; see :func:`failure_reason` for a one-line summary.
     """
-    axes = dict(dynamic_axes or getattr(model, "onnx_dynamic_axes", None) or {0: "batch"})
+    axes = dict(dynamic_axes or (model.onnx_dynamic_axes if isinstance(model, TaskModule) else {0: "batch"}))
     with _quiet_exporter(), atomic_path(path) as tmp:
         program = torch.onnx.export(
             model,
