@@ -23,7 +23,7 @@ from experiments.benchmarks.table import write_table
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench_table", description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the file (default 1,000,000)")
     parser.add_argument("--columns", type=int, default=30, help="columns in the file, the target included")
     parser.add_argument("--keep", default=None, help="write the CSV into this folder and keep it")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

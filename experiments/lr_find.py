@@ -1,4 +1,4 @@
-"""Learning-rate range test: ``python -m experiments.lr_find [NAME] [--min_lr 1e-8] [--max_lr 1] [overrides]``.
+"""Learning-rate range test: the rate to train at, and the command that trains at it.
 
 Trains the experiment for ``--num_training`` steps while the learning rate grows from ``--min_lr`` to ``--max_lr``
 (Lightning's range test), then suggests the rate where the smoothed loss falls fastest. The experiment and its
@@ -26,6 +26,11 @@ from pathlib import Path
 
 from experiments.launcher.lr_range import RangeTest, find_lr, save_results
 from experiments.rundir import console
+
+USAGE = (
+    "usage: python -m experiments.lr_find [NAME] [--min_lr LR] [--max_lr LR] [--num_training N] [--mode MODE] "
+    "[overrides]"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
-        print(__doc__)
+        print(f"{USAGE}\n\n{__doc__}", end="")
         return 0
     console.quiet()
     try:

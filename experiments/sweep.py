@@ -1,4 +1,4 @@
-"""Hyperparameter sweeps: ``python -m experiments.sweep [NAME] [options] [launcher overrides]``.
+"""Hyperparameter sweeps with Optuna.
 
 Runs an Optuna study over a named experiment (or ``--config PATH``). Every trial is a normal launcher run (the
 code path of ``python -m experiments.run``) in ``runs/NAME/sweep-STUDY/trial_N``, with its config.yaml, TensorBoard
@@ -51,6 +51,8 @@ from experiments.rundir.console import UsageError
 from experiments.tuning.settings import StudyRef, Sweep
 from experiments.tuning.sweeps import SWEEPS_DIR, make_sweep, report, resume_study, start_study
 from experiments.tuning.trials import end_with_parent, spawn_workers, work
+
+USAGE = "usage: python -m experiments.sweep [NAME] [options] [launcher overrides]"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
-        print(__doc__)
+        print(f"{USAGE}\n\n{__doc__}", end="")
         return 0
     console.quiet()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
