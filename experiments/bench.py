@@ -106,7 +106,7 @@ def _bench(args: argparse.Namespace, work: str) -> int:
         case = Case.from_config(name)
         dm = case.datamodule()
         # By default the real training split's size: what the datamodule keeps of the official training set.
-        official = getattr(dm, "official_train_size", None)
+        official = dm.official_train_size
         n_train = args.samples or (len(dm.train_val_indices(official)[0]) if official else 4096)
         split = synthetic_split(dm, n_train)
         steps = _calibrate(case, split, device, args.seconds, work)

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from experiments.rundir.plots import displayable, figure, mean_std, render, tensorboard_writer
+from lightning_models.base import ExposesAttention
 
 
 def attention_rollout(maps: Tensor) -> Tensor:
@@ -71,7 +72,7 @@ class AttentionMaps(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if not callable(getattr(pl_module, "attention_maps", None)) or not self._due(trainer):
+        if not isinstance(pl_module, ExposesAttention) or not self._due(trainer):
             return
         writer = tensorboard_writer(trainer)
         image = self._fixed_image(trainer)
@@ -90,7 +91,7 @@ class AttentionMaps(Callback):
     def _fixed_image(self, trainer: L.Trainer) -> Tensor | None:
         """The chosen validation image, normalized as the model sees it, kept on the CPU after the first read."""
         if self._image is None:
-            dm = getattr(trainer, "datamodule", None)
+            dm = trainer.datamodule
             loader = dm.val_dataloader() if dm is not None else None
             batch = next(iter(loader), None) if loader is not None else None
             x = batch[0] if isinstance(batch, list | tuple) else batch

@@ -17,7 +17,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from datamodules.base import DataModule
 from experiments.rundir.plots import displayable, figure, mean_std, render, tensorboard_writer
+from lightning_models.base import TaskModule
 
 #: Tasks the figures are made for; models without a ``task`` attribute are judged by their targets' dtype.
 _FIGURE_TASKS = (None, "classification", "regression")
@@ -69,7 +71,9 @@ class Dashboards(Callback):
     # -- collecting ------------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
-        self._active = getattr(pl_module, "task", None) in _FIGURE_TASKS and self._should_draw(trainer)
+        # A model of zerotune's declares its task; any other LightningModule gets the figures it may fit.
+        task = pl_module.task if isinstance(pl_module, TaskModule) else None
+        self._active = task in _FIGURE_TASKS and self._should_draw(trainer)
 
     def on_validation_batch_end(
         self,
@@ -251,9 +255,8 @@ def _gather_shards(
 
 
 def _predict(pl_module: L.LightningModule, output: Tensor, classify: bool) -> Tensor:
-    predict = getattr(pl_module, "predict_output", None)
-    if callable(predict):
-        return predict(output)
+    if isinstance(pl_module, TaskModule):
+        return pl_module.predict_output(output)
     if not classify:
         return output
     if output.dim() == 2 and output.shape[1] > 1:
@@ -266,9 +269,10 @@ def _is_image(x: Tensor) -> bool:
 
 
 def _class_names(trainer: L.Trainer, pl_module: L.LightningModule, targets: Tensor, preds: Tensor) -> list[str]:
-    dm = getattr(trainer, "datamodule", None)
-    names = list(getattr(dm, "class_names", None) or [])
-    n = max(len(names), int(getattr(pl_module, "num_classes", 0)), int(targets.max()) + 1, int(preds.max()) + 1)
+    dm = trainer.datamodule
+    names = list(dm.class_names or []) if isinstance(dm, DataModule) else []
+    declared = pl_module.num_classes if isinstance(pl_module, TaskModule) else 0
+    n = max(len(names), declared, int(targets.max()) + 1, int(preds.max()) + 1)
     return [names[i] if i < len(names) else str(i) for i in range(n)]
 
 

@@ -13,9 +13,11 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from experiments.callbacks.report import EarlyStop, RunReport
+from lightning_models.base import TaskModule
 
 
 class EarlyStopping(_LightningEarlyStopping):
@@ -68,12 +70,13 @@ class EarlyStopping(_LightningEarlyStopping):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Resolved here, before a resumed run restores this callback's state under its (monitor, mode) key.
-        ckpt = trainer.checkpoint_callback
+        ckpt = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+        task = pl_module if isinstance(pl_module, TaskModule) else None
         if self.monitor == "auto":
-            self.monitor = getattr(ckpt, "monitor", None) or getattr(pl_module, "monitor", "val/loss")
+            self.monitor = (ckpt.monitor if ckpt is not None else None) or (task.monitor if task else "val/loss")
         if self._auto_mode:
-            same_metric = ckpt is not None and getattr(ckpt, "monitor", None) == self.monitor
-            mode = ckpt.mode if same_metric else getattr(pl_module, "monitor_mode", "min")
+            same_metric = ckpt is not None and ckpt.monitor == self.monitor
+            mode = ckpt.mode if same_metric else (task.monitor_mode if task else "min")
             self._set_mode(mode)
         super().setup(trainer, pl_module, stage)
 

@@ -18,12 +18,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from datamodules.base import DataModule
 from experiments.callbacks.report import RunReport
 from fileio.checkpoints import load_checkpoint
+from lightning_models.base import TaskModule
 from lightning_models.export import (
     ONNXExportResult,
     export_onnx,
@@ -103,7 +105,7 @@ class ONNXExport(Callback):
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, result: ONNXExportResult) -> None:
         model, result.source = self._best_model(trainer, pl_module)
         # A model may export a simplified equivalent (LoRA adapters merged); parity is checked against the model.
-        exported = model.export_module() if callable(getattr(model, "export_module", None)) else model
+        exported = model.export_module() if isinstance(model, TaskModule) else model
         if exported is not model:
             result.source += ", adapters merged"
         x = _validation_input(trainer, pl_module)
@@ -114,9 +116,10 @@ class ONNXExport(Callback):
             model = with_input_front(model, spec)
             exported = with_input_front(exported, spec) if merged else model
             x = _to_pixels(x, spec)
-        metadata = model_metadata(spec, getattr(pl_module, "output_kind", "value"))
-        tokenizer = getattr(pl_module, "tokenizer", None)
-        if spec and spec.get("tokenizer") and callable(getattr(tokenizer, "to_dict", None)):
+        task = pl_module if isinstance(pl_module, TaskModule) else None
+        metadata = model_metadata(spec, task.output_kind if task is not None else "value")
+        tokenizer = task.tokenizer if task is not None else None
+        if spec and spec.get("tokenizer") and tokenizer is not None:
             # The input description names the tokenizer by fingerprint; the file carries the tokenizer itself.
             metadata["tokenizer"] = json.dumps(tokenizer.to_dict())
         # torch.export specializes sizes 0 and 1, so trace with two samples to keep the batch axis symbolic.
@@ -137,7 +140,7 @@ class ONNXExport(Callback):
             )
             return
         # Every other dynamic axis (a language model's sequence) is checked at half its length too.
-        axes = getattr(model, "onnx_dynamic_axes", None) or {0: "batch"}
+        axes = model.onnx_dynamic_axes if isinstance(model, TaskModule) else {0: "batch"}
         for axis, name in sorted(axes.items()):
             if 0 < axis < x.dim() and x.shape[axis] >= 2:
                 short = x.narrow(axis, 0, x.shape[axis] // 2)
@@ -159,7 +162,7 @@ class ONNXExport(Callback):
         """A CPU float32 eval-mode copy holding the best checkpoint's weights, and where they came from."""
         model = copy.deepcopy(pl_module).cpu().float().eval()
         ckpt = trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
         if best and Path(best).is_file():
             # Through the one safe loader: the path comes from the checkpoint callback's state, which --resume and
             # --ckpt_path restore from a checkpoint file, so it may name any file (one that runs code when unpickled).
@@ -181,7 +184,7 @@ def run_dir(trainer: L.Trainer) -> Path:
     """``trainer.log_dir`` without its broadcast: this runs on rank 0 alone, where a collective call would hang."""
     if trainer.loggers:
         logger = trainer.loggers[0]
-        return Path(getattr(logger, "log_dir", None) or logger.save_dir or trainer.default_root_dir)
+        return Path(logger.log_dir or logger.save_dir or trainer.default_root_dir)
     return Path(trainer.default_root_dir)
 
 
@@ -193,7 +196,7 @@ def _validation_input(trainer: L.Trainer, pl_module: L.LightningModule) -> Tenso
     """
     x = None
     loader = None
-    dm = getattr(trainer, "datamodule", None)
+    dm = trainer.datamodule
     with contextlib.suppress(Exception):
         loader = dm.val_dataloader() if dm is not None else trainer.val_dataloaders
     if isinstance(loader, list | tuple):
@@ -212,10 +215,10 @@ def _validation_input(trainer: L.Trainer, pl_module: L.LightningModule) -> Tenso
 
 def _input_spec(trainer: L.Trainer) -> dict[str, Any] | None:
     """The datamodule's input description (``input_spec()``), or ``None`` when it has none."""
-    describe = getattr(getattr(trainer, "datamodule", None), "input_spec", None)
-    if not callable(describe):
+    dm = trainer.datamodule
+    if not isinstance(dm, DataModule):
         return None
-    spec = describe()
+    spec = dm.input_spec()
     return spec if isinstance(spec, dict) else None
 
 

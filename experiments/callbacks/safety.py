@@ -28,6 +28,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -257,7 +258,7 @@ class FaultGuard(L.Callback):
         if self._should_save(trainer, exception, signum):
             path = _last_checkpoint_path(trainer)
             ckpt = trainer.checkpoint_callback
-            if ckpt is not None and hasattr(ckpt, "last_model_path"):
+            if isinstance(ckpt, ModelCheckpoint):
                 # The checkpoint callback's own last.ckpt from now on: stopped before its first save (a language
                 # model's first validation), a resumed run would otherwise write last-v1.ckpt beside it.
                 ckpt.last_model_path = str(path)
@@ -375,12 +376,10 @@ def run_dir_of(trainer: L.Trainer) -> Path | None:
 
 def _last_checkpoint_path(trainer: L.Trainer) -> Path | None:
     ckpt = trainer.checkpoint_callback
-    dirpath = getattr(ckpt, "dirpath", None)
-    if dirpath is None:
+    if not isinstance(ckpt, ModelCheckpoint) or ckpt.dirpath is None:
         run_dir = run_dir_of(trainer)
         return run_dir / "checkpoints" / "last.ckpt" if run_dir is not None else None
-    name = getattr(ckpt, "CHECKPOINT_NAME_LAST", "last") + getattr(ckpt, "FILE_EXTENSION", ".ckpt")
-    return Path(dirpath) / name
+    return Path(ckpt.dirpath) / (ckpt.CHECKPOINT_NAME_LAST + ckpt.FILE_EXTENSION)
 
 
 def kept_checkpoint(trainer: L.Trainer) -> Path | None:
@@ -388,7 +387,8 @@ def kept_checkpoint(trainer: L.Trainer) -> Path | None:
     last = _last_checkpoint_path(trainer)
     if last is not None and last.is_file():
         return last
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
     return Path(best) if best and Path(best).is_file() else None
 
 

@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import CheckpointIO
 
+from datamodules.base import DataModule
 from experiments.callbacks import AttentionMaps, Dashboards, ONNXExport, TextSamples, Throughput
 from experiments.callbacks.checkpoint import ModelCheckpoint
 from experiments.callbacks.early_stopping import EarlyStopping
@@ -39,6 +40,7 @@ from experiments.rundir.finder import newest_run, next_version, run_checkpoint
 from experiments.rundir.status import STATUS_FILE, write_status
 from fileio.atomic import atomic_write_text
 from fileio.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
+from lightning_models.base import TaskModule
 from lightning_models.checkpoints import import_class
 from lightning_models.finetune import FreezeSchedule
 
@@ -86,9 +88,9 @@ class AtomicSaveConfig(SaveConfigCallback):
                 config.resume = None
                 config.version = None  # the folder this run got; a run started from this file gets its own
                 atomic_write_text(path, self.parser.dump(config, skip_unset=False))
-            describe = getattr(trainer.datamodule, "input_spec", None)
-            if callable(describe):
-                atomic_write_text(Path(log_dir) / INPUT_SPEC_FILE, json.dumps(describe(), indent=1) + "\n")
+            dm = trainer.datamodule
+            if isinstance(dm, DataModule) and (spec := dm.input_spec()) is not None:
+                atomic_write_text(Path(log_dir) / INPUT_SPEC_FILE, json.dumps(spec, indent=1) + "\n")
         self.already_saved = trainer.strategy.broadcast(True)
 
 
@@ -228,8 +230,9 @@ class ZeroTuneCLI(LightningCLI):
         if ckpt.monitor == "auto":
             # The task class states which metric defines "best" (val/acc for classifiers, val/loss for regressors).
             model_cls = import_class(self.config.model.class_path)
-            ckpt.monitor = getattr(model_cls, "monitor", "val/loss")
-            ckpt.mode = getattr(model_cls, "monitor_mode", "min")
+            task = issubclass(model_cls, TaskModule)
+            ckpt.monitor = model_cls.monitor if task else "val/loss"
+            ckpt.mode = model_cls.monitor_mode if task else "min"
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
@@ -246,9 +249,8 @@ class ZeroTuneCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         cfg = self.config
         # Bad data (a single class, an empty split, files missing) is found before a run folder exists.
-        check = getattr(self.datamodule, "check_data", None)
-        if self.check_data and callable(check) and is_global_zero():
-            check()
+        if self.check_data and isinstance(self.datamodule, DataModule) and is_global_zero():
+            self.datamodule.check_data()
         if cfg.trainer.fast_dev_run:
             kwargs["logger"] = False
         elif cfg.trainer.logger in (None, True):

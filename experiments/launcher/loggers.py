@@ -25,9 +25,12 @@ class SafeTensorBoardLogger(TensorBoardLogger):
     graph is drawn once per logger: Lightning asks again at the start of every ``fit`` and ``test``.
     """
 
+    #: Whether the graph was drawn (or tried) already.
+    _graph_attempted: bool = False
+
     @rank_zero_only
     def log_graph(self, model: L.LightningModule, input_array: Tensor | None = None) -> None:
-        if getattr(self, "_graph_attempted", False):
+        if self._graph_attempted:
             return
         self._graph_attempted = True
         try:

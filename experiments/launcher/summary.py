@@ -42,8 +42,8 @@ def log_hparams(
     if logger is None:
         return best_value
     params = _flat(dict(model.hparams), "model/")
-    dm = getattr(trainer, "datamodule", None)
-    if dm is not None and getattr(dm, "hparams", None):
+    dm = trainer.datamodule
+    if dm is not None and dm.hparams:
         params.update(_flat(dict(dm.hparams), "data/"))
     # LightningCLI's bookkeeping entries (_class_path, _instantiator) are not hyperparameters.
     params = {k: v for k, v in params.items() if not k.rsplit("/", 1)[-1].startswith("_")}

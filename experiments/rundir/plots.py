@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from datamodules.base import DataModule
+
 
 def figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Any, Any]:
     """A matplotlib figure of ``width`` x ``height`` inches and its axes (one, or an array of ``nrows`` x ``ncols``)."""
@@ -52,8 +54,8 @@ def tensorboard_writer(trainer: L.Trainer) -> Any:
 
 def mean_std(trainer: L.Trainer) -> tuple[Tensor, Tensor] | None:
     """The datamodule's per-channel image mean and standard deviation, or ``None`` when it has none."""
-    dm = getattr(trainer, "datamodule", None)
-    mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
-    if mean is None or std is None:
+    dm = trainer.datamodule
+    if not isinstance(dm, DataModule) or dm.mean is None or dm.std is None:
         return None
+    mean, std = dm.mean, dm.std
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
