@@ -103,3 +103,24 @@ def test_a_stopped_run_raises_with_its_outcome(runs_dir: Path) -> None:
     # every process agrees to stop after the next step.
     assert outcome.state == "interrupted" and outcome.exit_code == 130 and "global step 5" in outcome.message
     assert json.loads((runs_dir / "digits_mlp" / "version_0" / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_the_docs_example_runs_as_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import ROOT
+
+    section = (ROOT / "docs" / "run.md").read_text().split("## Run from Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/run.md", "exec"), namespace)
+    result, again, report = namespace["result"], namespace["again"], namespace["report"]
+    run = Path("runs/digits_mlp/version_0")
+    assert result.run_dir == again.run_dir == run and again.report.epochs == 3 and report.epochs == 2
+    assert result.best_checkpoint.parent == run / "checkpoints" and result.best_checkpoint.name.startswith("best-")
+    assert report.onnx.path == run / "model.onnx" and report.onnx.ok and report.fit_seconds > 0
+    assert result.model.hparams.lr == 0.01 and list(result.model.hparams.hidden) == [32]
+    printed = capsys.readouterr().out
+    for shown in (str(run), str(result.best_checkpoint), f"{result.test_metrics['test/acc']}"):
+        assert f"\n{shown}\n" in printed
