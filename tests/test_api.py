@@ -67,10 +67,17 @@ def test_settings_go_where_the_command_line_puts_them() -> None:
     assert done["trainer"]["max_epochs"] == 1 and done["onnx"] == {"enabled": False}
     assert base["model"]["init_args"].get("lr") != 0.5  # a copy: the original is untouched
     other = apply_overrides(base, {"model": "lightning_models.MLPClassifier", "model.hidden": [8]})
-    assert other["model"] == {"class_path": "lightning_models.MLPClassifier", "init_args": {"hidden": [8]}}
+    assert other["model"]["class_path"] == "lightning_models.MLPClassifier"
+    assert other["model"]["init_args"]["hidden"] == [8] and "channels" not in other["model"]["init_args"]
     # The same config through the parser as the command line: equal, value for value.
     from experiments.launcher.launch import build_args
 
+    # Another class keeps the arguments it also takes, as on the command line.
+    switched = build_args(["digits_cnn", "--model", "lightning_models.MLPClassifier", "--model.hidden", "[8]"])
+    assert resolve_config(switched)["model"] == resolve_config(other)["model"]
+    for data in ("datamodules.DigitsDataModule", "datamodules.BreastCancerDataModule"):
+        by_hand = resolve_config(build_args(["binary_mlp", "--data", data]))
+        assert resolve_config(config("binary_mlp", {"data": data}))["data"] == by_hand["data"]
     argv = build_args(["digits_cnn", "--model.lr", "0.5", "--data.batch_size", "7", "--onnx.enabled", "false"])
     typed = apply_overrides(base, {"model.lr": 0.5, "data.batch_size": 7, "onnx.enabled": False})
     assert resolve_config(typed) == resolve_config(argv)

@@ -16,27 +16,26 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from pretrained_fixtures import QUIET, TINY_SHAPE, TOPICS, labelled_csv  # noqa: F401 (a fixture)
+from pretrained_fixtures import QUIET_SETTINGS, SHAPE, TOPICS, labelled_csv  # noqa: F401 (a fixture)
 from test_predict import one_error, predict
 
 from datamodules import TextClassificationDataModule
 from datamodules.text_classification import PAD_ID
+from experiments.api import launch
 from experiments.inference.loading import input_spec_of
-from experiments.run import main as run_main
 from fileio.checkpoints import load_checkpoint
 from lightning_models import SequenceClassifier
 
 BLOCK = 32
-DATA = ["--data.block_size", str(BLOCK), "--data.bpe_vocab_size", "300", "--data.batch_size", "16"]
+DATA = {"data.block_size": BLOCK, "data.bpe_vocab_size": 300, "data.batch_size": 16}
 
 
 @pytest.fixture(scope="module")
 def text_run(labelled_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     """stdlib_classifier (2 layers, 32 wide, BPE of 300 tokens) trained 6 epochs on 3 topics; ONNX export on."""
     runs = tmp_path_factory.mktemp("text") / "runs"
-    args = ["stdlib_classifier", "--runs_dir", str(runs), "--data.path", str(labelled_csv), *DATA, *TINY_SHAPE]
-    assert run_main([*args, "--trainer.max_epochs", "6", *QUIET]) == 0
-    return runs / "stdlib_classifier" / "version_0"
+    settings = {"data.path": str(labelled_csv), **DATA, **SHAPE, "trainer.max_epochs": 6, **QUIET_SETTINGS}
+    return launch("stdlib_classifier", settings, runs_dir=runs).run_dir
 
 
 def trained(run: Path) -> tuple[SequenceClassifier, TextClassificationDataModule]:

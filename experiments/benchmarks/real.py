@@ -95,15 +95,15 @@ def data_settings(kind: str, path: str) -> dict[str, Any]:
 
 def make_plan(kind: str, path: str, device: str, workers: int) -> dict[str, Any]:
     """What the hand-written loops need to know of the experiment's config, read from its YAML and datamodule."""
-    from experiments.launcher.cli import _import
     from experiments.launcher.recipes import read_recipe
+    from lightning_models.checkpoints import import_class
 
     name, target = TASKS[kind]
     cfg = read_recipe(name)
     trainer = cfg["trainer"]
     init = dict(cfg["data"].get("init_args") or {})
     init.update({"data_dir": path, "download": False} if kind == "mnist" else {"root": path})
-    dm = _import(cfg["data"]["class_path"])(**init)
+    dm = import_class(cfg["data"]["class_path"])(**init)
     data = {
         "kind": kind,
         "path": path,
@@ -200,11 +200,11 @@ def setup_seconds(folder: str, cache_dir: str) -> dict[str, Any]:
 
 
 def _setup_main(folder: str) -> None:
-    from experiments.launcher.cli import _import
     from experiments.launcher.recipes import read_recipe
+    from lightning_models.checkpoints import import_class
 
     cfg = read_recipe("cifar10_fast")
-    dm = _import(cfg["data"]["class_path"])(**{**cfg["data"]["init_args"], "root": folder})
+    dm = import_class(cfg["data"]["class_path"])(**{**cfg["data"]["init_args"], "root": folder})
     start = time.perf_counter()
     dm.setup("fit")
     seconds = time.perf_counter() - start

@@ -62,16 +62,16 @@ class Case:
 
     @classmethod
     def from_config(cls, name: str) -> Case:
-        from experiments.launcher.cli import _import
         from experiments.launcher.recipes import read_recipe
+        from lightning_models.checkpoints import import_class
 
         cfg = read_recipe(name)
         m, d = cfg["model"], cfg["data"]
         return cls(
             name,
-            _import(m["class_path"]),
+            import_class(m["class_path"]),
             dict(m.get("init_args") or {}),
-            _import(d["class_path"]),
+            import_class(d["class_path"]),
             dict(d.get("init_args") or {}),
             str(cfg["trainer"].get("precision", "32-true")),
         )

@@ -230,7 +230,8 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
 
     Keys are dotted as on the command line (``model.lr``, ``trainer.max_epochs``, ``data.batch_size``,
     ``onnx.enabled``); a key inside a group given by class (``model``, ``data``) goes to the class's ``init_args``.
-    A string given for such a group itself (``{"model": "lightning_models.SmallCNN"}``) chooses another class.
+    A string given for such a group itself (``{"model": "lightning_models.SmallCNN"}``) chooses another class,
+    which keeps the arguments it also takes.
     Values keep their types: nothing is turned into text and parsed back.
     """
     out = copy.deepcopy(config)
@@ -245,10 +246,33 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
             node = child
         node = _into_init_args(node, last)
         if isinstance(value, str) and isinstance(node.get(last), dict) and "class_path" in node[last]:
-            node[last] = {"class_path": value}  # another class: the old class's arguments do not carry over
+            node[last] = _another_class(node[last], value)
         else:
             node[last] = value
     return out
+
+
+def _another_class(group: dict[str, Any], class_path: str) -> dict[str, Any]:
+    """``group`` (``{class_path, init_args}``) switched to ``class_path``, keeping the arguments the new class also
+    takes, as the command line's ``--data OtherClass`` does."""
+    import inspect
+
+    from lightning_models.checkpoints import import_class
+
+    try:
+        cls = import_class(class_path)
+    except ImportError:
+        return {"class_path": class_path}  # the parser names the class that cannot be used
+    params: set[str] = set()
+    for klass in cls.__mro__:  # through **kwargs into the parents' arguments, as the parser follows them
+        if "__init__" not in vars(klass):
+            continue
+        signature = inspect.signature(klass.__init__).parameters.values()
+        params |= {p.name for p in signature if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in signature):
+            break
+    kept = {k: v for k, v in (group.get("init_args") or {}).items() if k in params}
+    return {"class_path": class_path, **({"init_args": kept} if kept else {})}
 
 
 def _into_init_args(node: dict[str, Any], key: str) -> dict[str, Any]:
