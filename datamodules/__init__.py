@@ -18,6 +18,7 @@ _EXPORTS = {
     "CIFAR10DataModule": "vision",
     "CSVDataModule": "tabular",
     "CharTokenizer": "tokenizer",
+    "DataModule": "base",
     "DiabetesDataModule": "tabular",
     "DigitsDataModule": "digits",
     "FashionMNISTDataModule": "vision",

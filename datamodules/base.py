@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from datamodules.augment import random_affine, random_crop_flip
-from datamodules.errors import DataError
+from fileio.errors import DataError
+
+if TYPE_CHECKING:
+    from datamodules.tokenizer import Tokenizer
 
 #: Key of the input description in a datamodule's ``state_dict`` (and so in every checkpoint Lightning writes).
 INPUT_SPEC_KEY = "zerotune_input"
@@ -169,7 +172,53 @@ class BatchLoader:
                 yield x, y
 
 
-class InMemoryDataModule(L.LightningDataModule):
+class DataModule(L.LightningDataModule):
+    """What every zerotune datamodule declares, with defaults, so that models, the launcher and the callbacks read
+    it instead of probing for it.
+
+    :class:`InMemoryDataModule` (images, tables, labelled texts) and :class:`~datamodules.text.TextDataModule`
+    (corpora for language models) override what applies to their data.
+    """
+
+    #: Per-channel mean/std of uint8 image data scaled to [0, 1] (its normalization); ``None`` for other data.
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    #: Human-readable class names (class ``i`` is ``class_names[i]``), for dashboards and predictions; ``None`` when
+    #: the targets are not classes or have no names.
+    class_names: list[str] | None = None
+    #: Size of the dataset's official training set (before validation is carved out), where it has one; ``None``
+    #: for data without one.
+    official_train_size: ClassVar[int | None] = None
+    #: The tokenizer that turns the text into the model's token ids; ``None`` for data that is not text. A model
+    #: reads it in ``setup``, checks it against pre-trained weights and keeps it in its checkpoints.
+    tokenizer: Tokenizer | None = None
+
+    def check_data(self) -> None:
+        """Refuse data no run can learn from before the launcher creates a run folder (it calls this up front).
+
+        The default checks nothing up front: the data is checked when it is set up.
+
+        Raises:
+            DataError: in subclasses, naming the file or setting at fault.
+        """
+
+    def input_spec(self) -> dict[str, Any] | None:
+        """What one raw input is and how it becomes the model's input, as plain data (JSON-able), or ``None`` when
+        the data has no such description (a text corpus: language models generate rather than predict).
+
+        Written to the run folder and into the ONNX metadata; ``experiments.predict`` reads inputs by its ``kind``.
+        """
+        return None
+
+    def use_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Continue with ``tokenizer``, the one of a checkpoint being restored (a resumed run keeps its token ids).
+
+        Called by the model when the trainer restores a checkpoint; data that fits no tokenizer of its own to the
+        checkpoint's ignores it (the default).
+        """
+
+
+class InMemoryDataModule(DataModule):
     """Base for datasets that fit in memory; subclasses fill ``self.splits`` in :meth:`setup`.
 
     Subclasses implement :meth:`load_splits` returning ``{"train": Split, "val": Split, "test": Split}`` and set
@@ -194,13 +243,9 @@ class InMemoryDataModule(L.LightningDataModule):
             validation batches run before training); ``null`` keeps whole evaluation batches.
     """
 
+    #: Classes (or regression targets) and the shape of one sample: linked into the model by the launcher.
     num_classes: int = 0
     input_shape: tuple[int, ...] = ()
-    #: Per-channel mean/std of uint8 image data scaled to [0, 1]; ``None`` for data already standardized.
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-    #: Human-readable class names, for dashboards.
-    class_names: list[str] | None = None
 
     def __init__(
         self,

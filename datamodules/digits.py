@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from datamodules.base import InMemoryDataModule, Split, split_indices
-from datamodules.errors import DataError
+from fileio.errors import DataError
 
 
 class DigitsDataModule(InMemoryDataModule):

@@ -25,9 +25,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.augment import random_crop_flip
 from datamodules.base import Split, split_indices
-from datamodules.errors import DataError
 from datamodules.image_cache import BAD_IMAGE_ERRORS, FileStamp, default_cache_dir, list_images, load_folder
 from datamodules.image_pipeline import ImagePipelineDataModule, SampleView
+from fileio.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from datamodules.errors import DataError
 from datamodules.table_io import TableSource, categories, numbers
+from fileio.errors import DataError
 
 Encoding = Literal["onehot", "ordinal"]
 Impute = Literal["median", "mean", "most_frequent", "constant"]

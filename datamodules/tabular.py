@@ -23,7 +23,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.base import InMemoryDataModule, Split, split_indices
-from datamodules.errors import DataError
 from datamodules.table_io import TableSource, numbers, read_table, table_format, texts
 from datamodules.table_prep import (
     CATEGORICAL,
@@ -35,6 +34,7 @@ from datamodules.table_prep import (
     infer_columns,
     summary_lines,
 )
+from fileio.errors import DataError
 
 Task = Literal["classification", "regression"]
 #: Rows of a table on which the plain-data preprocessing is checked against scikit-learn's transform after fitting.

@@ -39,12 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.errors import DataError
+from datamodules.base import DataModule
 from datamodules.tokenizer import (
     Tokenizer,
     TokenizerKind,
@@ -55,6 +54,7 @@ from datamodules.tokenizer import (
     tokenizer_from_dict,
     train_tokenizer,
 )
+from fileio.errors import DataError
 
 SPLITS = ("train", "val", "test")
 #: Packages of the standard-library corpus held out of pre-training by default (a fine-tuning target).
@@ -109,7 +109,7 @@ class Corpus:
         return out
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(DataModule):
     """Language-modelling data: ``(x, y)`` batches of ``(B, block_size)`` token ids, ``y`` shifted by one.
 
     The corpus is ``path`` when given, else the file at ``url`` (downloaded into ``data_dir`` in
@@ -222,7 +222,7 @@ class TextDataModule(L.LightningDataModule):
         return self.tokenizer.vocab_size  # char: the corpus decides, so the data is prepared now
 
     @property
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self) -> Tokenizer:  # type: ignore[override]
         """The tokenizer of this corpus and setting (prepared and cached on first use)."""
         if self._tokenizer is None:
             self.prepare_data()
@@ -479,7 +479,7 @@ class TextDataModule(L.LightningDataModule):
         if trainer is None or not trainer.is_global_zero or trainer.fast_dev_run:
             return
         logger = trainer.loggers[0] if trainer.loggers else None
-        folder = getattr(logger, "log_dir", None) if logger is not None else trainer.default_root_dir
+        folder = logger.log_dir if logger is not None else trainer.default_root_dir
         if folder:
             _mkdir(Path(folder))
             (Path(folder) / "tokenizer.json").write_text(json.dumps(self.tokenizer.to_dict()))
@@ -543,20 +543,20 @@ class TextDataModule(L.LightningDataModule):
     def teardown(self, stage: str) -> None:
         self._device_tokens.clear()
 
-    # -- checkpoints: the tokenizer travels with the training state -------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"tokenizer": self.tokenizer.to_dict()} if (self._tokenizer or self.tokens) else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Use the checkpoint's tokenizer; the splits are re-tokenized if it differs from this one."""
-        if not state.get("tokenizer"):
+    # -- checkpoints: the model keeps the tokenizer (``checkpoint["tokenizer"]``) and hands it back on restore ------
+    def use_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Use ``tokenizer``, the checkpoint's, from now on; the splits are re-tokenized if it differs from this one."""
+        if self._tokenizer is not None and tokenizer == self._tokenizer:
             return
-        saved = tokenizer_from_dict(state["tokenizer"])
-        if self._tokenizer is not None and saved == self._tokenizer:
-            return
-        self._fixed_tokenizer, self._tokenizer, self._cache, self.meta = saved, None, None, {}
+        self._fixed_tokenizer, self._tokenizer, self._cache, self.meta = tokenizer, None, None, {}
         self.tokens, self._device_tokens = {}, {}
         self.setup()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Checkpoints of earlier versions also kept the tokenizer here (``{"tokenizer": ...}``): it is used as
+        :meth:`use_tokenizer` does. This datamodule saves no state of its own now."""
+        if state.get("tokenizer"):
+            self.use_tokenizer(tokenizer_from_dict(state["tokenizer"]))
 
 
 class RandomWindows:

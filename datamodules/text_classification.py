@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from datamodules.base import InMemoryDataModule, Split
-from datamodules.errors import DataError
 from datamodules.tabular import encode_labels
 from datamodules.tokenizer import (
     Tokenizer,
@@ -40,6 +39,7 @@ from datamodules.tokenizer import (
     read_tokenizer,
     train_tokenizer,
 )
+from fileio.errors import DataError
 
 #: Id of padding positions (right padding); models treat every negative id as padding.
 PAD_ID = -1
@@ -141,7 +141,7 @@ class TextClassificationDataModule(InMemoryDataModule):
         return self.tokenizer.vocab_size
 
     @property
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self) -> Tokenizer:  # type: ignore[override]
         """The given tokenizer (``tokenizer_path``), or one fitted to the training texts."""
         if self._tokenizer is None:
             if self.tokenizer_path is not None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from datamodules.errors import DataError
+from fileio.errors import DataError
 
 TokenizerKind = Literal["byte", "char", "bpe"]
 
@@ -235,6 +235,21 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     )
 
 
+#: The checkpoint entry that holds the tokenizer a model was trained with, as :meth:`Tokenizer.to_dict` data: the one
+#: place a checkpoint keeps it (the model writes it, see :meth:`lightning_models.base.TaskModule.on_save_checkpoint`).
+CHECKPOINT_KEY = "tokenizer"
+
+
+def checkpoint_tokenizer(checkpoint: Any) -> Tokenizer | None:
+    """The tokenizer a loaded checkpoint holds (:data:`CHECKPOINT_KEY`), or ``None`` when it holds none.
+
+    Raises:
+        DataError: a malformed tokenizer (see :func:`tokenizer_from_dict`).
+    """
+    data = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
+    return tokenizer_from_dict(data) if data else None
+
+
 def read_tokenizer(path: str | Path, setting: str = "data.tokenizer_path") -> Tokenizer:
     """The tokenizer saved at ``path``: a run folder or its ``tokenizer.json``, a ``tokenizers`` library
     ``tokenizer.json`` (GPT-2's), or a checkpoint of a model trained on text by zerotune.
@@ -258,12 +273,12 @@ def read_tokenizer(path: str | Path, setting: str = "data.tokenizer_path") -> To
         except OSError as err:
             raise DataError(f"cannot read {path} ({setting}): {err.strerror or err}") from None
     else:
-        from lightning_models.checkpoints import load_checkpoint
+        from fileio.checkpoints import load_checkpoint
 
         checkpoint = load_checkpoint(path)
-        if not isinstance(checkpoint, dict) or not checkpoint.get("tokenizer"):
+        data = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
+        if not data:
             raise DataError(f"checkpoint '{path}' holds no tokenizer (it was not trained on text by zerotune)")
-        data = checkpoint["tokenizer"]
     try:
         tokenizer = tokenizer_from_dict(data)
     except DataError as err:

@@ -8,7 +8,6 @@ same split indices and normalization, kept for comparison and for transforms the
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 from pathlib import Path
@@ -23,36 +22,22 @@ from torchvision.datasets.utils import calculate_md5, download_and_extract_archi
 from torchvision.datasets.vision import VisionDataset
 
 from datamodules.base import Split
-from datamodules.errors import DataError
 from datamodules.image_pipeline import ImagePipelineDataModule, SampleView
+from fileio.errors import DataError
+from fileio.pickles import restricted_unpickle
 
 Pipeline = Literal["memory", "torchvision"]
 _REFETCH = "Delete it and rerun with data.download true to fetch it again."
 #: What torchvision's readers raise on truncated or malformed files (IDX asserts and reshapes, pickle errors).
 READ_ERRORS = (AssertionError, AttributeError, EOFError, ImportError, LookupError, OSError, RuntimeError, TypeError)
 READ_ERRORS += (ValueError, pickle.UnpicklingError)
-#: The only globals a pickled numpy array names: the dtype, the array type and the function that rebuilds it
-#: (``_reconstruct`` up to pickle protocol 4, ``_frombuffer`` for protocol 5), under numpy 1.x's module names (the
-#: official CIFAR-10 files are Python 2 pickles of numpy 1.x arrays) and numpy 2.x's; and ``_codecs.encode``, which
-#: Python 3 writes for ``bytes`` at protocols 0-2 (a pure conversion of a string to bytes).
-ARRAY_GLOBALS = frozenset(
-    {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-    }
-)
 
 
 class TorchvisionImageDataModule(ImagePipelineDataModule):
     """A torchvision image-classification dataset: official train split (minus validation) and official test split.
 
     Files are downloaded only in :meth:`prepare_data`, and only when some are missing. Missing files offline, or
-    truncated/corrupt ones, raise :class:`~datamodules.errors.DataError` naming the folder or file and the fix.
+    truncated/corrupt ones, raise :class:`~fileio.errors.DataError` naming the folder or file and the fix.
 
     Subclasses set ``dataset_cls`` and implement :meth:`folder`, :meth:`expected_files`, :meth:`fetch_hint`,
     :meth:`reader`, :meth:`images` and :meth:`bad_file`.
@@ -269,42 +254,6 @@ class FashionMNISTDataModule(MNISTDataModule):
     default_std = (0.3530,)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds only the globals in ``allowed`` and refuses every other one by name."""
-
-    def __init__(self, file: Any, path: Path, allowed: frozenset[tuple[str, str]]) -> None:
-        super().__init__(file, encoding="latin1")  # latin1: Python 2 pickles of numpy arrays hold raw bytes as str
-        self.path, self.allowed = path, allowed
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.allowed:
-            raise DataError(
-                f"refusing to read {self.path}: its pickle calls {module}.{name}, which a data file never needs, and "
-                f"unpickling it could run any code its author put in it. {_REFETCH}"
-            )
-        # numpy 2 moved numpy.core to numpy._core (numpy.core still imports, with a warning); try the current name.
-        current = module.replace("numpy.core.", "numpy._core.")
-        for candidate in dict.fromkeys((current, module)):
-            try:
-                return getattr(importlib.import_module(candidate), name)
-            except (ImportError, AttributeError):
-                continue
-        raise pickle.UnpicklingError(f"{module}.{name} is not in this numpy")
-
-
-def restricted_unpickle(path: str | Path, allowed: frozenset[tuple[str, str]] = ARRAY_GLOBALS) -> Any:
-    """The object pickled in ``path``, built from plain data (dicts, lists, tuples, str, bytes, numbers) and the
-    globals in ``allowed`` only: numpy arrays by default. Nothing in the file can run code.
-
-    Raises:
-        DataError: the pickle names any other global (``os.system``, a class...); the message names the file.
-        pickle.UnpicklingError, EOFError, ValueError...: a truncated or malformed file (see :data:`READ_ERRORS`).
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        return _RestrictedUnpickler(f, path, allowed).load()
-
-
 class _CIFAR10Files(torchvision.datasets.CIFAR10):
     """torchvision's CIFAR-10 dataset (``data``, ``targets``, ``classes`` and its per-sample ``__getitem__``), read
     with :func:`restricted_unpickle` instead of ``pickle.load``.
@@ -318,7 +267,7 @@ class _CIFAR10Files(torchvision.datasets.CIFAR10):
         self.train = train
         folder = Path(self.root) / self.base_folder
         names = [name for name, _ in (self.train_list if train else self.test_list)]
-        entries = [restricted_unpickle(folder / name) for name in names]
+        entries = [restricted_unpickle(folder / name, fix=_REFETCH) for name in names]
         # Each file: "data" (N, 3072) uint8 rows in CHW order, "labels" a list of N ints.
         for name, entry in zip(names, entries, strict=True):
             data = entry["data"]
@@ -326,7 +275,7 @@ class _CIFAR10Files(torchvision.datasets.CIFAR10):
                 raise ValueError(f"{name}: 'data' is not an (N, 3072) uint8 array")
         self.data = np.vstack([entry["data"] for entry in entries]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         self.targets = [int(label) for entry in entries for label in entry["labels"]]
-        self.classes = list(restricted_unpickle(folder / self.meta["filename"])[self.meta["key"]])
+        self.classes = list(restricted_unpickle(folder / self.meta["filename"], fix=_REFETCH)[self.meta["key"]])
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
 
@@ -413,7 +362,7 @@ class CIFAR10DataModule(TorchvisionImageDataModule):
         for name in [*names, cls.meta["filename"]]:
             path = self.folder() / name
             try:
-                entry = restricted_unpickle(path)
+                entry = restricted_unpickle(path, fix=_REFETCH)
                 if name == cls.meta["filename"]:
                     ok = isinstance(entry.get(cls.meta["key"]), list)
                 else:

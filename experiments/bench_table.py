@@ -18,44 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-def write_table(path: Path, rows: int, columns: int, seed: int = 0) -> dict[str, int]:
-    """Write the benchmark CSV; returns how many columns of each kind it has (target included in ``columns``)."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    rng = np.random.default_rng(seed)
-    features = columns - 1
-    n_cat = max(1, features * 3 // 10)  # 30% categorical
-    n_int = max(1, features // 15)
-    n_num = features - n_cat - n_int - 1  # one identifier column
-    data: dict[str, pa.Array] = {}
-    signal = np.zeros(rows)
-    for j in range(n_num):
-        values = rng.normal(j, 1 + j % 5, rows)
-        signal += values * (0.3 if j % 3 == 0 else 0.0)
-        gaps = rng.random(rows) < 0.1 if j % 4 == 0 else np.zeros(rows, bool)
-        data[f"num_{j}"] = pa.array(np.round(values, 4), mask=gaps)
-    for j in range(n_int):
-        data[f"count_{j}"] = pa.array(rng.poisson(2 + j, rows))
-    for j in range(n_cat):
-        k = 3 + (37 * j) // max(1, n_cat - 1)  # 3 to 40 categories
-        codes = rng.integers(0, k, rows)
-        signal += (codes % 3 == 0) * 0.5
-        words = np.array([f"cat{j}_{v}" for v in range(k)], dtype=object)
-        gaps = rng.random(rows) < 0.05 if j % 3 == 0 else np.zeros(rows, bool)
-        data[f"text_{j}"] = pa.array(words[codes], mask=gaps)
-    data["id"] = pa.array([f"row-{i:08d}" for i in range(rows)])
-    data["target"] = pa.array((signal + rng.normal(0, 1, rows) > np.median(signal)).astype(np.int64))
-    pacsv.write_csv(pa.table(data), path)
-    return {"numeric": n_num, "integer": n_int, "categorical": n_cat, "identifier": 1, "target": 1}
+from experiments.benchmarks.table import write_table
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench_table", description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the file (default 1,000,000)")
     parser.add_argument("--columns", type=int, default=30, help="columns in the file, the target included")
     parser.add_argument("--keep", default=None, help="write the CSV into this folder and keep it")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

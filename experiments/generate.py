@@ -18,87 +18,54 @@ Unix tools killed by SIGPIPE do.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from experiments import console
+from experiments.rundir import console, finder
+from experiments.rundir.console import USAGE_ERROR
+from experiments.rundir.finder import Which
 
-USAGE_ERROR = 2
+if TYPE_CHECKING:
+    from experiments.inference.loading import TrainedModel
+
 #: Exit code when standard output's reader went away: what a shell reports for a process killed by SIGPIPE.
 BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
-def find_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """The checkpoint ``path`` names: a ``.ckpt`` file, or the best (``which="best"``) or last checkpoint of a run
-    folder, or of the newest run of an experiment folder that has one.
+def load_language_model(
+    source: str | Path, which: Which = "best", device: str = "cpu", trust: bool | None = None
+) -> TrainedModel:
+    """The language model ``source`` names (see :func:`experiments.inference.loading.load_trained`), with its
+    tokenizer (from the checkpoint or the run folder's ``tokenizer.json``).
 
     Raises:
-        console.UsageError: no such file or folder, or no checkpoint in it.
+        console.UsageError: no checkpoint, a model that cannot generate, or no tokenizer anywhere.
     """
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise console.UsageError(f"{path} does not exist: pass a run folder (runs/NAME/version_N) or a .ckpt file")
-    runs = [path] if (path / "checkpoints").is_dir() else []
-    versions = [p for p in path.glob("version_*") if p.name[8:].isdigit()]
-    runs += sorted(versions, key=lambda p: int(p.name[8:]), reverse=True)
-    for run in runs:
-        found = _run_checkpoint(run, which)
-        if found is not None:
-            return found
-    raise console.UsageError(
-        f"no checkpoint in {path}: a run saves checkpoints/*.ckpt as it trains; pass a run folder that trained "
-        "for at least one validation, or a .ckpt file"
-    )
+    from experiments.inference.loading import load_trained
+    from lightning_models.language_model import CausalLMModule
 
-
-def _run_checkpoint(run: Path, which: str) -> Path | None:
-    if which == "last":
-        last = run / "checkpoints" / "last.ckpt"
-        return last if last.is_file() else None
-    from experiments.status import best_checkpoint
-
-    return best_checkpoint(run)
-
-
-def load_language_model(checkpoint: Path, trust: bool | None = None) -> Any:
-    """The language model saved in ``checkpoint``, with its tokenizer (from the checkpoint or the run folder).
-
-    Raises:
-        console.UsageError: a model that cannot generate, or no tokenizer anywhere.
-    """
-    from lightning_models.checkpoints import model_from_checkpoint
-
-    with console.user_errors():
-        model, _ = model_from_checkpoint(checkpoint, trust=trust)
-    if not callable(getattr(model, "generate_stream", None)):
+    trained = load_trained(source, which=which, device=device, trust=trust)
+    model, checkpoint = trained.model, trained.checkpoint
+    if not (isinstance(model, CausalLMModule) and model.generates):
         raise console.UsageError(
             f"{checkpoint} holds a {type(model).__name__}, which does not generate text; pass a language model's run"
         )
-    if getattr(model, "tokenizer", None) is None:
-        saved = checkpoint.parent.parent / "tokenizer.json"
+    if trained.tokenizer is None:
+        saved = trained.run / finder.TOKENIZER_FILE
         if saved.is_dir():
             raise console.UsageError(
                 f"no tokenizer for {checkpoint}: the checkpoint holds none, and {saved} is a folder, not a tokenizer "
                 "file. Generation needs the tokenizer the model was trained with; put the run's tokenizer.json there"
             )
-        if not saved.is_file():
-            raise console.UsageError(
-                f"no tokenizer for {checkpoint}: the checkpoint holds none and there is no {saved}. Generation needs "
-                "the tokenizer the model was trained with; copy the run's tokenizer.json there"
-            )
-        from datamodules.tokenizer import read_tokenizer
-
-        with console.user_errors():
-            model.set_tokenizer(read_tokenizer(saved, setting="the run's tokenizer.json"))
-    return model
+        raise console.UsageError(
+            f"no tokenizer for {checkpoint}: the checkpoint holds none and there is no {saved}. Generation needs "
+            "the tokenizer the model was trained with; copy the run's tokenizer.json there"
+        )
+    return trained
 
 
 def check_prompt(prompt: str) -> None:
@@ -144,61 +111,6 @@ def torch_device(name: str) -> str:
         first = str(err).strip().split(". ")[0].splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise console.UsageError(f"--device {name} cannot be used here ({first}); leave --device auto") from None
     return str(device)
-
-
-def generate_text(
-    model: Any,
-    prompt: str,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    top_p: float | None = None,
-    seed: int = 0,
-    use_cache: bool = True,
-    on_text: Callable[[str], None] | None = None,
-    echo_prompt: bool = False,
-) -> str:
-    """Sample a continuation of ``prompt`` with ``model`` and its tokenizer; returns the new text.
-
-    Args:
-        model: A language model with ``generate_stream`` and ``tokenizer``.
-        prompt: Text to continue (at least one token, at most ``block_size``).
-        max_new_tokens: Tokens to generate.
-        temperature: Logit scale; 0 picks the most likely token.
-        top_k: Sample among the k most likely tokens.
-        top_p: Sample among the most likely tokens that make up probability ``top_p``.
-        seed: Seed of the sampling.
-        use_cache: Keep keys and values of earlier positions.
-        on_text: Called with each new piece of text as soon as it is complete (streaming).
-        echo_prompt: Pass the prompt to ``on_text`` first, once the settings have been checked.
-
-    Raises:
-        ValueError: an empty prompt, one longer than the model's context, characters the tokenizer lacks, or an
-            invalid sampling setting.
-    """
-    import torch
-
-    from datamodules.tokenizer import StreamDecoder
-
-    device = next(model.parameters()).device
-    ids = torch.as_tensor(model.tokenizer.encode(prompt), dtype=torch.long, device=device).view(1, -1)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    decoder = StreamDecoder(model.tokenizer)
-    stream = model.generate_stream(ids, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
-    first = next(stream, None)  # checks the prompt and the settings before anything is shown
-    emit = on_text or (lambda text: None)
-    if echo_prompt:
-        emit(prompt)
-    pieces = []
-    for token in itertools.chain([first] if first is not None else [], stream):
-        piece = decoder.push(token.view(-1).tolist())
-        if piece:
-            pieces.append(piece)
-            emit(piece)
-    pieces.append(decoder.flush())
-    emit(pieces[-1])
-    return "".join(pieces)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,9 +167,9 @@ def _generate(args: argparse.Namespace) -> int:
     check_prompt(args.prompt)
     device = torch_device(args.device)
     which = args.checkpoint if args.checkpoint in ("best", "last") else None
-    checkpoint = find_checkpoint(args.checkpoint if which is None else args.path, which or "best")
-    model = load_language_model(checkpoint, trust=args.trust_checkpoint)
-    model.to(device)
+    source = args.checkpoint if which is None else args.path
+    trained = load_language_model(source, which or "best", device, trust=args.trust_checkpoint)
+    model, checkpoint = trained.model, trained.checkpoint
     started = False
 
     def show(text: str) -> None:
@@ -272,8 +184,7 @@ def _generate(args: argparse.Namespace) -> int:
         if i:
             show("\n" + "-" * 40 + "\n")
         try:
-            generate_text(
-                model,
+            model.generate_text(
                 args.prompt,
                 args.max_new_tokens,
                 args.temperature,

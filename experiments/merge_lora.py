@@ -15,45 +15,31 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from experiments import console
+from experiments.rundir import console
+from experiments.rundir.console import USAGE_ERROR
 
-USAGE_ERROR = 2
+if TYPE_CHECKING:
+    from experiments.inference.loading import TrainedModel
+
 OUTPUT_NAME = "merged.safetensors"
 
 
-def find_checkpoint(path: Path) -> Path:
-    """``path`` if it is a file, else the run folder's best checkpoint (recorded in ``status.json``, else the newest
-    ``best-*.ckpt``), else its ``last.ckpt``.
-
-    Raises:
-        UsageError: no checkpoint in the folder.
-    """
-    from experiments.status import best_checkpoint
-
-    if path.is_file():
-        return path
-    found = best_checkpoint(path)
-    if found is not None:
-        return found
-    raise console.UsageError(f"{path}: not a checkpoint file, and no checkpoints/*.ckpt in it (pass a run folder)")
-
-
-def base_weights(checkpoint: Mapping[str, Any]) -> list[Path]:
-    """The weights file a LoRA checkpoint was started from (its base), if it names one."""
-    lora = checkpoint.get("lora") or {}
-    hparams = checkpoint.get("hyper_parameters") or {}
-    named = [lora.get("base") if isinstance(lora, Mapping) else None, hparams.get("pretrained")]
-    return [Path(p) for p in named if isinstance(p, str) and p]
+def base_weights(trained: TrainedModel) -> list[Path]:
+    """The weights file a LoRA checkpoint was started from (its base), if it names one: read by an adapters-only
+    checkpoint, named by ``model.pretrained`` in any."""
+    pretrained = trained.model.hparams.get("pretrained")
+    named = [trained.base_weights, Path(pretrained) if isinstance(pretrained, str) and pretrained else None]
+    return [p for p in named if p is not None]
 
 
 def merge(checkpoint: Path, out: Path, force: bool = False, option: str = "--out") -> tuple[int, int]:
     """Write the merged weights of ``checkpoint`` to ``out`` atomically; returns (adapted layers, tensors written).
 
-    ``force`` replaces an existing ``out`` (see :func:`experiments.files.check_output_path`); ``option`` names it.
+    ``force`` replaces an existing ``out`` (see :func:`experiments.rundir.files.check_output_path`); ``option``
+    names it.
 
     Raises:
         UsageError: no adapters, an output that would replace an input or a run's file, or a failed write.
@@ -61,16 +47,18 @@ def merge(checkpoint: Path, out: Path, force: bool = False, option: str = "--out
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from experiments.files import atomic_path, check_output_path
-    from lightning_models.checkpoints import model_from_checkpoint
-    from lightning_models.peft import LoRALinear
+    from experiments.inference.loading import load_trained
+    from experiments.rundir.files import check_output_path
+    from fileio.atomic import atomic_path
+    from lightning_models.peft import FinetuneMethods, LoRALinear
 
-    model, saved = model_from_checkpoint(checkpoint)
+    trained = load_trained(checkpoint)
+    model = trained.model
     adapted = sum(isinstance(m, LoRALinear) for m in model.modules())
-    if not adapted:
+    if not adapted or not isinstance(model, FinetuneMethods):
         raise console.UsageError(f"{checkpoint} has no LoRA adapters (its run used finetune full or partial)")
     # The base weights are known once the checkpoint is read: they are an input too.
-    check_output_path(out, option, inputs=[checkpoint, *base_weights(saved)], force=force, example=OUTPUT_NAME)
+    check_output_path(out, option, inputs=[checkpoint, *base_weights(trained)], force=force, example=OUTPUT_NAME)
     model.merge_lora()
     # safetensors stores each tensor once: a tied weight (GPT's output layer) is written under each name.
     seen: set[int] = set()
@@ -102,14 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     console.quiet()
     try:
-        from experiments.files import check_output_path
+        from experiments.inference.loading import find_checkpoint
+        from experiments.rundir.files import check_output_path
+        from experiments.rundir.finder import run_of_checkpoint
 
         with console.user_errors():
             source = Path(args.source)
             if not source.exists():
                 raise console.UsageError(f"{source}: no such run folder or checkpoint")
             checkpoint = find_checkpoint(source)
-            run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+            run_dir = run_of_checkpoint(checkpoint)
             out = Path(args.out) if args.out else run_dir / OUTPUT_NAME
             # Checked before the checkpoint is read, so that a mistake costs nothing.
             option = "--out" if args.out else "the merged weights file (--out)"

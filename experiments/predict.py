@@ -10,17 +10,17 @@ input, a checkpoint or a file of a run folder): one row per input (file, and row
 regressors. The summary counts the predicted classes.
 
 Both backends apply what training applied: the checkpoint backend (``--backend torch``, default) rebuilds the
-model and its input description from the checkpoint alone; ``--backend onnx`` runs ``model.onnx`` with onnxruntime
-and reads the input description from the file's own metadata. Files that cannot be read are listed and skipped
-(``--strict``: the first one is an error); inputs of the wrong kind, a table without a training column or with an
-unseen category, a text file that is not UTF-8 or holds no text are one ``error:`` line, exit code 2, and nothing
-is written.
+model and its input description from the checkpoint (:func:`experiments.inference.loading.load_trained`: a LoRA run
+saved adapters-only gets its base weights from the file it was started from); ``--backend onnx`` runs
+``model.onnx`` with onnxruntime and reads the input description from the file's own metadata. Files that cannot be
+read are listed and skipped (``--strict``: the first one is an error); inputs of the wrong kind, a table without a
+training column or with an unseen category, a text file that is not UTF-8 or holds no text are one ``error:`` line,
+exit code 2, and nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from experiments import console
+from experiments.inference.loading import with_tokenizer
+from experiments.rundir import console, finder
+from experiments.rundir.console import USAGE_ERROR
 
-USAGE_ERROR = 2
 OUTPUT_NAME = "predictions"
 
 
@@ -59,37 +60,26 @@ class LoadedModel:
 
 
 # -- finding and loading the model -----------------------------------------------------------------------------------
+def _has_model(folder: Path) -> bool:
+    return (folder / finder.CHECKPOINT_DIR).is_dir() or any(folder.glob("*.onnx"))
+
+
 def find_run(path: Path) -> Path:
     """``path`` itself, or for an experiment folder (``runs/NAME``) its newest ``version_N`` that has a model; for a
     run's ``checkpoints`` folder, the run folder."""
-    from experiments.files import is_run_folder
-
-    if path.name == "checkpoints" and is_run_folder(path.parent):
-        return path.parent
-    versions = [p for p in path.glob("version_*") if p.name[8:].isdigit()]
-    if (path / "checkpoints").is_dir() or any(path.glob("*.onnx")) or not versions:
-        return path
-    for version in sorted(versions, key=lambda p: int(p.name[8:]), reverse=True):
-        if (version / "checkpoints").is_dir() or any(version.glob("*.onnx")):
-            return version
-    return path
+    return finder.find_run(path, has=_has_model) or path
 
 
 def find_checkpoint(run: Path) -> Path:
-    """The run's best checkpoint (as recorded in ``status.json``, else the newest ``best-*``), else ``last.ckpt``.
+    """The run's best checkpoint (see :func:`experiments.rundir.finder.run_checkpoint`).
 
     Raises:
         UsageError: no checkpoint in the folder.
     """
-    from experiments.status import best_checkpoint
-
-    found = best_checkpoint(run)
+    found = finder.run_checkpoint(run)
     if found is not None:
         return found
-    folder = run / "checkpoints"
-    anywhere = sorted(run.glob("*.ckpt"))
-    if anywhere:
-        return anywhere[-1]
+    folder = run / finder.CHECKPOINT_DIR
     onnx_hint = " (it has a model.onnx: pass --backend onnx)" if (run / "model.onnx").is_file() else ""
     raise console.UsageError(
         f"no checkpoint in {run}: expected {folder}/best-*.ckpt or last.ckpt{onnx_hint}; pass a run folder of a "
@@ -97,119 +87,63 @@ def find_checkpoint(run: Path) -> Path:
     )
 
 
-def input_spec_of(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The input description a datamodule stored in the checkpoint (its ``state_dict``), if any."""
-    from datamodules.base import INPUT_SPEC_KEY
+def _generates(class_path: Any) -> str | None:
+    """The class name when ``class_path`` names a model that generates text (a language model), else ``None``."""
+    from lightning_models.checkpoints import import_class
+    from lightning_models.language_model import CausalLMModule
 
-    for value in checkpoint.values():
-        if isinstance(value, Mapping) and isinstance(value.get(INPUT_SPEC_KEY), Mapping):
-            return dict(value[INPUT_SPEC_KEY])
-    return None
-
-
-def with_tokenizer(spec: dict[str, Any], saved: Mapping[str, Any] | None, source: Path) -> dict[str, Any]:
-    """``spec`` with the tokenizer it names (by fingerprint) filled in from the model file's own copy.
-
-    Text datamodules name their tokenizer in the input description without copying it; the checkpoint
-    (``checkpoint["tokenizer"]``) and the ONNX file (``metadata_props`` ``tokenizer``) carry it.
-
-    Raises:
-        UsageError: the model file holds no tokenizer, or another one than its inputs were made with.
-    """
-    named = spec.get("tokenizer")
-    if not isinstance(named, Mapping) or "fingerprint" not in named:
-        return spec
-    from datamodules.tokenizer import tokenizer_from_dict
-
-    if not saved:
-        raise console.UsageError(
-            f"{source} holds no tokenizer, but the model reads text split by a {named.get('kind')} tokenizer: "
-            "predict from the run folder (its checkpoint carries the tokenizer)"
-        )
-    if tokenizer_from_dict(dict(saved)).fingerprint() != named["fingerprint"]:
-        raise console.UsageError(
-            f"{source} holds another tokenizer than the one its model was trained with (fingerprint "
-            f"{named['fingerprint']}): predict from the run folder"
-        )
-    return {**spec, "tokenizer": dict(saved)}
-
-
-def _model_class(checkpoint: Mapping[str, Any], run: Path, ckpt: Path) -> type:
-    hparams = checkpoint.get("hyper_parameters") or {}
-    class_path = hparams.get("_class_path")
-    if class_path is None and (run / "config.yaml").is_file():
-        import yaml
-
-        class_path = (yaml.safe_load((run / "config.yaml").read_text()).get("model") or {}).get("class_path")
-    if not class_path:
-        raise console.UsageError(f"{ckpt} does not say which model class it holds (no _class_path in its hparams)")
-    module, _, name = class_path.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise console.UsageError(f"{ckpt} holds a {class_path}, which cannot be imported here: {err}") from None
+        cls = import_class(class_path) if isinstance(class_path, str) else None
+    except ImportError:
+        return None
+    return cls.__name__ if cls is not None and issubclass(cls, CausalLMModule) and cls.generates else None
 
 
-def _language_model_hint(checkpoint: Mapping[str, Any], run: Path, ckpt: Path) -> str | None:
-    """The message for a checkpoint of a model that generates text (it takes no inputs to classify), else ``None``."""
-    try:
-        cls = _model_class(checkpoint, run, ckpt)
-    except console.UsageError:
-        return None
-    if not callable(getattr(cls, "generate_stream", None)):
-        return None
+def _language_model_message(ckpt: Path, model_name: str) -> str:
+    run = finder.run_of_checkpoint(ckpt)
     return (
-        f"{ckpt} holds a {cls.__name__}, a language model: it generates text rather than predicting on inputs; "
+        f"{ckpt} holds a {model_name}, a language model: it generates text rather than predicting on inputs; "
         f"use python -m experiments.generate {run} --prompt TEXT"
     )
 
 
 def _onnx_language_model_hint(path: Path) -> str | None:
     """For an ONNX file without an input description: the language-model message when its run's checkpoint is one."""
-    from datamodules.errors import DataError
-    from experiments.status import best_checkpoint
-    from lightning_models.checkpoints import load_checkpoint
+    from fileio.checkpoints import load_checkpoint
+    from fileio.errors import DataError
 
-    ckpt = best_checkpoint(path.parent)
+    ckpt = finder.run_checkpoint(path.parent)
     if ckpt is None:
         return None
     try:
         checkpoint = load_checkpoint(ckpt, trust=False)
     except DataError:  # an unreadable checkpoint says nothing about the ONNX file
         return None
-    return _language_model_hint(checkpoint, path.parent, ckpt) if isinstance(checkpoint, Mapping) else None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    name = _generates(hparams.get("_class_path")) if isinstance(hparams, Mapping) else None
+    return _language_model_message(ckpt, name) if name else None
 
 
-def load_torch(ckpt: Path, run: Path, device: str, trust: bool | None = None) -> LoadedModel:
-    """The checkpoint's model, in eval mode on ``device``, behind the input front end its input kind needs."""
+def load_torch(ckpt: Path, home: Path, device: str, trust: bool | None = None) -> LoadedModel:
+    """The checkpoint's model (:func:`experiments.inference.loading.load_trained`), in eval mode on ``device``,
+    behind the input front end its input kind needs; predictions go to ``home`` by default."""
     import torch
 
-    from experiments.callbacks.onnx_export import with_input_front
-    from lightning_models.checkpoints import check_compatible, load_checkpoint
+    from experiments.inference.loading import load_trained
+    from lightning_models.export import with_input_front
+    from lightning_models.language_model import CausalLMModule
 
-    checkpoint = load_checkpoint(ckpt, trust=trust)
-    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
-        raise console.UsageError(f"{ckpt} is a weights file, not a training checkpoint: it cannot say what inputs are")
-    spec = input_spec_of(checkpoint)
+    trained = load_trained(ckpt, device=device, trust=trust)
+    spec = trained.input_spec
     if spec is None:
-        generates = _language_model_hint(checkpoint, run, ckpt)
-        if generates:
-            raise console.UsageError(generates)
+        model = trained.model
+        if isinstance(model, CausalLMModule) and model.generates:
+            raise console.UsageError(_language_model_message(ckpt, type(model).__name__))
         raise console.UsageError(
             f"{ckpt} holds no input description (zerotune_input): its datamodule has no input_spec(); "
             "retrain with a zerotune datamodule, or predict from its model.onnx with --backend onnx"
         )
-    spec = with_tokenizer(spec, checkpoint.get("tokenizer"), ckpt)
-    cls = _model_class(checkpoint, run, ckpt)
-    hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not str(k).startswith("_")}
-    # Weights come from the checkpoint itself: no pre-trained file is read, nothing is compiled.
-    for key, value in (("pretrained", None), ("compile", False)):
-        if key in hparams:
-            hparams[key] = value
-    model = cls(**hparams)
-    check_compatible(model, checkpoint["state_dict"], source=ckpt)
-    model.load_state_dict(checkpoint["state_dict"])
-    net = with_input_front(model, spec).eval().to(device)
+    net = with_input_front(trained.model, spec).eval().to(device)
 
     def forward(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -217,7 +151,7 @@ def load_torch(ckpt: Path, run: Path, device: str, trust: bool | None = None) ->
         return out.float().cpu().numpy()
 
     where = f"{ckpt} (torch, {device})"
-    return LoadedModel(forward, spec, getattr(cls, "output_kind", "value"), where, run, (ckpt,))
+    return LoadedModel(forward, spec, trained.output_kind, where, home, trained.files)
 
 
 def load_onnx(path: Path, device: str) -> LoadedModel:
@@ -273,8 +207,7 @@ def load_model(target: str, backend: str | None, ckpt_path: str | None, device: 
     if path.is_file():
         if backend == "onnx":
             raise console.UsageError(f"{path} is a checkpoint: --backend onnx needs the run folder or its .onnx file")
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return load_torch(path, run, device, trust)
+        return load_torch(path, finder.run_of_checkpoint(path), device, trust)
     run = find_run(path)
     if backend == "onnx":
         return load_onnx(resolve_model(run), device)
@@ -362,8 +295,9 @@ def predict(args: argparse.Namespace) -> Path:
     """
     import torch
 
-    from experiments.files import atomic_write, check_output_path
-    from experiments.predict_inputs import PredictOptions, input_kind
+    from experiments.inference.inputs import PredictOptions, input_kind
+    from experiments.rundir.files import check_output_path
+    from fileio.atomic import atomic_write
 
     device = args.device
     if device == "auto":

@@ -3,202 +3,27 @@
 ``NAME`` is a file ``experiments/configs/NAME.yaml`` (default: ``digits_cnn``); ``--config PATH`` runs a YAML of
 your own instead. Every model, datamodule, trainer and callback argument can be overridden, e.g.
 ``--model.lr 0.01 --trainer.max_epochs 3 --data.batch_size 128``. The run fits, tests the best checkpoint and
-prints where everything went. ``--help`` lists the common options (:mod:`experiments.help`), then every option.
+prints where everything went. ``--help`` lists the common options (:mod:`experiments.launcher.help`), then every
+option. ``--list`` lists the named experiments without importing PyTorch.
 """
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from jsonargparse import DefaultHelpFormatter
-
-from experiments import console
-
-if TYPE_CHECKING:
-    import lightning as L
-
-    from experiments.cli import ZeroTuneCLI
-
-DEFAULT_EXPERIMENT = "digits_cnn"
-USAGE_ERROR = 2
-USAGE = "python -m experiments.run [NAME] [--key value ...]"
-#: The description above the parser's full list of options (the common ones come first, from experiments.help).
-FULL_HELP = """All options. Besides the trainer, model, data and callback settings:
-    --list              list the named experiments and exit
-    --resume RUN_DIR    continue an interrupted run in its own folder, from its last checkpoint, with the config
-                        saved there; options after it override that config; --force if its status says running
-    --version NAME      name of the run folder under RUNS_DIR/NAME (default: the next free version_N)
-    --auto_lr true      run the learning-rate range test first and train at the rate it suggests
-    --early_stopping.enabled true  stop once the validation metric stops improving (--early_stopping.patience N)
-    --model.help CLASS  every argument of a model class, e.g. --model.help lightning_models.SmallCNN
-                        (likewise --data.help datamodules.DigitsDataModule)"""
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """jsonargparse's help layout, keeping the line breaks of the description above."""
-
-
-def experiment_names() -> dict[str, str]:
-    """Named experiments and their one-line descriptions (the YAML's first comment line)."""
-    from experiments.cli import CONFIG_DIR
-
-    names = {}
-    for path in sorted(CONFIG_DIR.glob("*.yaml")):
-        if path.name.startswith("_"):
-            continue
-        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-        names[path.stem] = first.lstrip("# ").strip() if first.startswith("#") else ""
-    return names
+from experiments.launcher.recipes import DEFAULT_EXPERIMENT, experiment_names
+from experiments.rundir import console
+from experiments.rundir.console import USAGE_ERROR
 
 
 def print_list() -> None:
+    """One line per named experiment: its name and what it trains."""
     names = experiment_names()
     width = max(map(len, names), default=0)
     for name, desc in names.items():
         default = " (default)" if name == DEFAULT_EXPERIMENT else ""
         print(f"{name:<{width}}  {desc}{default}")
-
-
-def build_args(argv: list[str]) -> list[str]:
-    """Turn ``[NAME] [overrides]`` into LightningCLI arguments: the experiment's YAML, its name, then overrides.
-
-    Raises:
-        UsageError: for an unknown experiment name.
-    """
-    from experiments.cli import CONFIG_DIR
-
-    args = list(argv)
-    name = None
-    if args and not args[0].startswith("-"):
-        name = args.pop(0)
-    resume = _option(args, "--resume")
-    if resume is not None:
-        return _resume_args(resume, name, args)
-    has_config = any(a == "--config" or a.startswith("--config=") or a == "-c" for a in args)
-    if name is None and not has_config:
-        name = DEFAULT_EXPERIMENT
-    prefix: list[str] = []
-    if name is not None:
-        path = CONFIG_DIR / f"{name}.yaml"
-        if name.startswith("_") or not path.is_file():
-            valid = ", ".join(experiment_names())
-            raise console.UsageError(
-                f"unknown experiment '{name}'. Valid names: {valid}. "
-                f"Run 'python -m experiments.run --list' to see what each trains."
-            )
-        prefix = ["--config", str(path), "--name", name]
-    elif not any(a == "--name" or a.startswith("--name=") for a in args):
-        config_path = _option(args, "--config", "-c")
-        if config_path is not None:
-            prefix = ["--name", Path(config_path).stem]
-    requeued = _requeued_run(prefix + args)
-    if requeued is not None:
-        return requeued
-    return prefix + args
-
-
-def _requeued_run(args: list[str]) -> list[str] | None:
-    """Arguments that resume this SLURM job's own run when SLURM started the job again after a requeue.
-
-    The requeued job runs the same command as before. Its run folder is found by the job id its ``status.json``
-    records; the job continues that run from its last checkpoint with the config saved there (the same command's
-    settings), as ``--resume`` would. ``None`` for a job that is not requeued or left no checkpoint (it starts anew).
-    """
-    from experiments.status import find_requeued_run, requeued_job
-
-    job = requeued_job()
-    if job is None or "--version" in args or any(a.startswith("--version=") for a in args):
-        return None
-    name = _option(args, "--name") or "experiment"
-    runs_dir = _option(args, "--runs_dir") or _config_value(_option(args, "--config", "-c"), "runs_dir") or "runs"
-    run_dir = find_requeued_run(runs_dir, name, job)
-    if run_dir is None:
-        return None
-    if not _is_worker_process():
-        print(f"note: SLURM job {job} was requeued: resuming {run_dir} from its last checkpoint", file=sys.stderr)
-    return _resume_args(str(run_dir), None, ["--resume", str(run_dir), "--force"])
-
-
-def _config_value(path: str | None, key: str) -> str | None:
-    """A top-level value of a YAML config file, if the file sets it."""
-    if path is None:
-        return None
-    import yaml
-
-    try:
-        value = (yaml.safe_load(Path(path).read_text()) or {}).get(key)
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    return str(value) if value is not None else None
-
-
-def _option(args: list[str], flag: str, short: str | None = None) -> str | None:
-    """The value given to ``flag`` (``--flag VALUE`` or ``--flag=VALUE``), if any."""
-    for i, a in enumerate(args):
-        if a in (flag, short) and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(f"{flag}="):
-            return a.split("=", 1)[1]
-    return None
-
-
-def _resume_args(run_dir: str, name: str | None, args: list[str]) -> list[str]:
-    """Arguments that continue the run in ``run_dir``: its saved config first, then the given overrides.
-
-    Raises:
-        UsageError: for an experiment name or ``--ckpt_path`` next to ``--resume``, a folder that is no run, or a
-            run whose process is still working on it (unless ``--force`` is given).
-    """
-    from experiments.status import read_status, still_running
-
-    if name is not None:
-        raise console.UsageError(
-            f"--resume continues a run with the config saved in its folder: leave out the experiment name '{name}'"
-        )
-    if _option(args, "--ckpt_path") is not None:
-        raise console.UsageError("--resume restores the run's own last checkpoint: leave out --ckpt_path")
-    force = "--force" in args
-    args = [a for a in args if a != "--force"]
-    config = Path(run_dir) / "config.yaml"
-    if not config.is_file():
-        raise console.UsageError(
-            f"--resume {run_dir}: no config.yaml there. Pass a run folder such as runs/digits_cnn/version_0 "
-            "(the 'run' line of a run's summary)."
-        )
-    status = read_status(run_dir)
-    # DDP worker processes re-run this command while rank 0, which rewrote the status, works on the run.
-    if _is_worker_process() or status is None:
-        return ["--config", str(config), *args]
-    where = f"PID {status.get('pid')} on {'this host' if status.get('host') == _hostname() else status.get('host')}"
-    if still_running(status) and not force:
-        raise console.UsageError(
-            f"--resume {run_dir}: the run is still {status['state']} ({where}); two processes would write one run "
-            f"folder. Stop that process first, or pass --force if it is gone"
-        )
-    if status.get("state") == "crashed" and (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
-        print(f"note: {run_dir} crashed: {status['reason']}; resuming from its last checkpoint", file=sys.stderr)
-    return ["--config", str(config), *args]
-
-
-def _is_worker_process() -> bool:
-    """Whether this process is not global rank 0 of a multi-process run (Lightning's DDP, torchrun, SLURM, or a node
-    started with ``NODE_RANK``), by the launcher's environment."""
-    from experiments.cli import is_global_zero
-
-    return not is_global_zero()
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,15 +33,23 @@ def main(argv: list[str] | None = None) -> int:
         print_list()
         return 0
     if "-h" in argv or "--help" in argv:
-        from experiments.help import capture_help, print_help
+        from experiments.launcher.help import capture_help, print_help
 
-        print_help(argv, lambda args: capture_help(lambda a: launch(build_args(a)), args))
+        def full_help(args: list[str]) -> str:
+            # Only on a cache miss: the parser that lists every option needs PyTorch and Lightning.
+            from experiments.launcher.launch import build_args, launch
+
+            return capture_help(lambda a: launch(build_args(a)), args)
+
+        print_help(argv, full_help)
         return 0
     if "--force" in argv and not any(a == "--resume" or a.startswith("--resume=") for a in argv):
         console.error("--force only applies to --resume RUN_DIR (resume a run whose status says it is running)")
         return USAGE_ERROR
     console.quiet()
-    from experiments.callbacks.safety import requeue_job, requeue_signal, sigterm_raises
+    from experiments.launcher.launch import build_args, run
+    from experiments.launcher.lifecycle import sigterm_raises
+    from experiments.rundir.stops import requeue_job, requeue_signal
 
     try:
         with sigterm_raises():
@@ -246,145 +79,13 @@ def _interrupt_signal(stop: BaseException) -> int | None:
     Lightning's exception), else None."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from experiments.callbacks.safety import StopSignal
+    from experiments.rundir.stops import StopSignal
 
     if isinstance(stop, StopSignal):
         return stop.signum
     if isinstance(stop, SIGTERMException):
         return signal.SIGTERM
     return signal.SIGINT if isinstance(stop, KeyboardInterrupt) else None
-
-
-@dataclass
-class RunResult:
-    """What one launcher run produced.
-
-    Attributes:
-        run_dir: The run folder (``None`` without a logger, e.g. ``fast_dev_run``).
-        best_checkpoint: Path of the best checkpoint, if one was saved.
-        test_metrics: Test metrics of the best checkpoint (empty when testing was skipped).
-        model: The trained LightningModule (holding the tested checkpoint's weights when a test ran).
-        datamodule: The run's LightningDataModule, set up.
-    """
-
-    run_dir: Path | None
-    best_checkpoint: str | None
-    test_metrics: dict[str, float] = field(default_factory=dict)
-    model: L.LightningModule | None = None
-    datamodule: L.LightningDataModule | None = None
-
-
-def run(args: list[str]) -> int:
-    """Parse ``args``, fit, test the best checkpoint and print the summary; returns the exit code."""
-    from experiments.callbacks.safety import TrainingStopped
-
-    try:
-        launch(args)
-    except TrainingStopped as stop:  # already reported: interrupted (130/143) or failed (1)
-        return stop.outcome.exit_code
-    return 0
-
-
-def make_cli(
-    args: list[str], callbacks: Sequence[L.Callback] = (), cli_class: type[ZeroTuneCLI] | None = None
-) -> ZeroTuneCLI:
-    """Parse ``args`` and build the run: model, datamodule, trainer (with ``callbacks`` added), run folder.
-
-    Args:
-        args: Launcher arguments (see :func:`build_args`).
-        callbacks: Callback objects added to the trainer without appearing in the config.
-        cli_class: A :class:`~experiments.cli.ZeroTuneCLI` subclass to build with (e.g. one that only checks).
-
-    Raises:
-        UsageError: for a bad setting, with one line naming it.
-    """
-    from experiments.cli import ZeroTuneCLI
-
-    # The arguments are passed explicitly; hiding argv keeps LightningCLI from warning that both are set.
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        with console.user_errors(config=True):
-            return (cli_class or ZeroTuneCLI)(
-                args=args,
-                run=False,
-                parser_kwargs={"description": FULL_HELP, "formatter_class": _HelpFormatter, "usage": USAGE},
-                trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
-            )
-    finally:
-        sys.argv = argv
-
-
-def launch(args: list[str], callbacks: Sequence[L.Callback] = ()) -> RunResult:
-    """Parse ``args``, fit (resuming when asked), test the best checkpoint, print the summary; return the result.
-
-    Args:
-        args: Launcher arguments (see :func:`build_args`).
-        callbacks: Callback objects added to the trainer without appearing in the config (e.g. a sweep's trial
-            reporter).
-
-    Raises:
-        TrainingStopped: the run was interrupted or failed; it has said so and marked its run folder.
-    """
-    from experiments.callbacks.safety import guarded, mark_completed, mark_stopped
-    from experiments.summary import finish_run
-
-    cli = make_cli(args, callbacks)
-    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
-    # An interrupt outside fit and test (which report their own) still leaves one line and an honest status.
-    with mark_stopped(trainer), console.user_errors():
-        # Set on the trainer rather than passed to fit: the model sees it in setup() and does not load
-        # model.pretrained weights that the checkpoint replaces anyway.
-        trainer.ckpt_path = cli.ckpt_path
-        if cli.config.get("auto_lr"):
-            from experiments.lr_find import apply_auto_lr
-
-            apply_auto_lr(cli)
-        start = time.perf_counter()
-        # An interrupt, a NaN loss or an error saves what can be resumed, marks the run and raises TrainingStopped.
-        try:
-            guarded(trainer, lambda: trainer.fit(model, datamodule=dm))
-        except console.USER_ERRORS:
-            # A mistake in the settings found once fitting began (model.pretrained, the corpus): nothing trained,
-            # so the run folder this launch created goes again, as for mistakes found before it existed.
-            if cli.new_run_dir and cli.run_dir is not None and trainer.global_step == 0:
-                from experiments.cli import discard_fresh_run_dir
-
-                discard_fresh_run_dir(cli.run_dir)
-            raise
-        trainer.ckpt_path = None
-        # For the summary: the whole fit, data setup, validation, checkpoints and the fit-end ONNX export included.
-        if not hasattr(trainer, "zerotune_summary"):
-            trainer.zerotune_summary = []
-        epochs = trainer.current_epoch
-        trainer.zerotune_summary.insert(
-            0, f"fit        {time.perf_counter() - start:.1f} s, {epochs} epoch{'' if epochs == 1 else 's'}"
-        )
-        test_metrics: dict[str, float] = {}
-        if cli.config.test_after_fit and not trainer.interrupted:
-            ckpt = trainer.checkpoint_callback
-            best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-            results = guarded(trainer, lambda: trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False))
-            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-        _leave_process_group()
-        if trainer.is_global_zero:
-            finish_run(trainer, model, test_metrics)
-        mark_completed(trainer, test_metrics)
-    ckpt = trainer.checkpoint_callback
-    best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    return RunResult(cli.run_dir, best_path, test_metrics, model, dm)
-
-
-def _leave_process_group() -> None:
-    """End this process's part in DDP once fit and test are done.
-
-    What follows (summary, status file) is rank 0's alone; without a process group, Lightning's collective calls
-    in there (``trainer.log_dir`` broadcasts) return at once instead of waiting for ranks that already finished.
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """List runs and how each one stands: ``python -m experiments.runs [RUNS_DIR or RUN_DIR ...]``.
 
 One line per run folder (``RUNS_DIR/NAME/version_N``, newest last within each experiment): its state from
-``status.json`` as :func:`experiments.status.read_status` reads it (a run whose process died shows as ``crashed``),
-where it stopped, its best checkpoint's score or test metrics, and the command that resumes it when it can be.
-Reads JSON files only: it answers at once, without importing PyTorch.
+``status.json`` as :func:`experiments.rundir.status.read_status` reads it (a run whose process died shows as
+``crashed``), where it stopped, its best checkpoint's score or test metrics, and the command that resumes it when
+it can be. Reads JSON files only: it answers at once, without importing PyTorch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.status import STATUS_FILE, read_status
+from experiments.rundir.console import USAGE_ERROR
+from experiments.rundir.finder import versions
+from experiments.rundir.status import STATUS_FILE, read_status
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -23,8 +25,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if (path / "config.yaml").is_file() or (path / STATUS_FILE).is_file():
             runs.append(path)
             continue
-        candidates = [p for p in path.glob("*/version_*") if p.is_dir()] + [p for p in path.glob("version_*")]
-        runs += sorted(candidates, key=lambda p: (p.parent.name, _version(p)))
+        # Experiment folders by name (the root itself too, when runs lie directly in it); runs oldest first in each.
+        experiments = sorted([path, *(p for p in path.iterdir() if p.is_dir())], key=lambda p: p.name)
+        runs += [run for experiment in experiments for run in versions(experiment)]
     return runs
 
 
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in paths if not p.is_dir()]
     if missing:
         print(f"error: no such folder: {', '.join(missing)}; pass a runs folder such as runs", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     rows = [describe(run) for run in find_runs(paths)]
     if not rows:
         print(f"no runs under {', '.join(map(str, paths))}")
@@ -66,11 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         if r["resume"]:
             print(f"{'':<{width}}  resume with: {r['resume']}")
     return 0
-
-
-def _version(path: Path) -> int:
-    number = path.name.removeprefix("version_")
-    return int(number) if number.isdigit() else -1
 
 
 if __name__ == "__main__":

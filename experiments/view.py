@@ -16,9 +16,10 @@ import time
 import webbrowser
 from pathlib import Path
 
-from experiments import console
+from experiments.rundir import console
+from experiments.rundir.console import USAGE_ERROR
+from experiments.rundir.finder import find_run
 
-USAGE_ERROR = 2
 DEFAULT_FILE = "model.onnx"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_PORT = 65535
@@ -35,18 +36,10 @@ def resolve_model(path: str | Path) -> Path:
         return path
     if not path.exists():
         raise console.UsageError(f"{path} does not exist: pass a run folder (runs/NAME/version_N) or an .onnx file")
-    found = _onnx_in(path)
+    run = find_run(path, has=lambda folder: _onnx_in(folder) is not None)
+    found = _onnx_in(run) if run is not None else None
     if found is not None:
         return found
-    versions = sorted(
-        (p for p in path.glob("version_*") if p.name.split("_", 1)[1].isdigit()),
-        key=lambda p: int(p.name.split("_", 1)[1]),
-        reverse=True,
-    )
-    for version in versions:
-        found = _onnx_in(version)
-        if found is not None:
-            return found
     raise console.UsageError(
         f"no {DEFAULT_FILE} in {path}: a run writes it at the end of training (unless --onnx.enabled false); "
         "pass a finished run folder or an .onnx file"

@@ -9,10 +9,9 @@ Every architecture in this package subclasses one of the task bases below and on
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -21,9 +20,40 @@ import torchmetrics
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
+from datamodules.base import DataModule
+from datamodules.tokenizer import CHECKPOINT_KEY as TOKENIZER_KEY
+from datamodules.tokenizer import checkpoint_tokenizer
+from lightning_models.schedules import warmup_cosine_scheduler
+
+if TYPE_CHECKING:
+    from datamodules.tokenizer import Tokenizer
+    from lightning_models.finetune import LoadReport
+
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["none", "cosine", "onecycle", "step"]
 Stage = Literal["train", "val", "test"]
+
+
+@runtime_checkable
+class CountsFlops(Protocol):
+    """A model that counts its training FLOPs, for the throughput and MFU report (the language models).
+
+    A protocol rather than a default on :class:`TaskModule`: a model either counts them or is left out of the
+    report, and ``isinstance(model, CountsFlops)`` says which.
+    """
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs (forward and backward) per token at context ``seq_len`` (default: the model's own)."""
+        ...
+
+
+@runtime_checkable
+class ExposesAttention(Protocol):
+    """A model whose attention weights the dashboards draw (the ViT)."""
+
+    def attention_maps(self, x: Tensor) -> Tensor:
+        """Attention weights of every layer for inputs ``x``: ``(n_layer, B, n_head, T, T)``, rows summing to 1."""
+        ...
 
 
 class TaskModule(L.LightningModule):
@@ -77,6 +107,20 @@ class TaskModule(L.LightningModule):
     #: ``num_classes``): not saved as hyperparameters, so ``load_from_checkpoint`` passes them once.
     derived_hparams: tuple[str, ...] = ()
 
+    #: Axes of the input that the ONNX export keeps dynamic, ``{axis: name}``: any batch size by default; a model
+    #: of token sequences adds ``{1: "sequence"}``.
+    onnx_dynamic_axes: ClassVar[dict[int, str]] = {0: "batch"}
+
+    #: The tokenizer of a model of text (token ids in), taken from the datamodule in :meth:`setup` and kept in every
+    #: checkpoint (``checkpoint["tokenizer"]``), so prediction and fine-tuning read text the way training did;
+    #: ``None`` for other models.
+    tokenizer: Tokenizer | None = None
+
+    #: Outputs of the head (classes, regression targets, a language model's vocabulary) and the shape of one
+    #: sample without the batch axis; set from the ``__init__`` arguments.
+    num_classes: int
+    input_shape: tuple[int, ...]
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -116,6 +160,8 @@ class TaskModule(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         # Set once pre-trained weights were applied or a checkpoint was loaded: either way they are not re-applied.
         self._weights_initialized = False
+        #: What ``pretrained`` loaded (:class:`~lightning_models.finetune.LoadReport`), once :meth:`setup` loaded it.
+        self.pretrained_report: LoadReport | None = None
         self._compiled = False
 
     # -- to be provided by task subclasses -------------------------------------------------------------------------
@@ -203,31 +249,41 @@ class TaskModule(L.LightningModule):
 
     # -- pre-trained weights, compilation, checkpoints ---------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Switch to channels-last weights when asked; load ``pretrained`` weights once, before the first
-        fit/validate/test of a model built from scratch.
+        """Switch to channels-last weights when asked; take the datamodule's tokenizer (text data); load
+        ``pretrained`` weights once, before the first fit/validate/test of a model built from scratch.
 
-        Skipped when the trainer restores a checkpoint set through ``trainer.ckpt_path`` (the launcher's ``--resume``
-        and ``--ckpt_path``) and for models made by ``load_from_checkpoint``. With ``trainer.fit(ckpt_path=...)``
-        the weights are loaded here and then replaced by the checkpoint's.
+        Pre-trained weights are skipped when the trainer restores a checkpoint set through ``trainer.ckpt_path`` (the
+        launcher's ``--resume`` and ``--ckpt_path``) and for models made by ``load_from_checkpoint``. With
+        ``trainer.fit(ckpt_path=...)`` the weights are loaded here and then replaced by the checkpoint's. A weights
+        file that holds another tokenizer than the data's is refused before anything is loaded
+        (:func:`~lightning_models.finetune.check_pretrained_tokenizer`).
+
+        Raises:
+            DataError: the pre-trained file cannot be read, fits no tensor of the model, or holds another tokenizer.
         """
         if self.hparams.get("channels_last"):
             # Convolutions given channels-last weights produce channels-last outputs: the whole net follows.
             self.to(memory_format=torch.channels_last)
+        data = self.trainer.datamodule
+        tokenizer = data.tokenizer if isinstance(data, DataModule) else None
         pretrained = self.hparams.get("pretrained")
         if pretrained and not self._weights_initialized and self.trainer.ckpt_path is None:
-            from lightning_models.finetune import load_pretrained
+            from lightning_models.finetune import check_pretrained_tokenizer, load_pretrained
 
+            if tokenizer is not None:
+                check_pretrained_tokenizer(pretrained, tokenizer)
             report = load_pretrained(
                 self, pretrained, skip=self.hparams.get("pretrained_skip") or (), renames=self.pretrained_key_map
             )
             self.pretrained_report = report
             rank_zero_only(print)(str(report))
-            # A line of the launcher's end-of-run summary (see experiments/summary.py).
-            summary = getattr(self.trainer, "zerotune_summary", None)
-            if summary is None:
-                summary = self.trainer.zerotune_summary = []
-            summary.append(f"pretrained {report.summary()}")
         self._weights_initialized = True
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+
+    def set_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Use ``tokenizer`` from now on (the datamodule's, or a checkpoint's); kept in every checkpoint."""
+        self.tokenizer = tokenizer
 
     def on_train_start(self) -> None:
         """Compile each submodule in place with ``compile: true`` (keys keep their names: no ``_orig_mod.``).
@@ -244,15 +300,42 @@ class TaskModule(L.LightningModule):
         self._compiled = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add the random streams and the tokenizer (``checkpoint["tokenizer"]``, its one place) to the checkpoint."""
         # Lightning restores model, optimizer, scheduler and loops; the random streams (dropout) are added here
         # so that a resumed run draws exactly what the uninterrupted run would have drawn.
         checkpoint["rng_states"] = _rng_states()
+        if self.tokenizer is not None:
+            checkpoint[TOKENIZER_KEY] = self.tokenizer.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Take the checkpoint's tokenizer and, when a trainer restores the checkpoint, hand it to the datamodule
+        too (:meth:`~datamodules.base.DataModule.use_tokenizer`: a resumed run keeps its token ids); restore the
+        random streams when training resumes."""
         self._weights_initialized = True
         trainer = self._trainer
+        tokenizer = checkpoint_tokenizer(checkpoint)
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+            data = trainer.datamodule if trainer is not None else None
+            if isinstance(data, DataModule):
+                data.use_tokenizer(tokenizer)
         if trainer is not None and trainer.training and "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
+
+    def optional_checkpoint_keys(self) -> set[str]:
+        """``state_dict`` keys a checkpoint of this model may leave out (a LoRA model's frozen base weights, which
+        adapters-only checkpoints name instead of holding); none by default."""
+        return set()
+
+    def convert_pretrained(self, state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+        """Map the tensors of the pre-trained file ``source`` onto this model's keys before they are matched
+        (:func:`~lightning_models.finetune.load_pretrained`); unchanged by default."""
+        return state
+
+    def export_module(self) -> nn.Module:
+        """What the ONNX export writes: this model by default; a simplified equivalent where there is one (a LoRA
+        model's copy with the adapters merged)."""
+        return self
 
     # -- optimization ----------------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
@@ -262,8 +345,8 @@ class TaskModule(L.LightningModule):
         freezes for the first epochs (they get no gradient, so the optimizer skips them until unfrozen).
         """
         factor = self.hparams.get("backbone_lr_factor", 1.0)
-        backbone = getattr(self, "backbone", None)
-        if factor == 1.0 or not isinstance(backbone, nn.Module):
+        backbone = self.backbone_module()
+        if factor == 1.0 or backbone is None:
             return [{"params": [p for p in self.parameters() if p.requires_grad]}]
         in_backbone = {id(p) for p in backbone.parameters()}
         body = [p for p in backbone.parameters() if p.requires_grad]
@@ -273,6 +356,12 @@ class TaskModule(L.LightningModule):
             {"name": "head", "params": rest},
         ]
         return [g for g in groups if g["params"]]
+
+    def backbone_module(self) -> nn.Module | None:
+        """The body of a model that splits into a body and a head (the submodule registered as ``self.backbone``),
+        which ``backbone_lr_factor`` and :class:`~lightning_models.finetune.FreezeSchedule` act on; ``None`` for a
+        model without one."""
+        return self._modules.get("backbone")
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer the hyperparameters name, over :meth:`param_groups` (no trainer needed)."""
@@ -298,11 +387,10 @@ class TaskModule(L.LightningModule):
         if hp.scheduler == "onecycle":
             max_lr = [g.get("lr", hp.lr) for g in opt.param_groups]
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
-        else:
-            steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
-            warmup = int(hp.warmup_epochs * steps_per_epoch)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(warmup, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = int(hp.warmup_epochs * steps_per_epoch)
+        return {"optimizer": opt, "lr_scheduler": warmup_cosine_scheduler(opt, warmup, total, peak_in_warmup=True)}
 
 
 def _rng_states() -> dict[str, Any]:
@@ -326,18 +414,6 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _warmup_cosine(warmup: int, total: int):
-    """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to zero at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 class ClassifierModule(TaskModule):

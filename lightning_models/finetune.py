@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from datamodules.errors import DataError
-from lightning_models.checkpoints import load_state_dict_file
+from datamodules.tokenizer import Tokenizer, char_gap_message, checkpoint_tokenizer
+from fileio.checkpoints import load_checkpoint, load_state_dict_file
+from fileio.errors import DataError
 
 
 @dataclass
@@ -73,7 +75,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a zerotune/Lightning checkpoint (its ``state_dict``), a plain ``state_dict`` file or a
     ``.safetensors`` file.
 
-    Read with ``weights_only=True`` (see :mod:`lightning_models.checkpoints`): a weights file from elsewhere cannot
+    Read with ``weights_only=True`` (see :mod:`fileio.checkpoints`): a weights file from elsewhere cannot
     run code when it is loaded, unless the user passed ``--trust_checkpoint true``.
 
     Raises:
@@ -148,6 +150,14 @@ def match_keys(
     return mapping, unused
 
 
+@runtime_checkable
+class ConvertsPretrained(Protocol):
+    """A model that maps foreign weights files onto its own keys before they are matched (every
+    :class:`~lightning_models.base.TaskModule` declares it; the Transformers convert Hugging Face GPT-2 files)."""
+
+    def convert_pretrained(self, state: dict[str, Tensor], source: str) -> dict[str, Tensor]: ...
+
+
 def load_pretrained(
     module: nn.Module,
     path: str | Path,
@@ -163,9 +173,8 @@ def load_pretrained(
         renames: Leading parts of file keys to rename first (see :func:`match_keys`).
     """
     source = read_state_dict(path)
-    convert = getattr(module, "convert_pretrained", None)
-    if callable(convert):  # the model maps a foreign layout (Hugging Face GPT-2) onto its own keys
-        source = convert(dict(source), str(path))
+    if isinstance(module, ConvertsPretrained):  # the model maps a foreign layout (Hugging Face GPT-2) onto its keys
+        source = module.convert_pretrained(dict(source), str(path))
     own = module.state_dict()
     mapping, unused = match_keys(source, own, renames)
     report = LoadReport(str(path), total=len(own), unused=unused)
@@ -195,6 +204,37 @@ def load_pretrained(
         )
     module.load_state_dict(chosen, strict=False)
     return report
+
+
+def check_pretrained_tokenizer(path: str | Path, tokenizer: Tokenizer) -> None:
+    """Refuse pre-trained weights trained with another tokenizer than ``tokenizer`` (the data's): the model's
+    embedding rows would stand for other tokens, its token ids would mean other text.
+
+    The rule, for every model: a file that exists and is not ``.safetensors`` (tensors only; a Hugging Face model's
+    tokenizer is given as ``data.tokenizer_path``) is read, and a tokenizer it holds (a zerotune checkpoint's, under
+    any file name) must equal ``tokenizer``. A missing file is left to :func:`load_pretrained` to report.
+
+    Raises:
+        DataError: naming the file and the setting that makes the data use the model's own tokenizer, or, when not
+            even that could work (a ``char`` model without tokens for some of this text's characters), why not.
+    """
+    file = Path(path)
+    if file.suffix == ".safetensors" or not file.is_file():
+        return
+    checkpoint = load_checkpoint(file)  # an unreadable file: the error the loader would give
+    try:
+        saved = checkpoint_tokenizer(checkpoint)
+    except DataError as err:
+        raise DataError(f"model.pretrained '{path}' holds {err}") from None
+    if saved is None or saved == tokenizer:
+        return
+    gap = char_gap_message(f"model.pretrained '{path}'", saved, tokenizer)
+    if gap:  # the advice below could not work: the model has no token for some of this text's characters
+        raise DataError(gap)
+    raise DataError(
+        f"model.pretrained '{path}' was trained with another tokenizer than this run's data uses, so its token ids "
+        f"would mean other text; pass --data.tokenizer_path {path} to tokenize with the model's own"
+    )
 
 
 class FreezeSchedule(L.Callback):

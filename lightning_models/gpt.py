@@ -39,6 +39,8 @@ class GPT(FinetuneMethods, CausalLMModule):
             methods (``finetune``: full, partial, lora), see :class:`~lightning_models.peft.FinetuneMethods`.
     """
 
+    generates = True
+
     embedding_names = ("transformer.wte", "transformer.wpe")
     blocks_name = "transformer.h"
     #: Hugging Face GPT-2 files (``model.safetensors``, ``pytorch_model.bin``) load into ``self.transformer``.

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from datamodules.errors import DataError
+from fileio.errors import DataError
 from lightning_models.checkpoints import compare_state_dict
 
 #: Hugging Face name part -> zerotune name part.

@@ -14,8 +14,10 @@ Metrics, per split and comparable across tokenizers:
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torchmetrics
@@ -23,6 +25,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lightning_models.base import OptimizerName, SchedulerName, Stage, TaskModule
+from lightning_models.schedules import warmup_cosine as warmup_cosine  # also importable from here, where it was
+from lightning_models.schedules import warmup_cosine_scheduler
+
+if TYPE_CHECKING:
+    from datamodules.tokenizer import Tokenizer
 
 
 class LanguageModelStats(torchmetrics.Metric):
@@ -53,26 +60,11 @@ class LanguageModelStats(torchmetrics.Metric):
         return values
 
 
-def warmup_cosine(warmup: int, decay_steps: int, min_ratio: float):
-    """LR multiplier by optimizer step (nanoGPT's schedule): linear warmup over ``warmup`` steps, cosine decay to
-    ``min_ratio`` at ``decay_steps``, then constant."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if step >= decay_steps:
-            return min_ratio
-        progress = (step - warmup) / max(1, decay_steps - warmup)
-        return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
-
-    return factor
-
-
 class CausalLMModule(TaskModule):
     """Base for decoder-only language models trained to predict the next token.
 
     Batches are ``(x, y)``: ``(B, T)`` token ids and the same sequence shifted by one. The datamodule's tokenizer
-    (``datamodule.tokenizer``) is picked up in :meth:`setup`, used for bits per byte and stored in every
+    is picked up in :meth:`~lightning_models.base.TaskModule.setup`, used for bits per byte and stored in every
     checkpoint as plain data (``checkpoint["tokenizer"]``), so generation and fine-tuning use exactly the one the
     model was trained with.
 
@@ -138,8 +130,6 @@ class CausalLMModule(TaskModule):
         self.vocab_size = vocab_size
         self.block_size = block_size
         self.example_input_array = torch.zeros(2, block_size, dtype=torch.long)
-        #: The tokenizer the model is trained with (from the datamodule or a checkpoint); ``None`` until known.
-        self.tokenizer: Any = None
         # Bytes of text each token stands for, for bits per byte; all zero while the tokenizer is unknown.
         self.register_buffer("token_bytes", torch.zeros(vocab_size, dtype=torch.int32), persistent=False)
 
@@ -185,47 +175,79 @@ class CausalLMModule(TaskModule):
             self.log_dict(metrics.compute(), prog_bar=True, sync_dist=True)
         metrics.reset()
 
-    # -- tokenizer ---------------------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        loads_pretrained = bool(self.hparams.get("pretrained")) and not self._weights_initialized
-        super().setup(stage)
-        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
-        if tokenizer is None:
-            return
-        if loads_pretrained and self.trainer.ckpt_path is None:
-            self._check_pretrained_tokenizer(tokenizer)
-        self.set_tokenizer(tokenizer)
+    # -- generation ----------------------------------------------------------------------------------------------------
+    #: Whether the network continues text (a causal decoder does; a masked-token encoder trained here does not).
+    generates: ClassVar[bool] = False
 
-    def _check_pretrained_tokenizer(self, tokenizer: Any) -> None:
-        """Refuse pre-trained weights that read another tokenizer's ids than this run's data holds.
+    def generate_stream(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Tensor]:
+        """Yield ``(B, 1)`` sampled tokens one at a time, continuing the ``(B, T)`` prompts ``idx`` (the subclass's
+        network samples them: :meth:`lightning_models.GPT.generate_stream`); only where :attr:`generates`."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate text")
+
+    def generate_text(
+        self,
+        prompt: str,
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 50,
+        top_p: float | None = None,
+        seed: int = 0,
+        use_cache: bool = True,
+        on_text: Callable[[str], None] | None = None,
+        echo_prompt: bool = False,
+    ) -> str:
+        """Sample a continuation of ``prompt`` with this model and its tokenizer; returns the new text.
+
+        Args:
+            prompt: Text to continue (at least one token, at most ``block_size``).
+            max_new_tokens: Tokens to generate.
+            temperature: Logit scale; 0 picks the most likely token.
+            top_k: Sample among the k most likely tokens.
+            top_p: Sample among the most likely tokens that make up probability ``top_p``.
+            seed: Seed of the sampling.
+            use_cache: Keep keys and values of earlier positions.
+            on_text: Called with each new piece of text as soon as it is complete (streaming).
+            echo_prompt: Pass the prompt to ``on_text`` first, once the settings have been checked.
 
         Raises:
-            DataError: naming the file and the setting that makes the data use the model's own tokenizer.
+            ValueError: an empty prompt, one longer than the model's context, characters the tokenizer lacks, or an
+                invalid sampling setting.
         """
-        from datamodules.errors import DataError
-        from datamodules.tokenizer import char_gap_message, tokenizer_from_dict
-        from lightning_models.checkpoints import load_checkpoint
+        import torch
 
-        path = self.hparams.pretrained
-        if str(path).endswith(".safetensors"):
-            return  # tensors only (a Hugging Face file): no tokenizer to compare; its own is data.tokenizer_path
-        saved = load_checkpoint(path)
-        saved = saved.get("tokenizer") if isinstance(saved, dict) else None
-        try:
-            saved = tokenizer_from_dict(saved) if saved else None
-        except DataError as err:
-            raise DataError(f"model.pretrained '{path}' holds {err}") from None
-        if saved is not None and saved != tokenizer:
-            gap = char_gap_message(f"model.pretrained '{path}'", saved, tokenizer)
-            if gap:  # the advice below could not work: the model has no token for some of this text's characters
-                raise DataError(gap)
-            raise DataError(
-                f"model.pretrained '{path}' was trained with another tokenizer than this run's data uses, so its "
-                f"token ids would mean other text; pass --data.tokenizer_path {path} to tokenize with the model's own"
-            )
+        from datamodules.tokenizer import StreamDecoder
 
-    def set_tokenizer(self, tokenizer: Any) -> None:
-        """Use ``tokenizer`` (an object with ``vocab_size``, ``token_bytes()`` and ``to_dict()``) from now on.
+        device = next(self.parameters()).device
+        ids = torch.as_tensor(self.tokenizer.encode(prompt), dtype=torch.long, device=device).view(1, -1)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        decoder = StreamDecoder(self.tokenizer)
+        stream = self.generate_stream(ids, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+        first = next(stream, None)  # checks the prompt and the settings before anything is shown
+        emit = on_text or (lambda text: None)
+        if echo_prompt:
+            emit(prompt)
+        pieces = []
+        for token in itertools.chain([first] if first is not None else [], stream):
+            piece = decoder.push(token.view(-1).tolist())
+            if piece:
+                pieces.append(piece)
+                emit(piece)
+        pieces.append(decoder.flush())
+        emit(pieces[-1])
+        return "".join(pieces)
+
+    def set_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Use ``tokenizer`` from now on: for generation, bits per byte and every checkpoint.
 
         Raises:
             ValueError: when the tokenizer has more tokens than the model's embedding has rows.
@@ -235,22 +257,10 @@ class CausalLMModule(TaskModule):
                 f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is {self.vocab_size}: "
                 "the model needs a row for every token id"
             )
-        self.tokenizer = tokenizer
+        super().set_tokenizer(tokenizer)
         table = torch.tensor(tokenizer.token_bytes(), dtype=torch.int32)
         self.token_bytes.zero_()
         self.token_bytes[: len(table)] = table.to(self.token_bytes.device)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.tokenizer is not None:
-            checkpoint["tokenizer"] = self.tokenizer.to_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if checkpoint.get("tokenizer"):
-            from datamodules.tokenizer import tokenizer_from_dict
-
-            self.set_tokenizer(tokenizer_from_dict(checkpoint["tokenizer"]))
 
     # -- optimization ------------------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
@@ -307,6 +317,5 @@ class CausalLMModule(TaskModule):
             return super().configure_optimizers()
         opt = self.build_optimizer()
         decay_steps = hp.lr_decay_steps or max(1, int(self.trainer.estimated_stepping_batches))
-        factor = warmup_cosine(hp.warmup_steps, decay_steps, hp.min_lr_ratio)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        schedule = warmup_cosine_scheduler(opt, hp.warmup_steps, decay_steps, hp.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": schedule}

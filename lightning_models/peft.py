@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from datamodules.errors import DataError
+from fileio.errors import DataError
 from lightning_models.hf_gpt2 import from_hf, is_hf_gpt2
 
 FinetuneMethod = Literal["full", "partial", "lora"]
@@ -290,13 +290,7 @@ class FinetuneMethods:
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        line = self.parameter_summary()
-        rank_zero_only(print)(f"model: {type(self).__name__}, {line}")
-        trainer = self.trainer
-        summary = getattr(trainer, "zerotune_summary", None)
-        if summary is None:
-            summary = trainer.zerotune_summary = []
-        summary.append(f"params     {line}")
+        rank_zero_only(print)(f"model: {type(self).__name__}, {self.parameter_summary()}")
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ class ResNet18Classifier(ClassifierModule):
     """
 
     pretrained_key_map = {"fc.": "head."}
+    #: Train the head only (set from the ``freeze_backbone`` argument).
+    freeze_backbone: bool = False
 
     def __init__(self, cifar_stem: bool = True, freeze_backbone: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -52,7 +54,7 @@ class ResNet18Classifier(ClassifierModule):
     def train(self, mode: bool = True) -> ResNet18Classifier:
         """Switch train/eval mode, keeping a frozen backbone (and its BatchNorm statistics) in eval mode."""
         super().train(mode)
-        if getattr(self, "freeze_backbone", False):
+        if self.freeze_backbone:
             self.backbone.eval()
         return self
 

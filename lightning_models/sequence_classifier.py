@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from datamodules.base import DataModule
 from lightning_models.base import ClassifierModule
 from lightning_models.peft import FinetuneMethods
 from lightning_models.transformer import TransformerBackbone, init_gpt2_weights
@@ -89,8 +90,6 @@ class SequenceClassifier(FinetuneMethods, ClassifierModule):
         self.head = nn.Linear(n_embd, self.num_classes)
         init_gpt2_weights(self, n_layer)
         self.example_input_array = torch.zeros(2, block_size, dtype=torch.long)
-        #: The tokenizer of the training data (saved in checkpoints, for classifying new text).
-        self.tokenizer: Any = None
         self.setup_finetuning()
 
     def features(self, idx: Tensor) -> Tensor:
@@ -111,54 +110,10 @@ class SequenceClassifier(FinetuneMethods, ClassifierModule):
         """``(B, T)`` ids -> ``(B, num_classes)`` logits."""
         return self.head(self.drop(self.features(idx)))
 
-    # -- the tokenizer: checked against the pre-trained model's, kept in checkpoints ----------------------------------
-    def setup(self, stage: str) -> None:
-        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
-        if tokenizer is not None:
-            self.tokenizer = tokenizer
-            pretrained = self.hparams.get("pretrained")
-            if pretrained and not self._weights_initialized and self.trainer.ckpt_path is None:
-                check_same_tokenizer(pretrained, tokenizer)
-        super().setup(stage)
-
+    # -- checkpoints: the class names beside the tokenizer (see TaskModule.on_save_checkpoint) ------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self.tokenizer is not None:
-            checkpoint["tokenizer"] = self.tokenizer.to_dict()
-        names = getattr(getattr(self._trainer, "datamodule", None), "class_names", None)
+        data = self._trainer.datamodule if self._trainer is not None else None
+        names = data.class_names if isinstance(data, DataModule) else None
         if names:
             checkpoint["class_names"] = list(names)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if checkpoint.get("tokenizer"):
-            from datamodules.tokenizer import tokenizer_from_dict
-
-            self.tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
-
-
-def check_same_tokenizer(pretrained: str, tokenizer: Any) -> None:
-    """Raise a :class:`~datamodules.errors.DataError` when the zerotune checkpoint ``pretrained`` was trained with
-    another tokenizer than ``tokenizer``: its embedding rows would stand for other tokens."""
-    from pathlib import Path
-
-    from datamodules.errors import DataError
-    from datamodules.tokenizer import char_gap_message, tokenizer_from_dict
-    from lightning_models.checkpoints import load_checkpoint
-
-    if Path(pretrained).suffix != ".ckpt" or not Path(pretrained).is_file():
-        return  # a plain weights file names no tokenizer (the loader reports a missing file)
-    saved = load_checkpoint(pretrained)
-    saved = saved.get("tokenizer") if isinstance(saved, dict) else None
-    try:
-        saved = tokenizer_from_dict(saved) if saved else None
-    except DataError as err:
-        raise DataError(f"model.pretrained '{pretrained}' holds {err}") from None
-    if saved is not None and saved != tokenizer:
-        gap = char_gap_message(f"model.pretrained '{pretrained}'", saved, tokenizer)
-        if gap:  # the advice below could not work: the model has no token for some of this text's characters
-            raise DataError(gap)
-        raise DataError(
-            f"model.pretrained '{pretrained}' was trained with another tokenizer than this data's ({tokenizer}): "
-            f"pass --data.tokenizer_path {pretrained} so the text is split into the tokens the model knows"
-        )

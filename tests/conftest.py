@@ -56,3 +56,10 @@ TINY = [
     "--trainer.limit_test_batches",
     "2",
 ]
+#: :data:`TINY` as typed settings, for the Python API.
+TINY_SETTINGS = {
+    "trainer.max_epochs": 2,
+    "trainer.limit_train_batches": 3,
+    "trainer.limit_val_batches": 2,
+    "trainer.limit_test_batches": 2,
+}

@@ -6,17 +6,35 @@ Test modules import the fixtures by name (``from pretrained_fixtures import code
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakedata import write_code_corpus
 
-#: The tiny GPT's shape and data settings; fine-tuning runs must repeat the shape to load its weights.
-TINY_SHAPE = ["--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32"]
-TINY_TEXT = [
-    "--data.bpe_vocab_size", "300", "--data.block_size", "32", "--data.batch_size", "4", "--data.eval_batch_size", "8",
-    "--data.val_blocks", "null", "--data.val_fraction", "0.25", "--data.test_fraction", "0.25",
-]  # fmt: skip
-QUIET = ["--progress_bar.refresh_rate", "0", "--samples.enabled", "false", "--dashboards.enabled", "false"]
+from experiments.launcher.launch import command_line
+
+#: The tiny GPT's shape and data settings (for the Python API); fine-tuning runs must repeat the shape to load its
+#: weights.
+SHAPE: dict[str, Any] = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32}
+TEXT: dict[str, Any] = {
+    "data.bpe_vocab_size": 300,
+    "data.block_size": 32,
+    "data.batch_size": 4,
+    "data.eval_batch_size": 8,
+    "data.val_blocks": None,
+    "data.val_fraction": 0.25,
+    "data.test_fraction": 0.25,
+}
+#: No progress bar, text samples or dashboards.
+QUIET_SETTINGS: dict[str, Any] = {"progress_bar.refresh_rate": 0, "samples.enabled": False, "dashboards.enabled": False}
+
+
+def flags(settings: dict[str, Any]) -> list[str]:
+    """``--key value`` arguments of ``settings``, for tests of the command line itself."""
+    return command_line("", settings)[1:]
+
+
+TINY_SHAPE, TINY_TEXT, QUIET = flags(SHAPE), flags(TEXT), flags(QUIET_SETTINGS)
 
 
 @pytest.fixture(scope="session")
@@ -34,15 +52,22 @@ def code_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt_ckpt(code_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``last.ckpt`` of a 2-layer, 32-wide GPT pre-trained for 6 steps on the corpus without ``email``."""
-    from experiments.run import main
+    from experiments.api import launch
 
     runs = tmp_path_factory.mktemp("pretrain") / "runs"
-    code = main(
-        ["stdlib_gpt", "--runs_dir", str(runs), "--data.path", str(code_corpus), "--data.exclude", "[email]",
-         "--data.cache_dir", str(runs.parent / "tokens"), "--trainer.max_steps", "6", "--trainer.val_check_interval",
-         "3", "--model.warmup_steps", "1", "--onnx.enabled", "false", *TINY_SHAPE, *TINY_TEXT, *QUIET]
-    )  # fmt: skip
-    assert code == 0
+    settings = {
+        "data.path": str(code_corpus),
+        "data.exclude": ["email"],
+        "data.cache_dir": str(runs.parent / "tokens"),
+        "trainer.max_steps": 6,
+        "trainer.val_check_interval": 3,
+        "model.warmup_steps": 1,
+        "onnx.enabled": False,
+        **SHAPE,
+        **TEXT,
+        **QUIET_SETTINGS,
+    }
+    launch("stdlib_gpt", settings, runs_dir=runs)
     return runs / "stdlib_gpt" / "version_0" / "checkpoints" / "last.ckpt"
 
 

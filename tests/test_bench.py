@@ -26,7 +26,7 @@ def test_bench_runs_every_loop_and_removes_its_temporary_folder(
 def test_hand_written_loops_follow_the_recipes_precision_and_memory_format() -> None:
     import torch
 
-    from experiments.bench import Case
+    from experiments.benchmarks.synthetic import Case
 
     fast, plain = Case.from_config("mnist_fast"), Case.from_config("mnist_mlp")
     assert (fast.precision, plain.precision) == ("bf16-mixed", "32-true")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from fakedata import write_tinyshakespeare
 
-from experiments import bench_gpt, bench_nanogpt
+from experiments.benchmarks import gpt as bench_gpt
+from experiments.benchmarks import nanogpt as bench_nanogpt
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,7 @@ def test_speed_row_compares_tokens_per_second(shakespeare: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_race_times_both_recipes_to_each_validation(shakespeare: Path, tmp_path: Path) -> None:
-    quick = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--onnx.enabled", "false",
-             "--samples.enabled", "false"]  # fmt: skip
+    quick = {"trainer.max_steps": 4, "trainer.val_check_interval": 2, "onnx.enabled": False, "samples.enabled": False}
     rows = bench_gpt.race(str(shakespeare), str(tmp_path), recipes=[("quick", quick)], nano_iters=3)
     assert len(rows) == 2 and rows[0].startswith("| nanoGPT CPU recipe") and rows[1].startswith("| quick |")
     wall, reached, final, curve = [c.strip() for c in rows[1].strip("|").split("|")][1:]

@@ -11,8 +11,10 @@ import yaml
 from fakedata import write_jpeg_folder, write_mnist
 
 from datamodules import ImageFolderDataModule, MNISTDataModule
-from experiments import bench_real, handloops
-from experiments.cli import CONFIG_DIR, _import
+from experiments.benchmarks import handloops
+from experiments.benchmarks import real as bench_real
+from experiments.launcher.recipes import CONFIG_DIR
+from lightning_models.checkpoints import import_class
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def test_hand_network_is_the_recipes_network_with_the_same_initial_weights(kind:
     plan = plans(data)[kind]
     cfg = yaml.safe_load((CONFIG_DIR / f"{plan['experiment']}.yaml").read_text())
     torch.manual_seed(plan["seed_everything"])
-    model = _import(cfg["model"]["class_path"])(
+    model = import_class(cfg["model"]["class_path"])(
         num_classes=plan["model"]["num_classes"], input_shape=plan["model"]["input_shape"], **cfg["model"]["init_args"]
     )
     net = handloops.build_network(plan)

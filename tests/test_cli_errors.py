@@ -16,9 +16,10 @@ import pytest
 import torch
 from conftest import ROOT, run_launcher
 
-from datamodules.errors import DataError
+from fileio.checkpoints import TRUST_ENV, load_checkpoint, load_state_dict_file
+from fileio.errors import DataError
 from lightning_models import MLPClassifier, SmallCNN
-from lightning_models.checkpoints import TRUST_ENV, check_compatible, load_checkpoint, load_state_dict_file
+from lightning_models.checkpoints import check_compatible
 
 
 def _one_error(code: int, err: str) -> str:
@@ -265,12 +266,13 @@ def test_bad_ckpt_path_is_one_line_through_the_launcher(
 def test_ctrl_c_before_training_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import experiments.run as launcher
+    import experiments.launcher.launch as launcher
+    from experiments.run import main
 
     def interrupted(args: list[str]) -> int:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(launcher, "run", interrupted)  # Ctrl+C while the config is read and classes are built
-    assert launcher.main(["digits_mlp"]) == 130
+    assert main(["digits_mlp"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "interrupted: SIGINT before training started: nothing to resume" and "Traceback" not in err

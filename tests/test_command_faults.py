@@ -250,7 +250,7 @@ def test_merge_lora_replaces_an_existing_output_only_with_force_and_never_a_fold
     assert out.read_bytes() == b"earlier"
     assert merge_lora.main([str(lora_run), "--out", str(out), "--force"]) == 0
     capsys.readouterr()
-    from lightning_models.checkpoints import load_safetensors
+    from fileio.checkpoints import load_safetensors
 
     assert "lm_head.weight" in load_safetensors(out)
     line = one_error(merge_lora.main([str(lora_run), "--out", str(tmp_path)]), capsys.readouterr().err)

@@ -16,18 +16,19 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.data import DataLoader, TensorDataset
 
-from experiments.callbacks import Dashboards, SafeTensorBoardLogger
+from experiments.callbacks import Dashboards
 from experiments.callbacks.dashboards import confusion_matrix
+from experiments.callbacks.report import RunReport
+from experiments.launcher.loggers import SafeTensorBoardLogger
 from lightning_models import LinearRegression, MLPClassifier
 
-TINY_RUN = [
-    "digits_cnn",
-    "--trainer.max_epochs", "2",
-    "--trainer.limit_train_batches", "3",
-    "--trainer.limit_val_batches", "2",
-    "--trainer.limit_test_batches", "1",
-    "--trainer.log_every_n_steps", "1",
-]  # fmt: skip
+TINY_RUN = {
+    "trainer.max_epochs": 2,
+    "trainer.limit_train_batches": 3,
+    "trainer.limit_val_batches": 2,
+    "trainer.limit_test_batches": 1,
+    "trainer.log_every_n_steps": 1,
+}
 
 
 def load_events(run_dir: Path) -> EventAccumulator:
@@ -37,23 +38,21 @@ def load_events(run_dir: Path) -> EventAccumulator:
 
 
 @functools.cache
-def shared_tiny_run(basetemp: Path) -> tuple[Path, str]:
-    """One tiny digits_cnn run through the launcher per test session: (run folder, printed summary).
+def shared_tiny_run(basetemp: Path) -> tuple[Path, str, RunReport]:
+    """One tiny digits_cnn run through the Python API per test session: (run folder, printed summary, run report).
 
     Shared with the browser tests: ``basetemp`` (pytest's session folder) is the same in every module.
     """
-    from experiments.run import main
+    from experiments.api import launch
 
-    runs = basetemp / "shared-tiny-run"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main([*TINY_RUN, "--runs_dir", str(runs)])
-    assert code == 0, out.getvalue()[-2000:]
-    return runs / "digits_cnn" / "version_0", out.getvalue()
+        result = launch("digits_cnn", TINY_RUN, runs_dir=basetemp / "shared-tiny-run")
+    return result.run_dir, out.getvalue(), result.report
 
 
 @pytest.fixture
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, RunReport]:
     return shared_tiny_run(tmp_path_factory.getbasetemp())
 
 
@@ -103,10 +102,20 @@ def test_graph_and_figures_are_logged(tiny_run: tuple[Path, str]) -> None:
     assert len(acc.Images("val/misclassified")) >= 1
 
 
-def test_summary_prints_parity_and_viewer_commands(tiny_run: tuple[Path, str]) -> None:
-    run_dir, out = tiny_run
+def test_summary_prints_parity_and_viewer_commands(tiny_run: tuple[Path, str, RunReport]) -> None:
+    run_dir, out, report = tiny_run
+    assert run_dir == report.run_dir and run_dir.name == "version_0"
+    onnx = report.onnx
+    assert onnx is not None and onnx.ok and onnx.path == run_dir / "model.onnx" and onnx.path.is_file()
+    assert (
+        report.best is not None
+        and onnx.source == f"best checkpoint {report.best.path.name}"
+        and onnx.max_abs_diff < onnx.atol
+    )
+    assert report.test_metrics["test/acc"] >= 0 and report.epochs == 2
+    # The summary printed at the end is rendered from the report.
     onnx_line = next(line for line in out.splitlines() if line.startswith("onnx "))
-    assert str(run_dir / "model.onnx") in onnx_line and "best checkpoint" in onnx_line and "(ok" in onnx_line
+    assert onnx_line == f"onnx       {onnx.summary()}"
     assert f"-m experiments.view {run_dir}" in out
     assert f"--logdir {run_dir}" in out
 

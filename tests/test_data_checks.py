@@ -12,7 +12,7 @@ from conftest import ROOT, run_launcher
 from fakedata import write_image_folder
 
 from datamodules import InMemoryDataModule, Split
-from datamodules.errors import DataError
+from fileio.errors import DataError
 
 
 def test_image_folder_with_one_class_is_one_line_before_any_run_folder(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from conftest import run_launcher
 from fakedata import write_cifar10
 
 from datamodules import CIFAR10DataModule, vision
-from datamodules.errors import DataError
+from fileio.errors import DataError
+from fileio.pickles import restricted_unpickle
 
 
 class Payload:
@@ -165,12 +166,12 @@ def test_the_official_files_layout_and_every_pickle_protocol_load(tmp_path: Path
     data = np.random.default_rng(0).integers(0, 256, (4, 3072), dtype=np.uint8)
     py2 = tmp_path / "data_batch_py2"
     py2.write_bytes(py2_batch_pickle(data, [1, 2, 3, 9]))
-    entry = vision.restricted_unpickle(py2)
+    entry = restricted_unpickle(py2)
     assert np.array_equal(entry["data"], data) and entry["data"].dtype == np.uint8 and entry["labels"] == [1, 2, 3, 9]
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):  # Python 3 and numpy 2: _reconstruct, or _frombuffer (5)
         path = tmp_path / f"batch_{protocol}"
         path.write_bytes(pickle.dumps({"data": data, "batch_label": b"x", "labels": [1]}, protocol=protocol))
-        assert np.array_equal(vision.restricted_unpickle(path)["data"], data)
+        assert np.array_equal(restricted_unpickle(path)["data"], data)
 
 
 @pytest.mark.parametrize(
@@ -187,4 +188,4 @@ def test_the_restricted_unpickler_refuses_every_other_global(obj, name: str, tmp
     path = tmp_path / "batch"
     path.write_bytes(pickle.dumps(obj))
     with pytest.raises(DataError, match=f"^refusing to read {path}: its pickle calls {name}, "):
-        vision.restricted_unpickle(path)
+        restricted_unpickle(path)

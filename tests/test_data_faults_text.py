@@ -16,8 +16,8 @@ from fakedata import SHAKESPEARE, write_code_corpus, write_jpeg_folder, write_ti
 
 from datamodules import TextClassificationDataModule, TextDataModule
 from datamodules import text as text_module
-from datamodules.errors import DataError
 from datamodules.tokenizer import CharTokenizer, read_tokenizer
+from fileio.errors import DataError
 
 
 # -- the token cache -------------------------------------------------------------------------------------------------
@@ -294,19 +294,19 @@ def test_text_classification_with_characters_its_char_tokenizer_lacks(tmp_path: 
 def test_a_classifier_from_a_char_model_that_cannot_read_the_text_gets_no_advice_that_cannot_work(
     tmp_path: Path,
 ) -> None:
-    from lightning_models.sequence_classifier import check_same_tokenizer
+    from lightning_models.finetune import check_pretrained_tokenizer
 
     ckpt = tmp_path / "lm.ckpt"
     torch.save({"state_dict": {}, "tokenizer": CharTokenizer("abc ").to_dict()}, ckpt)
     with pytest.raises(DataError) as err:
-        check_same_tokenizer(str(ckpt), CharTokenizer(" abcxy"))
+        check_pretrained_tokenizer(str(ckpt), CharTokenizer(" abcxy"))
     assert str(err.value) == (
         f"model.pretrained '{ckpt}' reads a char tokenizer of 4 characters, and this run's text has 2 character(s) it "
         "has no token for ('x', 'y'), so not even --data.tokenizer_path can make the model read it: use text written "
         "with the model's characters, or a model trained with data.tokenizer byte or bpe, which read any text"
     )
-    with pytest.raises(DataError, match=f"pass --data.tokenizer_path {re.escape(str(ckpt))} so the text"):
-        check_same_tokenizer(str(ckpt), CharTokenizer(" ab"))  # fewer characters: the model's own tokenizer reads it
+    with pytest.raises(DataError, match=f"pass --data.tokenizer_path {re.escape(str(ckpt))} to tokenize with"):
+        check_pretrained_tokenizer(str(ckpt), CharTokenizer(" ab"))  # fewer characters: the model's tokenizer reads it
     torch.save({"state_dict": {}, "tokenizer": {"kind": "char", "chars": "aab"}}, ckpt)  # damaged: repeated 'a'
     with pytest.raises(DataError, match=f"^model.pretrained '{re.escape(str(ckpt))}' holds a malformed char tokenizer"):
-        check_same_tokenizer(str(ckpt), CharTokenizer(" ab"))
+        check_pretrained_tokenizer(str(ckpt), CharTokenizer(" ab"))

@@ -25,8 +25,8 @@ from datamodules import (
     MNISTDataModule,
     Split,
 )
-from datamodules.errors import DataError
 from datamodules.image_folder import random_resized_crop_flip
+from fileio.errors import DataError
 
 VISION = {
     "mnist": (MNISTDataModule, (1, 28, 28), (0.1307,), (0.3081,)),

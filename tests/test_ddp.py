@@ -134,8 +134,8 @@ def test_bf16_mixed_on_cpu_trains(runs_dir: Path, capsys: pytest.CaptureFixture[
 def test_fp16_on_cpu_says_bf16_up_front(
     runs_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from experiments.cli import ZeroTuneCLI
-    from experiments.run import build_args
+    from experiments.launcher.cli import ZeroTuneCLI
+    from experiments.launcher.launch import build_args
 
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
 

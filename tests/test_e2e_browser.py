@@ -161,22 +161,52 @@ def test_netron_draws_the_exported_graph(run_dir: Path, browser: object, tmp_pat
         page.close()
 
 
+def drawn_points(card: object) -> int:
+    """How many points the card's chart draws: its longest line (the raw and the smoothed line share the points)."""
+    paths = card.locator("path.line").evaluate_all("ps => ps.map(p => p.getAttribute('d') || '')")
+    return max((d.count("L") + d.startswith("M") for d in paths), default=0)
+
+
 def test_tensorboard_shows_the_run_scalars(run_dir: Path, browser: object, tmp_path: Path) -> None:
+    from test_dashboards import load_events
+
     # A log folder relative to the runs root's parent, as a user types it (TensorBoard shows it in the sidebar).
     home = run_dir.parents[2]
     logdir = str(run_dir.relative_to(home))
+    events = load_events(run_dir)
+    lr_tag = next(t for t in events.Tags()["scalars"] if t.startswith("lr-"))  # LearningRateMonitor's tag
+    logged = {tag: len(events.Scalars(tag)) for tag in [*SCALAR_TAGS, lr_tag]}
+    assert all(logged.values()), logged
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1", "--port", "0"]
     with serving(command, tmp_path / "tensorboard.log", r"(http://127\.0\.0\.1:\d+)/", cwd=home) as url:
         page = browser.new_page()
         page.goto(url + "/#scalars")
         tag_filter = page.locator("tf-tag-filterer input")
         tag_filter.wait_for(timeout=60_000)
-        tag_filter.fill("|".join(re.escape(t) for t in SCALAR_TAGS) + "|lr-")
-        for tag in SCALAR_TAGS:
-            page.get_by_text(f"tag: {tag}", exact=True).first.wait_for(timeout=60_000)
-        page.get_by_text(re.compile(r"tag: lr-\w+")).first.wait_for(timeout=30_000)  # LearningRateMonitor's tag
-        # The charts have drawn their lines (one path per run and smoothing layer in each chart).
-        page.locator("tf-scalar-card path.line").first.wait_for(state="attached", timeout=30_000)
+        # The sidebar names the log folder as typed, and its one run (the folder itself, ".") is listed and selected.
+        selector = page.locator("tf-runs-selector")
+        assert selector.evaluate("s => [s.dataLocation, s.runs]") == [logdir, ["."]]
+        assert page.locator("tf-runs-selector tf-multi-checkbox").evaluate("m => m.outSelected") == ["."]
+        # Scale each chart to all its points: with outliers ignored, a 2-point chart such as val/loss draws nothing.
+        outliers = page.locator("paper-checkbox", has_text="Ignore outliers in chart scaling")
+        outliers.click()
+        assert outliers.evaluate("c => c.checked") is False
+        tag_filter.fill("|".join(re.escape(t) for t in logged))
+        cards = {}
+        for tag in logged:
+            heading = page.get_by_text(f"tag: {tag}", exact=True).first
+            heading.wait_for(timeout=60_000)
+            cards[tag] = page.locator("tf-scalar-card:visible").filter(has=heading)
+        shown = set(page.locator("tf-scalar-card:visible").evaluate_all("cs => cs.map(c => c.tag)"))
+        assert set(logged) <= shown, shown
+        # Each chart draws one point per value the event file holds (charts load one after another: wait a little).
+        drawn = {}
+        deadline = time.monotonic() + 30
+        while drawn != logged and time.monotonic() < deadline:
+            time.sleep(0.25)
+            drawn = {tag: drawn_points(card) for tag, card in cards.items()}
+        assert drawn == logged
+        outliers.click()  # back to TensorBoard's default for the picture: long runs' curves fill the chart
         tag_filter.fill("train/loss|val/loss|val/acc|lr-")
         time.sleep(1.0)
         save_screenshot(page, "tensorboard.png", tmp_path)

@@ -18,7 +18,7 @@ import yaml
 from conftest import run_launcher
 from fakedata import write_cifar10, write_jpeg_folder, write_mnist, write_tinyshakespeare
 
-from experiments.cli import CONFIG_DIR
+from experiments.launcher.recipes import CONFIG_DIR
 
 CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -11,8 +12,9 @@ import torch
 from conftest import run_launcher
 from fakedata import write_jpeg_folder, write_mnist
 
-from experiments.callbacks.onnx_export import export_onnx, onnx_parity
+from experiments.launcher.launch import command_line
 from lightning_models import MNISTCNN, ResNet9
+from lightning_models.export import export_onnx, onnx_parity
 
 
 def test_resnet9_shapes_width_and_checks() -> None:
@@ -79,25 +81,27 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def fast_args(name: str, data: Path, runs: Path, accelerator: str) -> list[str]:
-    args = [name, "--runs_dir", str(runs), "--trainer.accelerator", accelerator, "--trainer.max_epochs", "1"]
-    args += ["--data.batch_size", "16", "--onnx.enabled", "false", "--dashboards.enabled", "false"]
+def fast_settings(name: str, data: Path, accelerator: str) -> dict[str, Any]:
+    settings = {"trainer.accelerator": accelerator, "trainer.max_epochs": 1, "data.batch_size": 16}
+    settings |= {"onnx.enabled": False, "dashboards.enabled": False}
     if name == "mnist_fast":
-        return args + ["--data.data_dir", str(data), "--data.download", "false"]
-    return args + ["--data.root", str(data / "cifar10-train")]
+        return settings | {"data.data_dir": str(data), "data.download": False}
+    return settings | {"data.root": str(data / "cifar10-train")}
 
 
 @pytest.mark.parametrize("name", ["mnist_fast", "cifar10_fast"])
 def test_fast_recipes_train_in_bf16_with_channels_last_weights(
     name: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from experiments.run import build_args, launch
+    from experiments.api import launch
 
-    code, out, err = run_launcher(fast_args(name, data, tmp_path, "cpu"), capsys)
+    args = [*command_line(name, fast_settings(name, data, "cpu")), "--runs_dir", str(tmp_path)]
+    code, out, err = run_launcher(args, capsys)
     assert code == 0, err[-2000:]
     assert "test/acc=" in out
     assert re.search(r"^fit +\d+\.\d s, 1 epoch$", out, re.M), out  # the summary says how long training took
-    result = launch(build_args(fast_args(name, data, tmp_path / "again", "cpu")))
+    result = launch(name, fast_settings(name, data, "cpu"), runs_dir=tmp_path / "again")
+    assert result.report.epochs == 1 and result.report.fit_seconds > 0 and "test/acc" in result.test_metrics
     assert result.model.trainer.precision == "bf16-mixed"
     conv = next(m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -116,10 +120,9 @@ class DataOnDevice(L.Callback):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mnist_fast", "cifar10_fast"])
 def test_fast_recipes_run_unchanged_on_a_gpu_with_the_data_on_it(name: str, data: Path, tmp_path: Path) -> None:
-    from experiments.run import build_args, launch
+    from experiments.api import launch
 
     DataOnDevice.seen.clear()
-    args = [*fast_args(name, data, tmp_path, "gpu"), "--trainer.callbacks+=test_fast_recipes.DataOnDevice"]
-    result = launch(build_args(args))
+    result = launch(name, fast_settings(name, data, "gpu"), runs_dir=tmp_path, callbacks=[DataOnDevice()])
     assert 0 <= result.test_metrics["test/acc"] <= 1
     assert DataOnDevice.seen and set(DataOnDevice.seen) == {("cuda", "cuda")}

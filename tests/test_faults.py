@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import ROOT, run_launcher
 
-from experiments.run import build_args, launch
+from experiments.launcher.launch import build_args, launch
 
 # Digits + a small MLP: 20 training batches per epoch, a few seconds per run.
 FAST = [

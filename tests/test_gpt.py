@@ -11,11 +11,11 @@ import torch
 import yaml
 from torch import nn
 
-from experiments.callbacks.onnx_export import export_onnx, onnx_parity
-from experiments.cli import CONFIG_DIR
+from experiments.launcher.recipes import CONFIG_DIR
 from lightning_models import GPT
+from lightning_models.export import export_onnx, onnx_parity
 from lightning_models.gpt import sample_next
-from lightning_models.language_model import warmup_cosine
+from lightning_models.schedules import warmup_cosine
 from lightning_models.transformer import Attention, TransformerBackbone
 
 

@@ -14,7 +14,7 @@ from fakedata import write_code_corpus
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from datamodules.errors import DataError
+from fileio.errors import DataError
 from lightning_models import GPT, SequenceClassifier
 from lightning_models.finetune import load_pretrained
 from lightning_models.hf_gpt2 import from_hf, is_hf_gpt2, to_hf

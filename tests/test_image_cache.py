@@ -13,8 +13,8 @@ from fakedata import write_image_folder, write_jpeg_folder
 from PIL import Image
 
 from datamodules import ImageFolderDataModule
-from datamodules.errors import DataError
 from datamodules.image_cache import cache_file, decode_files, list_images
+from fileio.errors import DataError
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from datamodules import TextDataModule
 from datamodules.text import FixedBlocks
 from experiments import generate
-from experiments.cli import CONFIG_DIR
+from experiments.launcher.recipes import CONFIG_DIR
 from lightning_models import GPT
 from lightning_models.checkpoints import model_from_checkpoint
 
@@ -158,9 +158,9 @@ def test_generate_streams_text_with_and_without_the_cache_alike(
         assert f"from {run / 'checkpoints'}" in err
     assert outputs[0] == outputs[1] and outputs[0].startswith("def ") and len(outputs[0]) > 40
     # Streaming: text arrives in pieces as the tokens come, and the pieces make up the whole.
-    model = generate.load_language_model(generate.find_checkpoint(run))
+    model = generate.load_language_model(run).model
     pieces: list[str] = []
-    text = generate.generate_text(model, "class ", 30, seed=3, on_text=pieces.append)
+    text = model.generate_text("class ", 30, seed=3, on_text=pieces.append)
     assert len([p for p in pieces if p]) > 5 and "".join(pieces) == text
 
 

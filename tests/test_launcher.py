@@ -13,7 +13,7 @@ import yaml
 from conftest import ROOT, TINY, run_launcher
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments.run import DEFAULT_EXPERIMENT, experiment_names
+from experiments.launcher.recipes import DEFAULT_EXPERIMENT, experiment_names
 
 
 def test_default_experiment_end_to_end(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -226,7 +226,7 @@ def test_help_leads_with_the_common_options_and_is_fast_once_cached(tmp_path: Pa
         [sys.executable, "-m", "experiments.run", "--help"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert first.returncode == 0, first.stderr
-    from experiments.help import SUMMARY
+    from experiments.launcher.help import SUMMARY
 
     assert first.stdout.startswith(SUMMARY)
     assert "--trainer.max_epochs MAX_EPOCHS" in first.stdout and "--model.help [CLASS_PATH_OR_NAME]" in first.stdout

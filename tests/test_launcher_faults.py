@@ -14,7 +14,7 @@ import torch
 from conftest import TINY, run_launcher
 from safetensors.torch import save_file
 
-from experiments.cli import CONFIG_DIR
+from experiments.launcher.recipes import CONFIG_DIR
 from lightning_models import MLPClassifier
 
 

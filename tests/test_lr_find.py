@@ -13,7 +13,8 @@ import yaml
 from conftest import run_launcher
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments.lr_find import _unbiased, main, suggest
+from experiments.launcher.lr_range import _unbiased, suggest
+from experiments.lr_find import main
 
 # Two short epochs (20 training batches each); the range test takes its 100 steps over as many epochs as it needs.
 SHORT = ["--trainer.max_epochs", "2", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2"]

@@ -21,9 +21,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import lightning_models
 from datamodules import DigitsDataModule
 from experiments.callbacks import ONNXExport, ONNXExportWarning
-from experiments.callbacks.onnx_export import export_onnx, failure_reason, onnx_parity
+from experiments.callbacks.report import RunReport
 from lightning_models import MLPClassifier
 from lightning_models.base import TaskModule
+from lightning_models.export import export_onnx, failure_reason, onnx_parity
 
 #: Small sample shapes tried in order until an architecture accepts one (conv stacks need room, ImageNet-style
 #: models need 3 channels); keeps the sweep free of per-model cases.
@@ -132,11 +133,12 @@ def test_callback_exports_the_best_checkpoint_not_the_last_weights(tmp_path: Pat
     dm = DigitsDataModule(batch_size=32)
     model = _PickFirstEpoch(num_classes=10, input_shape=(1, 8, 8), lr=0.05)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="pick", mode="max")
-    export = ONNXExport()
-    trainer = _trainer(tmp_path, [ckpt, export], epochs=3)
+    export, report = ONNXExport(), RunReport()
+    trainer = _trainer(tmp_path, [ckpt, export, report], epochs=3)
     trainer.fit(model, datamodule=dm)
 
     result = export.result
+    assert report.onnx is result  # the export reports into the run report when the run has one
     assert result is not None and result.ok, result
     assert result.path == Path(trainer.log_dir) / "model.onnx"
     assert "epoch=0" in Path(ckpt.best_model_path).name and result.source.startswith("best checkpoint")
@@ -154,7 +156,7 @@ def test_callback_exports_the_best_checkpoint_not_the_last_weights(tmp_path: Pat
         last_out = model.eval()(x).numpy()
     assert np.abs(onnx_out - best_out).max() <= 1e-4
     assert np.abs(onnx_out - last_out).max() > 1e-2  # three epochs at lr 0.05 moved the weights
-    assert any("max |onnx - torch|" in line and "(ok" in line for line in trainer.zerotune_summary)
+    assert "max |onnx - torch|" in result.summary() and "(ok, atol 0.0001)" in result.summary()
 
     # Self-describing: raw uint8 input, described; class names, version and the input description in metadata.
     proto = onnx.load(str(result.path))
@@ -202,7 +204,7 @@ def test_unexportable_model_warns_once_and_keeps_the_run(tmp_path: Path, capfd: 
     assert 0.0 <= results[0]["test/acc"] <= 1.0
     assert not list(Path(trainer.log_dir).glob("*.onnx")) and not list(Path(trainer.log_dir).glob(".*.tmp"))
     assert export.result is not None and not export.result.ok and export.result.path is None
-    assert any(line.startswith("onnx       not exported") for line in trainer.zerotune_summary)
+    assert export.result.summary().startswith("not exported: ")
 
 
 def test_failure_reason_names_the_missing_operator(tmp_path: Path) -> None:

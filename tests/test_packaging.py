@@ -16,13 +16,14 @@ import sys
 from pathlib import Path
 
 import datamodules
+import fileio
 import lightning_models
 from datamodules import DigitsDataModule
-from experiments.run import experiment_names
+from experiments.launcher.recipes import experiment_names
 from lightning_models import SmallCNN
 
 target = Path(sys.argv[1]).resolve()
-for module in (lightning_models, datamodules):
+for module in (fileio, lightning_models, datamodules):
     assert Path(module.__file__).resolve().is_relative_to(target), module.__file__
 dm = DigitsDataModule()
 dm.setup()
@@ -38,7 +39,7 @@ def test_wheel_imports_from_any_directory(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for package in ("lightning_models", "datamodules", "experiments"):
+    for package in ("fileio", "lightning_models", "datamodules", "experiments"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     build = subprocess.run(

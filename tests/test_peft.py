@@ -12,11 +12,12 @@ import torch
 from conftest import run_launcher
 from pretrained_fixtures import QUIET, TINY_SHAPE, TINY_TEXT
 
-from datamodules.errors import DataError
 from experiments import merge_lora
-from experiments.callbacks.onnx_export import export_onnx, onnx_parity
+from fileio.checkpoints import load_checkpoint
+from fileio.errors import DataError
 from lightning_models import GPT, LoRALinear, SequenceClassifier
-from lightning_models.checkpoints import load_checkpoint, model_from_checkpoint
+from lightning_models.checkpoints import model_from_checkpoint
+from lightning_models.export import export_onnx, onnx_parity
 from lightning_models.finetune import load_pretrained
 
 SMALL = {"vocab_size": 50, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_launcher
+from conftest import TINY, TINY_SETTINGS, run_launcher
 
 FAST = ["digits_mlp", "--model.hidden", "[16]", "--progress_bar.refresh_rate", "0", "--dashboards.enabled", "false"]
 
@@ -31,10 +31,10 @@ def _plant(path: Path, marker: Path) -> None:
 
 def _finished_run(runs: Path) -> Path:
     """A genuine two-epoch ``digits_mlp`` run folder (its checkpoints, config and status)."""
-    from experiments.run import main
+    from experiments.api import launch
 
-    assert main([*FAST, *TINY, "--runs_dir", str(runs)]) == 0
-    return runs / "digits_mlp" / "version_0"
+    settings = {"model.hidden": [16], "progress_bar.refresh_rate": 0, "dashboards.enabled": False, **TINY_SETTINGS}
+    return launch("digits_mlp", settings, runs_dir=runs).run_dir
 
 
 def _refused(err: str, planted: Path) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -14,14 +15,17 @@ import pytest
 from fakedata import titanic_rows, write_titanic
 from PIL import Image
 
-from experiments.predict import input_spec_of, main
-from experiments.run import main as run_main
-from lightning_models.checkpoints import load_checkpoint
+from experiments.inference.loading import input_spec_of
+from experiments.predict import main
+from fileio.checkpoints import load_checkpoint
 
 
-def train(runs: Path, args: list[str]) -> Path:
-    assert run_main([*args, "--runs_dir", str(runs)]) == 0
-    (run,) = [p for p in runs.glob("*/version_0")]
+def train(runs: Path, experiment: str, settings: dict[str, Any]) -> Path:
+    """The run folder of ``experiment`` trained with ``settings`` (through the Python API)."""
+    from experiments.api import launch
+
+    run = launch(experiment, settings, runs_dir=runs).run_dir
+    assert run is not None and run.parent.parent == runs
     return run
 
 
@@ -30,15 +34,14 @@ def titanic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """binary_mlp trained on a Titanic-like CSV (text categories, gaps, an identifier) with no preprocessing given."""
     root = tmp_path_factory.mktemp("titanic")
     data = write_titanic(root / "titanic.csv", n=400, seed=0)
-    args = ["binary_mlp", "--data", "datamodules.CSVDataModule", "--data.path", str(data)]
-    return train(root / "runs", [*args, "--data.target", "survived", "--trainer.max_epochs", "15"])
+    settings = {"data": "datamodules.CSVDataModule", "data.path": str(data), "data.target": "survived"}
+    return train(root / "runs", "binary_mlp", {**settings, "trainer.max_epochs": 15})
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("digits")
-    args = ["digits_cnn", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "8"]
-    return train(root / "runs", args)
+    return train(root / "runs", "digits_cnn", {"trainer.max_epochs": 2, "trainer.limit_train_batches": 8})
 
 
 @pytest.fixture
@@ -178,7 +181,7 @@ def test_bad_table_inputs_are_one_line_and_write_nothing(
 def test_regression_predictions_are_in_the_targets_units(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from sklearn.datasets import load_diabetes
 
-    run = train(tmp_path / "runs", ["tabular_regression", "--trainer.max_epochs", "40"])
+    run = train(tmp_path / "runs", "tabular_regression", {"trainer.max_epochs": 40})
     data = load_diabetes()
     table = pd.DataFrame(data.data[:60], columns=data.feature_names).assign(target=data.target[:60])
     table.to_parquet(tmp_path / "patients.parquet")

@@ -16,27 +16,26 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from pretrained_fixtures import QUIET, TINY_SHAPE, TOPICS, labelled_csv  # noqa: F401 (a fixture)
+from pretrained_fixtures import QUIET_SETTINGS, SHAPE, TOPICS, labelled_csv  # noqa: F401 (a fixture)
 from test_predict import one_error, predict
 
 from datamodules import TextClassificationDataModule
 from datamodules.text_classification import PAD_ID
-from experiments.predict import input_spec_of
-from experiments.run import main as run_main
+from experiments.api import launch
+from experiments.inference.loading import input_spec_of
+from fileio.checkpoints import load_checkpoint
 from lightning_models import SequenceClassifier
-from lightning_models.checkpoints import load_checkpoint
 
 BLOCK = 32
-DATA = ["--data.block_size", str(BLOCK), "--data.bpe_vocab_size", "300", "--data.batch_size", "16"]
+DATA = {"data.block_size": BLOCK, "data.bpe_vocab_size": 300, "data.batch_size": 16}
 
 
 @pytest.fixture(scope="module")
 def text_run(labelled_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     """stdlib_classifier (2 layers, 32 wide, BPE of 300 tokens) trained 6 epochs on 3 topics; ONNX export on."""
     runs = tmp_path_factory.mktemp("text") / "runs"
-    args = ["stdlib_classifier", "--runs_dir", str(runs), "--data.path", str(labelled_csv), *DATA, *TINY_SHAPE]
-    assert run_main([*args, "--trainer.max_epochs", "6", *QUIET]) == 0
-    return runs / "stdlib_classifier" / "version_0"
+    settings = {"data.path": str(labelled_csv), **DATA, **SHAPE, "trainer.max_epochs": 6, **QUIET_SETTINGS}
+    return launch("stdlib_classifier", settings, runs_dir=runs).run_dir
 
 
 def trained(run: Path) -> tuple[SequenceClassifier, TextClassificationDataModule]:
@@ -217,7 +216,7 @@ def test_a_text_is_cut_before_tokenizing_and_keeps_the_tokens_of_the_whole_line(
 ) -> None:
     from datamodules.text_classification import encode_texts
     from datamodules.tokenizer import ByteTokenizer, CharTokenizer
-    from experiments.predict_inputs import PredictOptions, TextLines, text_window
+    from experiments.inference.inputs import PredictOptions, TextLines, text_window
 
     _, dm = trained(text_run)
     words = " ".join(dm.texts()["train"][0][:40])
@@ -241,9 +240,9 @@ def test_a_text_is_cut_before_tokenizing_and_keeps_the_tokens_of_the_whole_line(
 
 
 def test_text_lines_are_decoded_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    from datamodules.errors import DataError
-    from experiments import predict_inputs
-    from experiments.predict_inputs import text_lines
+    from experiments.inference import inputs as predict_inputs
+    from experiments.inference.inputs import text_lines
+    from fileio.errors import DataError
 
     monkeypatch.setattr(predict_inputs, "READ_CHUNK", 3)  # characters of several bytes are split between chunks
     body = "\ufeffhéllo wörld\r\n\n  \r\n€uro\nabc\r"
@@ -307,7 +306,7 @@ def test_a_huge_line_costs_neither_memory_nor_time(text_run: Path, tmp_path: Pat
 def test_a_csv_or_json_lines_row_too_long_to_read_is_one_line(
     text_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from experiments import predict_inputs
+    from experiments.inference import inputs as predict_inputs
 
     monkeypatch.setattr(predict_inputs, "MAX_ROW_BYTES", 1000)
     path = tmp_path / "rows.jsonl"

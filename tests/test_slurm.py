@@ -195,7 +195,8 @@ def test_sbatch_script_without_a_requeue_runs_a_fresh_run(tmp_path: Path, runs_d
 
 @pytest.mark.parametrize("scontrol", ["missing", "refuses"])
 def test_a_requeue_scontrol_cannot_do_says_so(scontrol: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from experiments.callbacks.safety import FaultGuard, Outcome, requeue_job
+    from experiments.callbacks.safety import FaultGuard
+    from experiments.rundir.stops import Outcome, requeue_job
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("SLURM_JOB_NAME", "zerotune")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from experiments.status import read_status
+from experiments.rundir.status import read_status
 
 FAST = [
     "digits_mlp",

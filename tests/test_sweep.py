@@ -16,8 +16,9 @@ from optuna.trial import TrialState
 from postgres_fixture import postgres_url  # noqa: F401 - a fixture
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments import console
-from experiments.sweep import SWEEPS_DIR, main, make_sweep, parse_command
+from experiments.rundir import console
+from experiments.sweep import main, parse_command
+from experiments.tuning.sweeps import SWEEPS_DIR, make_sweep
 
 # Tiny trials: 2 epochs of 4 training batches, validation on 2 batches (128 images).
 TINY = [
@@ -244,7 +245,7 @@ def test_workers_creating_one_study_at_once_share_it(
     for i in range(3):
         lock = tmp_path / ("lock" if machines == "one machine" else f"lock{i}")
         code = (
-            "import json, time; from pathlib import Path; from experiments.studies import create_or_load\n"
+            "import json, time; from pathlib import Path; from experiments.tuning.studies import create_or_load\n"
             f"time.sleep(max(0.0, {start} - time.time()))\n"
             f"study, created = create_or_load({url!r}, 'x/sweep-x', ['maximize'], {{}}, Path({str(lock)!r}))\n"
             "print(json.dumps([created, study._study_id]))"
@@ -398,7 +399,7 @@ def test_multi_objective_study_writes_each_pareto_optimal_config(
     ],
 )
 def test_samplers_and_pruners_are_built_from_the_command(args: list[str], expected: tuple[str, str]) -> None:
-    from experiments.studies import make_pruner, make_sampler
+    from experiments.tuning.studies import make_pruner, make_sampler
 
     console.quiet()
     space = ["--space", "none", "--param", "model.lr={loguniform: [1e-4, 1e-1]}", "--param"]

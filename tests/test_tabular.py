@@ -19,9 +19,9 @@ from fakedata import titanic_rows, write_titanic
 
 from datamodules import BreastCancerDataModule, CSVDataModule, DiabetesDataModule
 from datamodules.base import INPUT_SPEC_KEY, split_indices
-from datamodules.errors import DataError
 from datamodules.table_io import read_table
 from datamodules.table_prep import MISSING, TablePreprocessing, infer_columns, sklearn_frame
+from fileio.errors import DataError
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:

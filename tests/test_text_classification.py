@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sysconfig
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -13,10 +15,11 @@ from conftest import run_launcher
 from pretrained_fixtures import QUIET, TINY_SHAPE, TINY_TEXT, TOPICS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from datamodules import TextClassificationDataModule
-from datamodules.errors import DataError
+from datamodules import TextClassificationDataModule, TextDataModule
 from datamodules.text_classification import PAD_ID
-from lightning_models import SequenceClassifier
+from datamodules.tokenizer import CharTokenizer
+from fileio.errors import DataError
+from lightning_models import GPT, SequenceClassifier
 
 
 def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -146,3 +149,45 @@ def test_encoder_classifier_from_a_bert_checkpoint(
     report = next(line for line in out.splitlines() if line.startswith("pretrained: loaded"))
     # Every body tensor of the encoder, its [MASK] row included, loads: 2 embeddings, 12 per block, 2 final norm.
     assert report.startswith("pretrained: loaded 28/"), report
+
+
+def text_model_and_data(kind: str, tmp_path: Path, pretrained: str) -> tuple[Any, Any]:
+    """A tiny classifier or language model on char-tokenized data, set to start from ``pretrained``."""
+    shape = {"block_size": 8, "n_layer": 1, "n_head": 1, "n_embd": 8, "pretrained": pretrained}
+    if kind == "classifier":
+        table = write_rows(tmp_path / "t.jsonl", [{"text": f"ab {i % 3}", "label": str(i % 2)} for i in range(20)])
+        dm = TextClassificationDataModule(path=str(table), tokenizer="char", block_size=8)
+        model = SequenceClassifier(vocab_size=dm.vocab_size, num_classes=2, **shape)
+    else:
+        (tmp_path / "c.txt").write_text("ab 012 " * 200)
+        dm = TextDataModule(path=str(tmp_path / "c.txt"), tokenizer="char", block_size=8, data_dir=str(tmp_path / "d"))
+        model = GPT(vocab_size=dm.vocab_size, **shape)
+    model._trainer = SimpleNamespace(datamodule=dm, ckpt_path=None)  # what setup reads of a trainer
+    return model, dm
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt"])
+@pytest.mark.parametrize("kind", ["classifier", "language model"])
+def test_one_check_of_the_pretrained_tokenizer_for_every_text_model(
+    kind: str, suffix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = tmp_path / f"pretrained{suffix}"
+    model, dm = text_model_and_data(kind, tmp_path, str(weights))
+    assert dm.tokenizer == CharTokenizer(" 012ab")
+    trained = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    # The same characters in another order: every id would mean another character.
+    torch.save({"state_dict": trained, "tokenizer": CharTokenizer("ba210 ").to_dict()}, weights)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(DataError) as err:
+        model.setup("fit")
+    assert str(err.value) == (
+        f"model.pretrained '{weights}' was trained with another tokenizer than this run's data uses, so its token ids "
+        f"would mean other text; pass --data.tokenizer_path {weights} to tokenize with the model's own"
+    )
+    # Refused before anything was loaded: the weights are the model's own, no load was reported.
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert "pretrained:" not in capsys.readouterr().out
+    # The same tokenizer is taken, whatever the file's suffix.
+    torch.save({"state_dict": trained, "tokenizer": CharTokenizer(" 012ab").to_dict()}, weights)
+    model.setup("fit")
+    assert "pretrained: loaded" in capsys.readouterr().out and model.tokenizer == dm.tokenizer

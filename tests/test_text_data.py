@@ -7,6 +7,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,6 @@ from fakedata import CODE
 from fakedata import write_code_corpus as write_corpus
 
 from datamodules import TextDataModule
-from datamodules.errors import DataError
 from datamodules.text import FixedBlocks, RandomWindows
 from datamodules.tokenizer import (
     BPETokenizer,
@@ -26,6 +26,7 @@ from datamodules.tokenizer import (
     tokenizer_from_dict,
     train_tokenizer,
 )
+from fileio.errors import DataError
 
 #: Text with characters of 1, 2, 3 and 4 UTF-8 bytes, tabs, carriage returns and code.
 TRICKY = "héllo wörld — naïve café 你好 🙂\n\tdef f(x):\r\n    return {'a': x ** 2}  # ok\n"
@@ -254,3 +255,58 @@ def test_missing_corpus_and_bad_settings_are_named() -> None:
         TextDataModule(bpe_vocab_size=100)
     with pytest.raises(ValueError, match="data.val_fraction"):
         TextDataModule(val_fraction=0.0)
+
+
+def fit_tiny_lm(corpus: Path, data_dir: Path, bpe_vocab_size: int, ckpt_path: Path | None = None) -> tuple[Any, Any]:
+    """Two training steps of a 1-layer GPT (a 300-row embedding) on ``corpus``; returns the model and the data."""
+    import lightning as L
+
+    from lightning_models import GPT
+
+    dm = TextDataModule(path=str(corpus), tokenizer="bpe", bpe_vocab_size=bpe_vocab_size, block_size=8, batch_size=2,
+                        val_blocks=1, data_dir=str(data_dir))  # fmt: skip
+    model = GPT(vocab_size=300, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    trainer = L.Trainer(max_steps=2 if ckpt_path is None else 3, limit_val_batches=1, num_sanity_val_steps=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(data_dir), accelerator="cpu")  # fmt: skip
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
+    trainer.save_checkpoint(data_dir / "last.ckpt")
+    return model, dm
+
+
+@pytest.fixture(scope="module")
+def lm_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tokenizer]:
+    """A checkpoint of a language model trained with a 300-token BPE, and that tokenizer."""
+    root = tmp_path_factory.mktemp("lm")
+    _, dm = fit_tiny_lm(write_corpus(root / "corpus"), root, 300)
+    return root / "last.ckpt", dm.tokenizer
+
+
+def test_a_checkpoint_keeps_the_tokenizer_in_one_place(lm_checkpoint: tuple[Path, Tokenizer]) -> None:
+    path, tokenizer = lm_checkpoint
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["tokenizer"] == tokenizer.to_dict()
+    # The datamodule keeps no copy of its own: earlier versions also wrote checkpoint["TextDataModule"]["tokenizer"].
+    assert "TextDataModule" not in checkpoint
+    copies = [k for k, v in checkpoint.items() if isinstance(v, dict) and isinstance(v.get("tokenizer"), dict)]
+    assert copies == ["tokenizer"]  # the BPE's own description sits inside the one entry
+
+
+@pytest.mark.parametrize("layout", ["this version's", "earlier versions'"])
+def test_resume_takes_the_checkpoints_tokenizer(
+    lm_checkpoint: tuple[Path, Tokenizer], layout: str, tmp_path: Path
+) -> None:
+    path, saved = lm_checkpoint
+    checkpoint = torch.load(path, weights_only=True)
+    if layout == "earlier versions'":  # the datamodule's copy beside the model's, as earlier versions wrote it
+        checkpoint["TextDataModule"] = {"tokenizer": saved.to_dict()}
+    old = tmp_path / "resume.ckpt"
+    torch.save(checkpoint, old)
+    corpus = write_corpus(tmp_path / "corpus")
+    # The data would fit another tokenizer (290 tokens); the resumed run reads it with the checkpoint's.
+    model, dm = fit_tiny_lm(corpus, tmp_path, 290, ckpt_path=old)
+    assert dm.tokenizer == saved and model.tokenizer == saved
+    fresh = TextDataModule(path=str(corpus), tokenizer="bpe", bpe_vocab_size=290, block_size=8, data_dir=str(tmp_path))
+    fresh.setup()
+    assert fresh.tokenizer != saved
+    assert saved.decode(dm.tokens["train"]) == fresh.tokenizer.decode(fresh.tokens["train"])  # the same text

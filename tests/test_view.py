@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from experiments import console
+from experiments.rundir import console
 from experiments.view import main, resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent

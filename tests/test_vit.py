@@ -13,7 +13,7 @@ from fakedata import write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from experiments.callbacks.attention_maps import attention_figure, attention_rollout
-from experiments.cli import CONFIG_DIR
+from experiments.launcher.recipes import CONFIG_DIR
 from lightning_models import ViT
 
 

@@ -18,7 +18,7 @@ from multinode import ROOT, env
 
 from datamodules import DigitsDataModule
 from datamodules.base import BatchLoader
-from experiments.geometry import GEOMETRY_KEY, BatchGeometry, plan_resize
+from experiments.callbacks.geometry import GEOMETRY_KEY, BatchGeometry, plan_resize
 
 FAST = [
     "digits_mlp",
@@ -142,7 +142,7 @@ def test_resize_plan(saved: tuple, now: tuple, expected: tuple, note: str) -> No
 
 
 def test_samples_that_do_not_cut_into_new_batches_restart_the_epoch() -> None:
-    from experiments.geometry import remap_progress
+    from experiments.callbacks.geometry import remap_progress
 
     resize = plan_resize(BatchGeometry(48, 2, 1), BatchGeometry(64, 1, 1))  # given anew: 96 -> 64 samples a step
     counts = {"ready": 3, "completed": 2, "started": 3, "processed": 3}

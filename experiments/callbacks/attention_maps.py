@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from experiments.callbacks.dashboards import _displayable, _figure, _mean_std, _render, _tensorboard
+from experiments.rundir.plots import displayable, figure, mean_std, render, tensorboard_writer
+from lightning_models.base import ExposesAttention
 
 
 def attention_rollout(maps: Tensor) -> Tensor:
@@ -71,16 +72,16 @@ class AttentionMaps(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if not callable(getattr(pl_module, "attention_maps", None)) or not self._due(trainer):
+        if not isinstance(pl_module, ExposesAttention) or not self._due(trainer):
             return
-        writer = _tensorboard(trainer)
+        writer = tensorboard_writer(trainer)
         image = self._fixed_image(trainer)
         if writer is None or image is None:
             return
         try:
             maps = pl_module.attention_maps(image.to(pl_module.device, pl_module.dtype)[None])[:, 0].float().cpu()
             grid, prefix = pl_module.backbone.grid, pl_module.backbone.prefix
-            self.last = attention_figure(image, maps, grid, prefix, _mean_std(trainer), trainer.current_epoch)
+            self.last = attention_figure(image, maps, grid, prefix, mean_std(trainer), trainer.current_epoch)
         except Exception as err:  # a figure must never cost the run
             rank_zero_warn(f"attention map not drawn ({type(err).__name__}: {err}); pass --attention.enabled false")
             self.enabled = False
@@ -90,7 +91,7 @@ class AttentionMaps(Callback):
     def _fixed_image(self, trainer: L.Trainer) -> Tensor | None:
         """The chosen validation image, normalized as the model sees it, kept on the CPU after the first read."""
         if self._image is None:
-            dm = getattr(trainer, "datamodule", None)
+            dm = trainer.datamodule
             loader = dm.val_dataloader() if dm is not None else None
             batch = next(iter(loader), None) if loader is not None else None
             x = batch[0] if isinstance(batch, list | tuple) else batch
@@ -122,7 +123,7 @@ def attention_figure(
     """
     from torch.nn import functional as F
 
-    shown = _displayable(image, mean_std)
+    shown = displayable(image, mean_std)
     height, width = image.shape[1:]
 
     def upsample(weights: Tensor) -> Any:
@@ -133,7 +134,7 @@ def attention_figure(
     rollout = patch_weights(attention_rollout(maps), prefix)
     heads = patch_weights(maps[-1], prefix)[:max_heads]
     cols = 2 + len(heads)
-    fig, grid_axes = _figure(1.8 * cols, 2.2, 1, cols)
+    fig, grid_axes = figure(1.8 * cols, 2.2, 1, cols)
     axes = list(grid_axes.flat)
     for ax in axes:
         ax.axis("off")
@@ -148,4 +149,4 @@ def attention_figure(
         axes[2 + i].set_title(f"last layer, head {i}", fontsize=8)
     reader = "class token" if prefix else "mean of patches"
     fig.suptitle(f"attention of a validation image ({reader}), epoch {epoch}", fontsize=9)
-    return _render(fig)
+    return render(fig)

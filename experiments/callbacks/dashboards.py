@@ -2,14 +2,12 @@
 
 :class:`Dashboards` reads the model's validation outputs through a forward hook (no second forward pass), so it
 costs one figure per chosen epoch. Figures are drawn off-screen with matplotlib's Agg canvas, never pyplot, so
-no display and no global backend switch are needed. :class:`SafeTensorBoardLogger` logs the model graph without
-ever failing a run.
+no display and no global backend switch are needed (:mod:`experiments.rundir.plots`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,41 +15,14 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
+
+from datamodules.base import DataModule
+from experiments.rundir.plots import displayable, figure, mean_std, render, tensorboard_writer
+from lightning_models.base import TaskModule
 
 #: Tasks the figures are made for; models without a ``task`` attribute are judged by their targets' dtype.
 _FIGURE_TASKS = (None, "classification", "regression")
-#: Warnings torch.jit.trace raises for every Lightning model while TensorBoard draws its graph; nothing to act on.
-_GRAPH_NOISE = (
-    r".*torch\.jit\.trace.* is deprecated.*",
-    r".*Use `Metric\.updated_called` instead.*",
-    r".*Converting a tensor to a Python .* might cause the trace to be incorrect.*",
-)
-
-
-class SafeTensorBoardLogger(TensorBoardLogger):
-    """TensorBoard logger whose graph logging (``log_graph=True``, traced with ``torch.jit.trace``) never fails a run.
-
-    A model the tracer cannot handle gets one warning naming the reason; the run goes on without the graph. The
-    graph is drawn once per logger: Lightning asks again at the start of every ``fit`` and ``test``.
-    """
-
-    @rank_zero_only
-    def log_graph(self, model: L.LightningModule, input_array: Tensor | None = None) -> None:
-        if getattr(self, "_graph_attempted", False):
-            return
-        self._graph_attempted = True
-        try:
-            with warnings.catch_warnings():
-                for pattern in _GRAPH_NOISE:
-                    warnings.filterwarnings("ignore", message=pattern)
-                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-                super().log_graph(model, input_array)
-        except Exception as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            rank_zero_warn(f"model graph not logged to TensorBoard ({type(model).__name__}): {reason}")
 
 
 class Dashboards(Callback):
@@ -100,7 +71,9 @@ class Dashboards(Callback):
     # -- collecting ------------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
-        self._active = getattr(pl_module, "task", None) in _FIGURE_TASKS and self._should_draw(trainer)
+        # A model of zerotune's declares its task; any other LightningModule gets the figures it may fit.
+        task = pl_module.task if isinstance(pl_module, TaskModule) else None
+        self._active = task in _FIGURE_TASKS and self._should_draw(trainer)
 
     def on_validation_batch_end(
         self,
@@ -138,7 +111,7 @@ class Dashboards(Callback):
             # Every rank joins the gather, also one whose shard was empty; rank 0 then holds the whole split.
             targets, preds, wrong = _gather_shards(targets, preds, wrong, trainer.world_size, self.max_images)
         self._reset()
-        writer = _tensorboard(trainer)
+        writer = tensorboard_writer(trainer)
         if not trainer.is_global_zero or writer is None or not targets:
             return
         targets, preds = torch.cat(targets), torch.cat(preds)
@@ -152,12 +125,12 @@ class Dashboards(Callback):
             "val/confusion_matrix", _confusion_figure(self.last_confusion, names, epoch), step, dataformats="HWC"
         )
         if wrong:
-            grid = _misclassified_figure([w[1:] for w in wrong], names, _mean_std(trainer), epoch)
+            grid = _misclassified_figure([w[1:] for w in wrong], names, mean_std(trainer), epoch)
             writer.add_image("val/misclassified", grid, step, dataformats="HWC")
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _should_draw(self, trainer: L.Trainer) -> bool:
-        if not self.enabled or trainer.sanity_checking or _tensorboard(trainer) is None:
+        if not self.enabled or trainer.sanity_checking or tensorboard_writer(trainer) is None:
             return False
         epoch = trainer.current_epoch + 1
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
@@ -175,7 +148,7 @@ class Dashboards(Callback):
         if p.numel() > self.max_points:
             keep = torch.randperm(p.numel(), generator=torch.Generator().manual_seed(0))[: self.max_points]
             p, t = p[keep], t[keep]
-        fig, ax = _figure(5, 5)
+        fig, ax = figure(5, 5)
         ax.scatter(t.numpy(), p.numpy(), s=8, alpha=0.5, edgecolors="none")
         lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
         ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="prediction = truth")
@@ -183,24 +156,10 @@ class Dashboards(Callback):
         ax.set_ylabel("predicted")
         ax.set_title(f"validation, epoch {epoch}: R2 = {r2:.3f}")
         ax.legend(loc="upper left")
-        return _render(fig)
+        return render(fig)
 
 
 # -- figures (module level: plain functions of tensors, reusable and testable) ---------------------------------------
-def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Any, Any]:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=80, layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=nrows == 1 and ncols == 1)
-
-
-def _render(fig: Any) -> np.ndarray:
-    """Draw ``fig`` off-screen; returns ``(H, W, 3)`` uint8 RGB."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def confusion_matrix(targets: Tensor, preds: Tensor, num_classes: int) -> Tensor:
@@ -214,7 +173,7 @@ def _confusion_figure(cm: Tensor, names: list[str], epoch: int) -> np.ndarray:
     n = len(names)
     acc = float(cm.diag().sum()) / max(1, int(cm.sum()))
     side = min(12.0, max(4.5, 0.45 * n + 2.5))
-    fig, ax = _figure(side, side)
+    fig, ax = figure(side, side)
     ax.imshow(cm.numpy(), cmap="Blues")
     if n <= 20:
         peak = max(1, int(cm.max()))
@@ -230,7 +189,7 @@ def _confusion_figure(cm: Tensor, names: list[str], epoch: int) -> np.ndarray:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"validation, epoch {epoch}: accuracy {acc:.3f} ({int(cm.sum())} samples)")
-    return _render(fig)
+    return render(fig)
 
 
 def _misclassified_figure(
@@ -258,7 +217,7 @@ def _misclassified_figure(
         x = left + (k % cols) * cell_w + (cell_w - side) / 2
         y = top + (k // cols) * cell_h + (cell_h - side)
         ax.imshow(
-            _displayable(image, mean_std),
+            displayable(image, mean_std),
             cmap="gray" if image.shape[0] == 1 else None,
             vmin=0,
             vmax=1,
@@ -268,20 +227,7 @@ def _misclassified_figure(
         title = f"true {_name(names, true)}\npred {_name(names, pred)}"
         ax.text(x + side / 2, y - 0.04, title, ha="center", va="bottom", fontsize=8, color="#b00020")
     ax.text(width / 2, top / 2, f"misclassified validation images, epoch {epoch}", ha="center", va="center", fontsize=9)
-    return _render(fig)
-
-
-def _displayable(image: Tensor, mean_std: tuple[Tensor, Tensor] | None) -> np.ndarray:
-    """``(C, H, W)`` normalized image -> ``(H, W)`` or ``(H, W, 3)`` in [0, 1]: undo the datamodule's normalization,
-    or stretch to the image's own range when its statistics are unknown."""
-    if mean_std is not None and mean_std[0].numel() == image.shape[0]:
-        mean, std = mean_std
-        image = image * std.view(-1, 1, 1) + mean.view(-1, 1, 1)
-    else:
-        lo, hi = image.min(), image.max()
-        image = (image - lo) / (hi - lo) if hi > lo else image * 0
-    image = image.clamp(0, 1)
-    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+    return render(fig)
 
 
 def _gather_shards(
@@ -308,18 +254,9 @@ def _gather_shards(
     return all_targets, all_preds, sorted(all_wrong, key=lambda item: item[0])[:limit]
 
 
-def _tensorboard(trainer: L.Trainer) -> Any:
-    """The SummaryWriter of the trainer's first TensorBoard logger, or ``None``."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
 def _predict(pl_module: L.LightningModule, output: Tensor, classify: bool) -> Tensor:
-    predict = getattr(pl_module, "predict_output", None)
-    if callable(predict):
-        return predict(output)
+    if isinstance(pl_module, TaskModule):
+        return pl_module.predict_output(output)
     if not classify:
         return output
     if output.dim() == 2 and output.shape[1] > 1:
@@ -332,19 +269,12 @@ def _is_image(x: Tensor) -> bool:
 
 
 def _class_names(trainer: L.Trainer, pl_module: L.LightningModule, targets: Tensor, preds: Tensor) -> list[str]:
-    dm = getattr(trainer, "datamodule", None)
-    names = list(getattr(dm, "class_names", None) or [])
-    n = max(len(names), int(getattr(pl_module, "num_classes", 0)), int(targets.max()) + 1, int(preds.max()) + 1)
+    dm = trainer.datamodule
+    names = list(dm.class_names or []) if isinstance(dm, DataModule) else []
+    declared = pl_module.num_classes if isinstance(pl_module, TaskModule) else 0
+    n = max(len(names), declared, int(targets.max()) + 1, int(preds.max()) + 1)
     return [names[i] if i < len(names) else str(i) for i in range(n)]
 
 
 def _name(names: list[str], index: int) -> str:
     return names[index] if 0 <= index < len(names) else str(index)
-
-
-def _mean_std(trainer: L.Trainer) -> tuple[Tensor, Tensor] | None:
-    dm = getattr(trainer, "datamodule", None)
-    mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
-    if mean is None or std is None:
-        return None
-    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)

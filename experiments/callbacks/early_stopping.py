@@ -8,12 +8,16 @@ is saved in every checkpoint, so ``--resume`` continues with the patience alread
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+from experiments.callbacks.report import EarlyStop, RunReport
+from lightning_models.base import TaskModule
 
 
 class EarlyStopping(_LightningEarlyStopping):
@@ -66,12 +70,13 @@ class EarlyStopping(_LightningEarlyStopping):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Resolved here, before a resumed run restores this callback's state under its (monitor, mode) key.
-        ckpt = trainer.checkpoint_callback
+        ckpt = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+        task = pl_module if isinstance(pl_module, TaskModule) else None
         if self.monitor == "auto":
-            self.monitor = getattr(ckpt, "monitor", None) or getattr(pl_module, "monitor", "val/loss")
+            self.monitor = (ckpt.monitor if ckpt is not None else None) or (task.monitor if task else "val/loss")
         if self._auto_mode:
-            same_metric = ckpt is not None and getattr(ckpt, "monitor", None) == self.monitor
-            mode = ckpt.mode if same_metric else getattr(pl_module, "monitor_mode", "min")
+            same_metric = ckpt is not None and ckpt.monitor == self.monitor
+            mode = ckpt.mode if same_metric else (task.monitor_mode if task else "min")
             self._set_mode(mode)
         super().setup(trainer, pl_module, stage)
 
@@ -94,14 +99,8 @@ class EarlyStopping(_LightningEarlyStopping):
         return (self.stopping_reason_message or self.stopping_reason.name).replace(" Signaling Trainer to stop.", "")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Report the stop in the launcher's summary (``trainer.zerotune_summary``) and ``status.json``."""
-        if not self.enabled or self.stop_reason is None:
+        """Report the stop in the run report (the summary and ``status.json`` read it)."""
+        report = RunReport.of(trainer)
+        if not self.enabled or self.stop_reason is None or report is None:
             return
-        epoch = int(self.stopped_epoch)
-        summary = getattr(trainer, "zerotune_summary", None)
-        if summary is None:
-            summary = trainer.zerotune_summary = []
-        summary.append(f"early stop at epoch {epoch} of {trainer.max_epochs}: {self.stop_reason}")
-        status: dict[str, Any] = getattr(trainer, "zerotune_status", None) or {}
-        status["stopped_early"] = {"epoch": epoch, "reason": self.stop_reason}
-        trainer.zerotune_status = status
+        report.early_stop = EarlyStop(int(self.stopped_epoch), trainer.max_epochs, self.stop_reason)

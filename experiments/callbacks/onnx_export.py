@@ -3,275 +3,41 @@
 The callback works in any Lightning project: it needs only a run folder (the first logger's ``log_dir``, else
 ``default_root_dir``), an optional checkpoint callback and, for the parity check, a validation dataloader (or
 ``example_input_array``). Export never fails a run: every error ends in one :class:`ONNXExportWarning` that
-names the reason, and checkpoints are untouched.
-
-The file describes itself: ``metadata_props`` hold the zerotune version, the class names, what the input and the
-output are, and the datamodule's whole input description (``input_spec``, JSON) when it has one. Image models take
-raw ``uint8`` pixels: the datamodule's normalization is the first operation of the graph (:class:`ImageInput`).
-Table models take the preprocessed features; the preprocessing (imputation, scaling, one-hot encoding) stays
-outside the graph and is described in ``input_spec``, the feature order in ``features``. Text models take token
-ids; the tokenizer that makes them is in ``tokenizer`` (JSON, as ``Tokenizer.to_dict``).
+names the reason, and checkpoints are untouched. What the file holds: :mod:`lightning_models.export`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.metadata
-import io
 import json
-import logging
-import re
 import time
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import onnx
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from experiments.files import atomic_path
-from lightning_models.checkpoints import load_checkpoint
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+from datamodules.base import DataModule
+from experiments.callbacks.report import RunReport
+from fileio.checkpoints import load_checkpoint
+from lightning_models.base import TaskModule
+from lightning_models.export import (
+    ONNXExportResult,
+    export_onnx,
+    failure_reason,
+    model_metadata,
+    onnx_parity,
+    with_input_front,
+)
 
 
 class ONNXExportWarning(UserWarning):
     """The model could not be exported, or its ONNX outputs differ from PyTorch's."""
-
-
-@dataclass
-class ONNXExportResult:
-    """What :class:`ONNXExport` did; also kept as ``ONNXExport.result``.
-
-    Attributes:
-        path: The ONNX file (``None`` if export failed).
-        source: Where the weights came from (the best checkpoint's file name, or ``current weights``).
-        seconds: Wall time of the export (tracing, conversion, optimization, save).
-        max_abs_diff: Largest ``|onnx - torch|`` over every output element and checked batch size.
-        batch_sizes: Batch sizes run through onnxruntime.
-        other_shapes: Further dynamic axes checked at a second size, e.g. ``["sequence 32"]``.
-        ok: Exported, valid, and within tolerance at every batch size.
-        problem: Why ``ok`` is false, one line.
-    """
-
-    path: Path | None = None
-    source: str = ""
-    seconds: float = 0.0
-    max_abs_diff: float | None = None
-    batch_sizes: list[int] = field(default_factory=list)
-    other_shapes: list[str] = field(default_factory=list)
-    ok: bool = False
-    problem: str = ""
-
-
-def export_onnx(
-    model: nn.Module,
-    example: Tensor,
-    path: str | Path,
-    opset: int = 20,
-    optimize: bool = True,
-    metadata: Mapping[str, str] | None = None,
-    dynamic_axes: dict[int, str] | None = None,
-) -> None:
-    """Export ``model`` to one self-contained ONNX file with the torch.export-based exporter.
-
-    The input is named ``input`` and the output ``output``. Axis 0 is the dynamic ``batch`` axis, unless the model
-    declares its dynamic input axes as ``onnx_dynamic_axes`` (a language model: ``{0: "batch", 1: "sequence"}``).
-    The file is written atomically. ``model`` must already be in eval mode on the CPU (BatchNorm in train mode cannot
-    run a batch of one, and dropout would make the graph random).
-
-    Args:
-        model: The network; its ``forward`` takes one tensor.
-        example: An input batch with at least 2 samples (torch.export specializes sizes 0 and 1), and at least 2
-            along every other dynamic axis.
-        path: Destination ``.onnx`` file.
-        opset: ONNX opset version.
-        optimize: Run the ONNX optimizer (constant folding, BatchNorm folded into Conv: a smaller, clearer graph).
-        metadata: Model-level ``metadata_props`` (see :func:`model_metadata`); its ``input`` entry also becomes
-            the graph input's ``doc_string``, which Netron shows.
-        dynamic_axes: ``{axis: name}`` of the input's dynamic axes; default the model's ``onnx_dynamic_axes``, else
-            ``{0: "batch"}``.
-
-    Raises:
-        Exception: whatever the exporter raises; see :func:`failure_reason` for a one-line summary.
-    """
-    axes = dict(dynamic_axes or getattr(model, "onnx_dynamic_axes", None) or {0: "batch"})
-    with _quiet_exporter(), atomic_path(path) as tmp:
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            # A named string axis becomes a dynamic dimension of that name ("batch") in the ONNX graph.
-            dynamic_shapes=(axes,),
-            opset_version=opset,
-            optimize=optimize,
-            report=False,
-            verbose=False,
-        )
-        # Each node records the Python stack that created it, absolute source paths included: not something to
-        # ship inside a model file. The module path (namespace) stays, Netron shows it per node.
-        for node in program.model.graph.all_nodes():
-            node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
-        if metadata:
-            program.model.metadata_props.update({str(k): str(v) for k, v in metadata.items()})
-            if "input" in metadata:
-                program.model.graph.inputs[0].doc_string = str(metadata["input"])
-        # Weights inside the .onnx file: one file to copy, serve with Netron, or load in onnxruntime.
-        program.save(str(tmp), external_data=False)
-        onnx.checker.check_model(str(tmp), full_check=True)
-
-
-class ImageInput(nn.Module):
-    """Raw pixels in: ``uint8`` images ``(N, C, H, W)``, 0..255, normalized as the datamodule did, then ``model``.
-
-    The constants come from :func:`datamodules.base.image_affine`, the ones training batches were normalized with,
-    so an exported graph (and ``experiments.predict``) sees exactly the values the model was trained on.
-
-    Args:
-        model: The network, taking normalized float32 images.
-        mean: Per-channel mean of the [0, 1]-scaled pixels.
-        std: Per-channel standard deviation.
-    """
-
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-        from datamodules.base import image_affine
-
-        super().__init__()
-        self.model = model
-        scale, shift = image_affine(mean, std)
-        self.register_buffer("scale", scale)  # (1, C, 1, 1)
-        self.register_buffer("shift", shift)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(torch.addcmul(self.shift, x.to(torch.float32), self.scale))
-
-
-def with_input_front(model: nn.Module, spec: Mapping[str, Any] | None) -> nn.Module:
-    """``model`` behind the front end its input kind needs inside the graph (images: :class:`ImageInput`)."""
-    if spec and spec.get("kind") == "image":
-        return ImageInput(model, spec["mean"], spec["std"])
-    return model
-
-
-def describe_input(spec: Mapping[str, Any] | None) -> str:
-    """One line saying what the exported graph's input is."""
-    kind = spec.get("kind") if spec else None
-    if kind == "image":
-        c, h, w = spec["shape"]
-        colour = "grayscale" if c == 1 else "RGB"
-        return (
-            f"uint8 images (batch, {c}, {h}, {w}), channels first: {colour} pixel values 0..255 resized to {h}x{w}; "
-            f"the normalization (mean {spec['mean']}, std {spec['std']} of pixels / 255) is inside the graph"
-        )
-    if kind == "table":
-        return (
-            f"float32 (batch, {len(spec['features'])}): the preprocessed features in the order of 'features'. The "
-            f"preprocessing of the raw columns {spec['columns']} (imputation, scaling, category encoding) is not in "
-            "the graph: 'input_spec' describes it and python -m experiments.predict applies it"
-        )
-    if kind == "text":
-        return (
-            f"int64 token ids (batch, sequence), sequence at most {spec['block_size']}: each text tokenized with the "
-            f"tokenizer in 'tokenizer', its first {spec['block_size']} tokens kept, right-padded with "
-            f"{spec['pad_id']} (padding is never attended to nor pooled)"
-        )
-    if spec and "shape" in spec:
-        return f"float32 (batch, {', '.join(map(str, spec['shape']))})"
-    return "the tensor the model's forward takes, with a leading batch axis"
-
-
-def describe_output(output_kind: str, spec: Mapping[str, Any] | None) -> str:
-    """One line saying what the exported graph's output is."""
-    names = (spec or {}).get("class_names") or []
-    if output_kind == "logits":
-        return "float32 (batch, classes) logits: softmax gives the probabilities of 'class_names', in that order"
-    if output_kind == "logit":
-        positive = f" ('{names[1]}')" if len(names) > 1 else ""
-        return f"float32 (batch, 1) logit: sigmoid gives the probability of the second class{positive}"
-    text = "float32 (batch, targets) predicted values"
-    mean, std = (spec or {}).get("target_mean", 0.0), (spec or {}).get("target_std", 1.0)
-    if (mean, std) != (0.0, 1.0):
-        text += f", standardized: multiply by {std:.6g} and add {mean:.6g} for the target's units"
-    return text
-
-
-def model_metadata(spec: Mapping[str, Any] | None, output_kind: str) -> dict[str, str]:
-    """The ``metadata_props`` of an exported model: version, class names, input and output, input description."""
-    try:
-        version = importlib.metadata.version("zerotune")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    meta = {
-        "zerotune_version": version,
-        "input": describe_input(spec),
-        "output": describe_output(output_kind, spec),
-        "output_kind": output_kind,
-    }
-    if spec:
-        if spec.get("class_names"):
-            meta["class_names"] = json.dumps(list(spec["class_names"]))
-        if spec.get("kind") == "table":
-            meta["features"] = json.dumps(list(spec["features"]))
-        meta["input_spec"] = json.dumps(spec)
-    return meta
-
-
-def onnx_parity(path: str | Path, model: nn.Module, x: Tensor, batch_sizes: Sequence[int]) -> dict[int, float]:
-    """Run the ONNX file with onnxruntime and ``model`` with PyTorch on the first ``n`` rows of ``x`` for each size.
-
-    ``x`` is repeated along the batch axis when it has fewer rows than a requested size.
-
-    Returns:
-        ``{batch size: max |onnx - torch|}`` over all output elements.
-
-    Raises:
-        Exception: onnxruntime's error when it rejects an input (e.g. a batch axis frozen at export).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the exporter's graphs trigger harmless optimizer notices
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    need = max(batch_sizes)
-    if x.shape[0] < need:
-        x = x.repeat(-(-need // x.shape[0]), *([1] * (x.dim() - 1)))
-    diffs: dict[int, float] = {}
-    with torch.inference_mode():
-        for n in batch_sizes:
-            xb = x[:n]
-            expected = _tensors(model(xb))
-            got = session.run(None, {session.get_inputs()[0].name: xb.numpy()})
-            diffs[n] = max(
-                float((torch.from_numpy(g).to(e.dtype) - e).abs().max()) if e.numel() else 0.0
-                for e, g in zip(expected, got, strict=True)
-            )
-    return diffs
-
-
-def failure_reason(err: BaseException) -> str:
-    """One line saying why an export failed: the unsupported op, or the root error and where it was raised."""
-    root = err
-    while root.__cause__ is not None:
-        root = root.__cause__
-    text = _ANSI.sub("", str(root)).strip()
-    op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", text)
-    if op:
-        return f"operator {op.group(1)} has no ONNX translation"
-    first = text.splitlines()[0] if text else type(root).__name__
-    where = re.search(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+), in (\w+)', text)
-    location = f" (raised at {Path(where.group(1)).name}:{where.group(2)} in {where.group(3)})" if where else ""
-    return f"{type(root).__name__}: {first}{location}"
 
 
 class ONNXExport(Callback):
@@ -280,8 +46,9 @@ class ONNXExport(Callback):
     Rank 0 loads the best checkpoint's weights into a copy of the module (current weights, with a note, when
     there is no checkpoint), exports it with a dynamic batch axis, validates the file with ``onnx.checker`` and
     compares onnxruntime with PyTorch on the first validation batch at the full batch and each size in
-    ``batch_sizes``. The maximum difference is logged as ``onnx/max_abs_diff`` and added to the run summary
-    (``trainer.zerotune_summary``). Nothing is written under ``fast_dev_run``.
+    ``batch_sizes``. The maximum difference is logged as ``onnx/max_abs_diff``; the result goes into the run report
+    (:class:`~experiments.callbacks.report.RunReport`) and stays as :attr:`result`. Nothing is written under
+    ``fast_dev_run``.
 
     Args:
         enabled: Export at all.
@@ -318,7 +85,7 @@ class ONNXExport(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or trainer.fast_dev_run or trainer.interrupted or not trainer.is_global_zero:
             return
-        result = ONNXExportResult()
+        result = ONNXExportResult(opset=self.opset, atol=self.atol)
         self.result = result
         try:
             self._export(trainer, pl_module, result)
@@ -338,7 +105,7 @@ class ONNXExport(Callback):
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, result: ONNXExportResult) -> None:
         model, result.source = self._best_model(trainer, pl_module)
         # A model may export a simplified equivalent (LoRA adapters merged); parity is checked against the model.
-        exported = model.export_module() if callable(getattr(model, "export_module", None)) else model
+        exported = model.export_module() if isinstance(model, TaskModule) else model
         if exported is not model:
             result.source += ", adapters merged"
         x = _validation_input(trainer, pl_module)
@@ -349,9 +116,10 @@ class ONNXExport(Callback):
             model = with_input_front(model, spec)
             exported = with_input_front(exported, spec) if merged else model
             x = _to_pixels(x, spec)
-        metadata = model_metadata(spec, getattr(pl_module, "output_kind", "value"))
-        tokenizer = getattr(pl_module, "tokenizer", None)
-        if spec and spec.get("tokenizer") and callable(getattr(tokenizer, "to_dict", None)):
+        task = pl_module if isinstance(pl_module, TaskModule) else None
+        metadata = model_metadata(spec, task.output_kind if task is not None else "value")
+        tokenizer = task.tokenizer if task is not None else None
+        if spec and spec.get("tokenizer") and tokenizer is not None:
             # The input description names the tokenizer by fingerprint; the file carries the tokenizer itself.
             metadata["tokenizer"] = json.dumps(tokenizer.to_dict())
         # torch.export specializes sizes 0 and 1, so trace with two samples to keep the batch axis symbolic.
@@ -372,7 +140,7 @@ class ONNXExport(Callback):
             )
             return
         # Every other dynamic axis (a language model's sequence) is checked at half its length too.
-        axes = getattr(model, "onnx_dynamic_axes", None) or {0: "batch"}
+        axes = model.onnx_dynamic_axes if isinstance(model, TaskModule) else {0: "batch"}
         for axis, name in sorted(axes.items()):
             if 0 < axis < x.dim() and x.shape[axis] >= 2:
                 short = x.narrow(axis, 0, x.shape[axis] // 2)
@@ -394,7 +162,7 @@ class ONNXExport(Callback):
         """A CPU float32 eval-mode copy holding the best checkpoint's weights, and where they came from."""
         model = copy.deepcopy(pl_module).cpu().float().eval()
         ckpt = trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
         if best and Path(best).is_file():
             # Through the one safe loader: the path comes from the checkpoint callback's state, which --resume and
             # --ckpt_path restore from a checkpoint file, so it may name any file (one that runs code when unpickled).
@@ -407,30 +175,16 @@ class ONNXExport(Callback):
         if result.max_abs_diff is not None:
             for logger in trainer.loggers:
                 logger.log_metrics({"onnx/max_abs_diff": result.max_abs_diff}, step=trainer.global_step)
-        if result.path is None:
-            line = f"onnx       not exported: {result.problem}"
-        else:
-            sizes = "/".join(map(str, result.batch_sizes)) + "".join(f", {s}" for s in result.other_shapes)
-            if result.max_abs_diff is None:
-                check = "not checked"
-            else:
-                verdict = "ok" if result.ok else "FAILED"
-                check = (
-                    f"max |onnx - torch| = {result.max_abs_diff:.2g} at batch {sizes} ({verdict}, atol {self.atol:g})"
-                )
-            line = f"onnx       {result.path} ({result.source}, opset {self.opset}, {result.seconds:.1f} s): {check}"
-        summary = getattr(trainer, "zerotune_summary", None)
-        if summary is None:
-            summary = []
-            trainer.zerotune_summary = summary
-        summary.append(line)
+        report = RunReport.of(trainer)
+        if report is not None:
+            report.onnx = result
 
 
 def run_dir(trainer: L.Trainer) -> Path:
     """``trainer.log_dir`` without its broadcast: this runs on rank 0 alone, where a collective call would hang."""
     if trainer.loggers:
         logger = trainer.loggers[0]
-        return Path(getattr(logger, "log_dir", None) or logger.save_dir or trainer.default_root_dir)
+        return Path(logger.log_dir or logger.save_dir or trainer.default_root_dir)
     return Path(trainer.default_root_dir)
 
 
@@ -442,7 +196,7 @@ def _validation_input(trainer: L.Trainer, pl_module: L.LightningModule) -> Tenso
     """
     x = None
     loader = None
-    dm = getattr(trainer, "datamodule", None)
+    dm = trainer.datamodule
     with contextlib.suppress(Exception):
         loader = dm.val_dataloader() if dm is not None else trainer.val_dataloaders
     if isinstance(loader, list | tuple):
@@ -461,10 +215,10 @@ def _validation_input(trainer: L.Trainer, pl_module: L.LightningModule) -> Tenso
 
 def _input_spec(trainer: L.Trainer) -> dict[str, Any] | None:
     """The datamodule's input description (``input_spec()``), or ``None`` when it has none."""
-    describe = getattr(getattr(trainer, "datamodule", None), "input_spec", None)
-    if not callable(describe):
+    dm = trainer.datamodule
+    if not isinstance(dm, DataModule):
         return None
-    spec = describe()
+    spec = dm.input_spec()
     return spec if isinstance(spec, dict) else None
 
 
@@ -473,32 +227,3 @@ def _to_pixels(x: Tensor, spec: Mapping[str, Any]) -> Tensor:
     mean = torch.tensor(spec["mean"], dtype=torch.float64).view(1, -1, 1, 1)
     std = torch.tensor(spec["std"], dtype=torch.float64).view(1, -1, 1, 1)
     return ((x.double() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
-
-
-def _tensors(output: Any) -> list[Tensor]:
-    """The output's tensors in the order the exporter flattens them."""
-    if isinstance(output, Tensor):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    return [t for item in output for t in _tensors(item)]
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's own warnings, logging and prints: a failure is reported once, by the caller."""
-    loggers = [
-        logging.getLogger(name)
-        for name in list(logging.root.manager.loggerDict)
-        if name.split(".")[0] in ("torch", "onnxscript", "onnx_ir")
-    ]
-    previous = [lg.disabled for lg in loggers]
-    for lg in loggers:
-        lg.disabled = True
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, was in zip(loggers, previous, strict=True):
-            lg.disabled = was

@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from experiments import console
+from experiments.rundir import console
 
 
 class AdaptiveProgressBar(TQDMProgressBar):

@@ -11,200 +11,53 @@
 * A SLURM job with Lightning's auto-requeue (its default) that gets the requeue signal (``#SBATCH
   --signal=SIGUSR1@90``) saves the same way, marks the run ``requeued`` and calls ``scontrol requeue``; the requeued
   job, running the same command, continues the run in its own folder from that checkpoint (see
-  :func:`experiments.status.find_requeued_run`).
+  :func:`experiments.rundir.status.find_requeued_run`).
 * Every run folder has a ``status.json`` (``running``, ``interrupted``, ``requeued``, ``failed``, ``completed``) with
   the reason and the command that resumes it; checkpoints are written atomically by :class:`AtomicCheckpointIO`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import math
-import os
 import signal
-import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.strategies import ParallelStrategy
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from datamodules.errors import DataError
-from experiments.console import end_progress_line
-from experiments.files import atomic_path
-from experiments.geometry import GEOMETRY_KEY, BatchGeometry, BatchSized, Resize, remap_progress
-from experiments.status import has_checkpoint, resume_command, slurm_job, write_status
-from lightning_models.checkpoints import check_compatible, load_checkpoint, load_state_dict_file
+from experiments.callbacks.report import RunReport
+from experiments.rundir.console import end_progress_line
+from experiments.rundir.status import has_checkpoint, resume_command, write_status
+from experiments.rundir.stops import (
+    EXIT_FAILED,
+    CheckpointWriteError,
+    CleanStop,
+    Outcome,
+    StopSignal,
+    requeue_job,
+    requeue_signal,
+)
+from fileio.checkpoints import load_state_dict_file
+from fileio.errors import DataError
+from lightning_models.checkpoints import check_compatible
 
-#: Exit code of a failed run; interrupted ones end with the shell's ``128 + signal`` (130 for Ctrl+C).
-EXIT_FAILED = 1
 #: Errors the user fixes in their data or paths; the launcher prints them as usage errors (exit code 2).
-_USER_ERRORS = (DataError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS = (DataError, FileNotFoundError, NotADirectoryError)
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss (or the weights about to be saved) became NaN or infinite."""
 
 
-class TrainingStopped(Exception):
-    """Raised by :func:`guarded` once a stopped fit or test has been reported; carries the :class:`Outcome`."""
-
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.message)
-        self.outcome = outcome
-
-
-class CleanStop(Exception):
-    """Raised by a callback to end a fit on purpose, e.g. a sweep pruning its trial.
-
-    The fault guard marks the run folder with ``state`` and the message, saves no checkpoint and prints no
-    traceback; the launcher ends with ``exit_code``.
-
-    Args:
-        message: One line saying why the run stopped.
-        state: The ``status.json`` state, e.g. ``pruned``.
-        exit_code: The process exit code to end with.
-    """
-
-    def __init__(self, message: str, state: str = "stopped", exit_code: int = 0) -> None:
-        super().__init__(message)
-        self.state = state
-        self.exit_code = exit_code
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, permissions); the previous file at that path is intact."""
-
-
-# -- stop signals outside Lightning's loops -------------------------------------------------------------------------
-class StopSignal(SIGTERMException):
-    """A stop signal that arrived outside Lightning's loops: SIGTERM, or SLURM's requeue signal.
-
-    Args:
-        signum: The signal.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(128 + signum)
-        self.signum = signum
-
-
-def _raise_stop(signum: int, frame: Any) -> None:
-    raise StopSignal(signum)
-
-
-def requeue_signal(trainer: L.Trainer | None = None) -> int | None:
-    """The signal that asks this SLURM job to save and requeue itself, or ``None`` when there is none to obey.
-
-    It is the one of Lightning's ``SLURMEnvironment`` (SIGUSR1 unless ``--trainer.plugins`` sets another
-    ``requeue_signal``), obeyed while its ``auto_requeue`` is on (Lightning's default). Outside SLURM, in an
-    interactive allocation, and before a trainer exists with a plugin saying otherwise: SIGUSR1 under SLURM, else
-    ``None``.
-    """
-    strategy = trainer.strategy if trainer is not None else None
-    environment = strategy.cluster_environment if isinstance(strategy, ParallelStrategy) else None
-    if isinstance(environment, SLURMEnvironment):
-        return int(environment.requeue_signal) if environment.auto_requeue and environment.requeue_signal else None
-    # A single task (or no trainer yet): under srun, with Lightning's defaults.
-    return int(signal.SIGUSR1) if slurm_job() is not None and "SLURM_NTASKS" in os.environ else None
-
-
-def requeue_job() -> tuple[bool, str]:
-    """Ask SLURM to requeue this job (``scontrol requeue JOB``), as Lightning's auto-requeue does.
-
-    Returns:
-        Whether SLURM took the request, and a sentence saying what happened.
-    """
-    job = slurm_job()
-    if job is None:
-        return False, "not a SLURM batch job, so it cannot be requeued"
-    try:
-        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return False, f"could not requeue SLURM job {job} (scontrol: {getattr(err, 'strerror', None) or err})"
-    if done.returncode != 0:
-        why = (done.stderr or done.stdout).strip().splitlines()
-        return False, f"could not requeue SLURM job {job} (scontrol: {why[-1] if why else done.returncode})"
-    return True, f"SLURM job {job} requeued: it continues from there in the same run folder"
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Make SIGTERM (and, in a SLURM job, its requeue signal) raise :class:`StopSignal` wherever the process is,
-    outside Lightning's loops.
-
-    Python's default SIGTERM (and SIGUSR1) ends the process on the spot, without a word and with the run folder still
-    saying ``running``. Inside a fit or test the :class:`FaultGuard` takes the signals over instead (it stops after the
-    current batch, on every rank together); Lightning restores these handlers when the fit or test ends. The previous
-    handlers are restored on exit.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signals = [signal.SIGTERM] + ([requeue] if (requeue := requeue_signal()) else [])
-    previous = {signum: signal.signal(signum, _raise_stop) for signum in signals}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-# -- atomic checkpoint files -----------------------------------------------------------------------------------------
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoint I/O that writes to a temporary file and renames it, and reads through the safe loader.
-
-    A crash, a kill or a full disk mid-write leaves the previous checkpoint untouched instead of a truncated file.
-    Loading uses :func:`lightning_models.checkpoints.load_checkpoint`: ``weights_only`` unless the user trusts the
-    file, and one clear error naming the file when it is unreadable.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None or "://" in str(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        try:
-            with atomic_path(path) as tmp:
-                torch.save(checkpoint, tmp)
-        except OSError as err:
-            reason = err.strerror or str(err)
-            raise CheckpointWriteError(err.errno, f"could not write checkpoint '{path}': {reason}") from err
-
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
-        if "://" in str(path):
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        trust = None if weights_only is None else not weights_only
-        return load_checkpoint(path, trust=trust, map_location=map_location if map_location is not None else "cpu")
-
-
 # -- the callback ----------------------------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    """How a fit that did not complete ended, for the launcher to report.
-
-    Attributes:
-        state: ``interrupted`` or ``failed``.
-        message: One line saying what happened and where.
-        hint: One line saying what to do next (e.g. the resume command), or ``""``.
-        exit_code: The process exit code to end with.
-        exception: The exception, when it is a bug whose traceback the user needs.
-    """
-
-    state: str
-    message: str
-    hint: str
-    exit_code: int
-    exception: BaseException | None = None
 
 
 class FaultGuard(L.Callback):
@@ -237,9 +90,6 @@ class FaultGuard(L.Callback):
         self._agreed: int | None = None
         #: SLURM's requeue signal when the run obeys one (see :func:`requeue_signal`).
         self._requeue: int | None = None
-        #: Set by the launcher when the run resumes a checkpoint of another batch geometry (number of processes):
-        #: the position within the epoch is carried over to it when the checkpoint is restored.
-        self.resize: Resize | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -250,7 +100,7 @@ class FaultGuard(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.outcome, self._pending, self._requested, self._agreed = None, [], None, None
-        run_dir = _run_dir(trainer)
+        run_dir = run_dir_of(trainer)
         if run_dir is not None and trainer.is_global_zero:
             write_status(run_dir, "running")
 
@@ -351,12 +201,7 @@ class FaultGuard(L.Callback):
         self._check_losses()
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Record the run's batch geometry; refuse to write weights that are not finite (the checkpoint on disk stays
-        the last good one)."""
-        dm = trainer.datamodule
-        if isinstance(dm, BatchSized):
-            geometry = BatchGeometry(dm.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
-            checkpoint[GEOMETRY_KEY] = geometry.as_dict()
+        """Refuse to write weights that are not finite: the checkpoint on disk stays the last good one."""
         if not self.check_finite:
             return
         self._check_losses()
@@ -372,14 +217,6 @@ class FaultGuard(L.Callback):
                 f"weights became NaN or infinite by epoch {epoch}, global step {step} ({', '.join(bad[:3])}"
                 f"{' and more' if len(bad) > 3 else ''})"
             )
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Carry the position within the epoch over to a new batch geometry (before Lightning restores its loops)."""
-        if self.resize is None or not self.resize.changed or not isinstance(checkpoint.get("loops"), dict):
-            return
-        note = remap_progress(checkpoint["loops"], self.resize)
-        if note and trainer.is_global_zero:
-            print(f"note: {note}", file=sys.stderr)
 
     def _check_losses(self) -> None:
         if not self._pending:
@@ -398,19 +235,19 @@ class FaultGuard(L.Callback):
 
     def _handle(self, trainer: L.Trainer, exception: BaseException) -> None:
         """Save what can be resumed, set :attr:`outcome` and mark the run folder."""
-        run_dir = _run_dir(trainer)
+        run_dir = run_dir_of(trainer)
         where = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
         if isinstance(exception, CleanStop):
             self.outcome = Outcome(exception.state, str(exception), "", exception.exit_code)
             if run_dir is not None and trainer.is_global_zero:
                 write_status(run_dir, exception.state, reason=str(exception), **where)
             return
-        if isinstance(exception, _USER_ERRORS):
+        if isinstance(exception, USER_ERRORS):
             # The launcher prints these as usage errors; the folder still says why the run stopped.
             if run_dir is not None and trainer.is_global_zero:
                 write_status(run_dir, "failed", reason=str(exception), **where)
             return
-        signum = _signal_of(exception, self._agreed or self._requested)
+        signum = signal_of(exception, self._agreed or self._requested)
         if signum is None and not isinstance(exception, NonFiniteLossError | CheckpointWriteError):
             # Anything but an interrupt surfaces pending non-finite losses first: they are the likelier cause.
             try:
@@ -421,7 +258,7 @@ class FaultGuard(L.Callback):
         if self._should_save(trainer, exception, signum):
             path = _last_checkpoint_path(trainer)
             ckpt = trainer.checkpoint_callback
-            if ckpt is not None and hasattr(ckpt, "last_model_path"):
+            if isinstance(ckpt, ModelCheckpoint):
                 # The checkpoint callback's own last.ckpt from now on: stopped before its first save (a language
                 # model's first validation), a resumed run would otherwise write last-v1.ckpt beside it.
                 ckpt.last_model_path = str(path)
@@ -477,9 +314,9 @@ class FaultGuard(L.Callback):
         save_error: BaseException | None,
         run_dir: Path | None,
     ) -> Outcome:
-        at = _phase(trainer)
+        at = phase(trainer)
         resume = f"resume with: {resume_command(run_dir)}" if run_dir is not None else ""
-        kept = _kept_checkpoint(trainer)
+        kept = kept_checkpoint(trainer)
         if signum is not None:
             name = signal.Signals(signum).name
             if saved:
@@ -519,131 +356,43 @@ class FaultGuard(L.Callback):
         )
 
 
-# -- launcher helpers ------------------------------------------------------------------------------------------------
 def find_guard(trainer: L.Trainer) -> FaultGuard | None:
     """The trainer's :class:`FaultGuard`, if it has one."""
     return next((cb for cb in trainer.callbacks if isinstance(cb, FaultGuard)), None)
 
 
-def guarded(trainer: L.Trainer, fn: Callable[[], Any]) -> Any:
-    """Run ``fn()`` (the trainer's fit or test) and return its result; when the guard stopped it (interrupt,
-    non-finite loss, error), print why and raise.
-
-    Usage errors (:class:`DataError`, missing files) propagate unchanged for the launcher to print.
-
-    Raises:
-        TrainingStopped: with the :class:`Outcome` (its ``exit_code`` is what the process should end with).
-    """
-    guard = find_guard(trainer)
-    try:
-        return fn()
-    except (Exception, KeyboardInterrupt, SystemExit) as err:
-        outcome = guard.outcome if guard is not None else None
-        if outcome is None or isinstance(err, _USER_ERRORS):
-            raise
-        if trainer.is_global_zero:
-            report(outcome)
-        raise TrainingStopped(outcome) from None
-
-
-@contextlib.contextmanager
-def mark_stopped(trainer: L.Trainer) -> Iterator[None]:
-    """Report an interrupt that reaches the launcher outside a guarded fit or test (between them, or while the
-    summary is written): one line, and the run folder marked ``interrupted`` (``requeued`` when SLURM's requeue
-    signal stopped a job that has a checkpoint to continue from).
-
-    Raises:
-        TrainingStopped: for such an interrupt, with its :class:`Outcome`.
-    """
-    try:
-        yield
-    except (KeyboardInterrupt, SIGTERMException) as err:
-        signum = _signal_of(err, None)
-        run_dir = _run_dir(trainer)
-        kept = _kept_checkpoint(trainer)
-        resume = resume_command(run_dir) if run_dir is not None and kept else None
-        outcome = Outcome(
-            "interrupted",
-            f"{signal.Signals(signum).name} {_phase(trainer)}; "
-            + (f"the last checkpoint is {kept}" if kept else "no checkpoint had been saved yet"),
-            f"resume with: {resume}" if resume else "start it again: nothing was saved yet",
-            128 + signum,
-        )
-        if signum == requeue_signal(trainer) and trainer.is_global_zero:
-            outcome = FaultGuard._requeued(outcome, kept)
-        if run_dir is not None and trainer.is_global_zero:
-            write_status(run_dir, outcome.state, reason=outcome.message, checkpoint=kept, resume=resume)
-        if trainer.is_global_zero:
-            report(outcome)
-        raise TrainingStopped(outcome) from None
-
-
-def report(outcome: Outcome) -> None:
-    """Print an outcome: the traceback of a bug, then one line saying what happened and one saying what next."""
-    if outcome.exception is not None:
-        import traceback
-
-        traceback.print_exception(outcome.exception, file=sys.stderr)
-    label = "error" if outcome.state == "failed" else outcome.state
-    end_progress_line()
-    print(f"{label}: {outcome.message}", file=sys.stderr)
-    if outcome.hint:
-        print(outcome.hint, file=sys.stderr)
-
-
-def mark_completed(trainer: L.Trainer, test_metrics: Mapping[str, float] | None = None) -> None:
-    """Mark the run folder completed (``status.json``), with the best checkpoint and the test metrics."""
-    run_dir = _run_dir(trainer)
-    if run_dir is None or not trainer.is_global_zero:
-        return
-    ckpt = trainer.checkpoint_callback
-    best = getattr(ckpt, "best_model_path", None) or None
-    metrics = {k: v for k, v in (test_metrics or {}).items() if math.isfinite(v)}
-    write_status(
-        run_dir,
-        "completed",
-        epoch=trainer.current_epoch,
-        global_step=trainer.global_step,
-        best_checkpoint=best,
-        test_metrics=metrics,
-        # What callbacks add, e.g. the early-stopping epoch and reason.
-        **getattr(trainer, "zerotune_status", {}),
-    )
-
-
 # -- internals -------------------------------------------------------------------------------------------------------
-def _run_dir(trainer: L.Trainer) -> Path | None:
-    """The run folder: the launcher's (``trainer.zerotune_run_dir``), else the logger's version folder, else ``None``.
+def run_dir_of(trainer: L.Trainer) -> Path | None:
+    """The run folder: the run report's (the launcher's), else the logger's version folder, else ``None``.
 
     Read without ``trainer.log_dir``, which is a collective call under DDP and would hang when one rank asks alone.
     """
-    explicit = getattr(trainer, "zerotune_run_dir", None)
-    if explicit is not None:
-        return Path(explicit)
-    log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+    report = RunReport.of(trainer)
+    if report is not None and report.run_dir is not None:
+        return report.run_dir
+    log_dir = trainer.logger.log_dir if isinstance(trainer.logger, TensorBoardLogger) else None
     return Path(log_dir) if log_dir else None
 
 
 def _last_checkpoint_path(trainer: L.Trainer) -> Path | None:
     ckpt = trainer.checkpoint_callback
-    dirpath = getattr(ckpt, "dirpath", None)
-    if dirpath is None:
-        run_dir = _run_dir(trainer)
+    if not isinstance(ckpt, ModelCheckpoint) or ckpt.dirpath is None:
+        run_dir = run_dir_of(trainer)
         return run_dir / "checkpoints" / "last.ckpt" if run_dir is not None else None
-    name = getattr(ckpt, "CHECKPOINT_NAME_LAST", "last") + getattr(ckpt, "FILE_EXTENSION", ".ckpt")
-    return Path(dirpath) / name
+    return Path(ckpt.dirpath) / (ckpt.CHECKPOINT_NAME_LAST + ckpt.FILE_EXTENSION)
 
 
-def _kept_checkpoint(trainer: L.Trainer) -> Path | None:
+def kept_checkpoint(trainer: L.Trainer) -> Path | None:
     """The checkpoint a resume would start from: ``last.ckpt``, else the best one, if on disk."""
     last = _last_checkpoint_path(trainer)
     if last is not None and last.is_file():
         return last
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
     return Path(best) if best and Path(best).is_file() else None
 
 
-def _phase(trainer: L.Trainer) -> str:
+def phase(trainer: L.Trainer) -> str:
     """Where the trainer was, for messages: ``at epoch E, global step S``, or before training, or while testing."""
     step = f"global step {trainer.global_step}"
     if trainer.state.fn == "test":
@@ -653,7 +402,7 @@ def _phase(trainer: L.Trainer) -> str:
     return f"at epoch {trainer.current_epoch}, {step}"
 
 
-def _signal_of(exception: BaseException, requested: int | None) -> int | None:
+def signal_of(exception: BaseException, requested: int | None) -> int | None:
     """The signal behind an interrupt: a :class:`StopSignal`'s own, SIGTERM for Lightning's SIGTERMException, SIGINT
     for KeyboardInterrupt."""
     if isinstance(exception, StopSignal):

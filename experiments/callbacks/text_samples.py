@@ -9,12 +9,14 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 
+from lightning_models.language_model import CausalLMModule
+
 
 class TextSamples(Callback):
     """After every validation, continue ``prompt`` with the model and log it as ``samples/text`` (TensorBoard's Text
     tab, one entry per global step, so the slider shows the text improving).
 
-    Active for models that generate (``generate_stream``) and know their tokenizer (``tokenizer``); rank 0 only,
+    Active for language models that generate (``generates``) and know their tokenizer (``tokenizer``); rank 0 only,
     and not during the sanity check. The same prompt and seed every time, so samples differ only by the weights.
     Under FSDP no sample is drawn: each process holds only a shard of the weights.
 
@@ -56,16 +58,14 @@ class TextSamples(Callback):
             return
         if isinstance(trainer.strategy, FSDPStrategy):
             return
-        if not callable(getattr(pl_module, "generate_stream", None)) or getattr(pl_module, "tokenizer", None) is None:
+        if not isinstance(pl_module, CausalLMModule) or not pl_module.generates or pl_module.tokenizer is None:
             return
         writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if writer is None:
             return
-        from experiments.generate import generate_text
-
         start = time.perf_counter()
-        text = generate_text(
-            pl_module, self.prompt, self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed
+        text = pl_module.generate_text(
+            self.prompt, self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed
         )
         self.seconds = time.perf_counter() - start
         self.last = self.prompt + text

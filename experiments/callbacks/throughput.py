@@ -15,6 +15,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_models.base import CountsFlops
+
 #: Measured CPU peaks, per (threads, dtype): timed once per process.
 _CPU_PEAKS: dict[tuple[int, torch.dtype], float] = {}
 
@@ -71,7 +73,7 @@ class Throughput(Callback):
         self.last: dict[str, float] = {}
 
     def _active(self, pl_module: L.LightningModule) -> bool:
-        return self.enabled and callable(getattr(pl_module, "flops_per_token", None))
+        return self.enabled and isinstance(pl_module, CountsFlops)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(pl_module):

@@ -22,9 +22,9 @@ from typing import Any, BinaryIO, ClassVar
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from datamodules.errors import DataError
 from datamodules.table_io import TABLE_FORMATS
-from experiments.console import UsageError
+from experiments.rundir.console import UsageError
+from fileio.errors import DataError
 
 
 @dataclass

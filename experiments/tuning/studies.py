@@ -37,10 +37,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.console import UsageError
+from experiments.rundir.console import UsageError
 
 if TYPE_CHECKING:
-    from experiments.sweep import Sweep
+    from experiments.tuning.settings import Sweep
 
 #: User attribute of the study holding the sweep's settings.
 SETTINGS_ATTR = "zerotune"
@@ -264,7 +264,7 @@ def _boot_id() -> str | None:
 
 def worker_identity() -> dict[str, Any]:
     """This process as the owner of a trial: machine, boot, PID and the process's start time."""
-    from experiments.status import process_start_time
+    from experiments.rundir.status import process_start_time
 
     pid = os.getpid()
     return {"host": machine(), "boot": _boot_id(), "pid": pid, "start": process_start_time(pid)}
@@ -275,7 +275,7 @@ def worker_gone(trial: FrozenTrial) -> str | None:
 
     A worker on another machine cannot be looked up: only its heartbeat tells.
     """
-    from experiments.status import process_alive
+    from experiments.rundir.status import process_alive
 
     owner = trial.user_attrs.get(WORKER_ATTR)
     if not isinstance(owner, dict) or owner.get("host") != machine() or owner.get("boot") != _boot_id():
@@ -415,7 +415,7 @@ def _mark_run(trial: FrozenTrial, reason: str, number: int | None) -> None:
     its parameters run again (only on a machine that sees the folder)."""
     import json
 
-    from experiments.status import ACTIVE_STATES, STATUS_FILE, write_status
+    from experiments.rundir.status import ACTIVE_STATES, STATUS_FILE, write_status
 
     run_dir = trial.user_attrs.get("run_dir")
     if not run_dir or not Path(run_dir).is_dir():
@@ -476,7 +476,7 @@ def make_sampler(sweep: Sweep, stream: int = 0) -> Any:
     """
     import numpy as np
 
-    from experiments.search_space import SearchSpace
+    from experiments.tuning.search_space import SearchSpace
 
     seed = sweep.seed if stream == 0 else int(np.random.SeedSequence([sweep.seed, stream]).generate_state(1)[0])
     args = dict(sweep.sampler_args)

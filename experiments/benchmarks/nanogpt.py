@@ -1,6 +1,6 @@
 """nanoGPT's CPU recipe for Tiny Shakespeare, re-implemented: the other side of the GPT race in the benchmark.
 
-    python -m experiments.bench_nanogpt --data input.txt [--out_dir DIR] [--max_iters 2000]
+    python -m experiments.benchmarks.nanogpt --data input.txt [--out_dir DIR] [--max_iters 2000]
 
 stands for nanoGPT's ``python data/shakespeare_char/prepare.py`` then ``python train.py
 config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --block_size=64 --batch_size=12
@@ -195,7 +195,9 @@ def exact_val_loss(model: NanoGPT, path: str, block_size: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench_nanogpt", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.benchmarks.nanogpt", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--data", required=True, help="Tiny Shakespeare's input.txt")
     parser.add_argument("--out_dir", default="out-shakespeare-char", help="token files and ckpt.pt")
     parser.add_argument("--max_iters", type=int, default=2000)

@@ -73,7 +73,7 @@ def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> None:
 
     Never raises on a full disk or a read-only folder: the run goes on and a warning says the status is stale.
     """
-    from experiments.files import atomic_write_text
+    from fileio.atomic import atomic_write_text
 
     pid = os.getpid()
     job = slurm_job()
@@ -179,17 +179,3 @@ def recorded_best_checkpoint(run_dir: str | os.PathLike) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def best_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The run's best checkpoint: the one ``status.json`` records, else the newest ``checkpoints/best*.ckpt``, else
-    ``checkpoints/last.ckpt``; ``None`` when the run saved none of these."""
-    recorded = recorded_best_checkpoint(run_dir)
-    if recorded is not None:
-        return recorded
-    folder = Path(run_dir) / "checkpoints"
-    best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    if best:
-        return best[-1]
-    last = folder / "last.ckpt"
-    return last if last.is_file() else None

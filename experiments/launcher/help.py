@@ -52,7 +52,7 @@ def print_help(argv: list[str], build: Callable[[list[str]], str]) -> None:
     except OSError:
         text = build(argv)
         with contextlib.suppress(OSError):
-            from experiments.files import atomic_write_text
+            from fileio.atomic import atomic_write_text
 
             atomic_write_text(path, text)
     print(text, end="")
@@ -79,8 +79,8 @@ def _fingerprint(argv: list[str]) -> str:
     for dist in ("lightning", "jsonargparse", "torch", "torchvision", "zerotune"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             digest.update(f"{dist}={metadata.version(dist)}".encode())
-    root = Path(__file__).resolve().parent.parent
-    for package in ("experiments", "lightning_models", "datamodules"):
+    root = Path(__file__).resolve().parents[2]
+    for package in ("fileio", "datamodules", "lightning_models", "experiments"):
         for path in sorted((root / package).rglob("*")):
             if path.suffix in (".py", ".yaml"):
                 stat = path.stat()

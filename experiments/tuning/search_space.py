@@ -11,7 +11,7 @@ distribution::
     data.batch_size: {choice: [32, 64, 128]}
 
 Every mistake (an unknown distribution, an empty or inverted range, a step that does not divide the range, an empty
-choice) raises :class:`~experiments.console.UsageError` with one line naming the key.
+choice) raises :class:`~experiments.rundir.console.UsageError` with one line naming the key.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from experiments.console import UsageError
+from experiments.rundir.console import UsageError
 
 #: Distribution names and what their arguments are.
 DISTRIBUTIONS = {
@@ -161,14 +161,6 @@ class SearchSpace:
     def spec(self) -> dict[str, dict[str, list[Any]]]:
         """The space as written in YAML (stored with the study, compared when a worker joins)."""
         return {d.key: d.spec() for d in self.dims}
-
-
-def launcher_args(params: Mapping[str, Any]) -> list[str]:
-    """``--key value`` launcher arguments for ``params`` (values as the launcher's YAML parser reads them)."""
-    args: list[str] = []
-    for key, value in params.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return args
 
 
 def format_value(value: Any) -> str:

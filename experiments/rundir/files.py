@@ -1,50 +1,12 @@
-"""Crash-safe file writing: a temporary file in the same folder, fsync, then an atomic rename."""
+"""Where commands may write their outputs: never over an input, a checkpoint or a file a run folder owns."""
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on error it is removed.
-
-    A crash or a full disk mid-write therefore never leaves a truncated file where a good one was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates the file private (0600); give it the permissions a plain open() would (umask applies).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
 
 # -- where a command may write its output ----------------------------------------------------------------------------
 #: Files a run folder owns (what the launcher, the range test and the run's readers rely on), by name.
@@ -146,7 +108,7 @@ def check_output_path(
     Raises:
         UsageError: the reason, and what to pass instead.
     """
-    from experiments.console import UsageError
+    from experiments.rundir.console import UsageError
 
     path = Path(path)
     if path.is_dir():

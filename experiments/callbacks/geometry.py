@@ -1,5 +1,9 @@
 """Resuming on another number of processes: the global batch kept, the position within the epoch carried over.
 
+:class:`GlobalBatch`, a callback every launcher run has, records the run's batch geometry in each checkpoint and
+carries a restored checkpoint's position within the epoch over to the geometry the launcher chose
+(:func:`plan_resize`).
+
 A checkpoint records its run's batch geometry: the batch of one process, the number of processes and the batches
 accumulated per optimizer step (their product is the *global batch*, the samples of one step). A run resumed on
 another number of processes (2 GPUs -> 1, 1 node -> 4) keeps that global batch: it changes the gradient
@@ -12,9 +16,12 @@ and the run says so.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
+
+import lightning as L
 
 #: Key of the geometry in a checkpoint.
 GEOMETRY_KEY = "zerotune_batch_geometry"
@@ -176,3 +183,29 @@ def remap_progress(loops: dict[str, Any], resize: Resize) -> str:
         progress["is_last_batch"] = False
         return "the samples done in this epoch are no whole number of the new batches: the epoch starts again"
     return ""
+
+
+class GlobalBatch(L.Callback):
+    """Records the run's batch geometry in every checkpoint; maps a restored checkpoint's position within the epoch
+    onto the geometry of a run resumed on another number of processes.
+
+    Attributes:
+        resize: Set by the launcher when the checkpoint it restores has another geometry than this run.
+    """
+
+    def __init__(self) -> None:
+        self.resize: Resize | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        dm = trainer.datamodule
+        if isinstance(dm, BatchSized):
+            geometry = BatchGeometry(dm.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+            checkpoint[GEOMETRY_KEY] = geometry.as_dict()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Carry the position within the epoch over (Lightning restores its loops from ``checkpoint`` after this)."""
+        if self.resize is None or not self.resize.changed or not isinstance(checkpoint.get("loops"), dict):
+            return
+        note = remap_progress(checkpoint["loops"], self.resize)
+        if note and trainer.is_global_zero:
+            print(f"note: {note}", file=sys.stderr)

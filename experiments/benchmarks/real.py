@@ -5,7 +5,7 @@ process, timed from process start until the test accuracy (measured after every 
 first reaches the target:
 
 (a) the classic tutorial loop and (b) the best hand-written in-memory loop, both in
-    :mod:`experiments.handloops` (plain PyTorch, no Lightning);
+    :mod:`experiments.benchmarks.handloops` (plain PyTorch, no Lightning);
 (c) zerotune: ``python -m experiments.run NAME`` with the experiment's own config and defaults (validation,
     checkpoints, dashboards, progress bar, TensorBoard) and :class:`TargetProbe` added.
 
@@ -32,9 +32,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from experiments.handloops import Clock
+from experiments.benchmarks.handloops import Clock
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: (experiment, target test accuracy) per kind of real data.
 TASKS = {"mnist": ("mnist_fast", 0.99), "folder": ("cifar10_fast", 0.70)}
 SECTION_START, SECTION_END = (
@@ -86,23 +86,24 @@ class TargetProbe(L.Callback):
 
 
 # -- plans and processes ----------------------------------------------------------------------------------------------
-def data_args(kind: str, path: str) -> list[str]:
-    """Launcher options that point the experiment at the real data."""
+def data_settings(kind: str, path: str) -> dict[str, Any]:
+    """Launcher settings that point the experiment at the real data."""
     if kind == "mnist":
-        return ["--data.data_dir", path, "--data.download", "false"]
-    return ["--data.root", path]
+        return {"data.data_dir": path, "data.download": False}
+    return {"data.root": path}
 
 
 def make_plan(kind: str, path: str, device: str, workers: int) -> dict[str, Any]:
     """What the hand-written loops need to know of the experiment's config, read from its YAML and datamodule."""
-    from experiments.cli import _import, read_recipe
+    from experiments.launcher.recipes import read_recipe
+    from lightning_models.checkpoints import import_class
 
     name, target = TASKS[kind]
     cfg = read_recipe(name)
     trainer = cfg["trainer"]
     init = dict(cfg["data"].get("init_args") or {})
     init.update({"data_dir": path, "download": False} if kind == "mnist" else {"root": path})
-    dm = _import(cfg["data"]["class_path"])(**init)
+    dm = import_class(cfg["data"]["class_path"])(**init)
     data = {
         "kind": kind,
         "path": path,
@@ -168,32 +169,42 @@ def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
 def time_hand_loop(loop: str, plan: dict[str, Any], work: str) -> dict[str, Any]:
     path = Path(work) / f"plan-{plan['experiment']}.json"
     path.write_text(json.dumps(plan))
-    return _spawn([sys.executable, "-m", "experiments.handloops", loop, str(path)])
+    return _spawn([sys.executable, "-m", "experiments.benchmarks.handloops", loop, str(path)])
 
 
 def time_zerotune(plan: dict[str, Any], work: str, target: float | None = None, cache_dir: str | None = None) -> dict:
     """The experiment through the launcher with its defaults; a fresh image cache unless ``cache_dir`` is given."""
     kind, path = plan["data"]["kind"], plan["data"]["path"]
-    args = [sys.executable, "-m", "experiments.run", plan["experiment"], *data_args(kind, path)]
-    args += ["--runs_dir", f"{work}/runs", "--test_after_fit", "false", "--trainer.accelerator", plan["device"]]
-    args += ["--trainer.callbacks+=experiments.bench_real.TargetProbe"]
-    args += [f"--trainer.callbacks.init_args.target={plan['target'] if target is None else target}"]
+    from experiments.launcher.launch import command_line
+
+    settings = {
+        **data_settings(kind, path),
+        "runs_dir": f"{work}/runs",
+        "test_after_fit": False,
+        "trainer.accelerator": plan["device"],
+    }
     if target is not None and target > 1:  # only the start is timed, with the defaults that act before it
-        args += ["--trainer.max_steps", "1", "--onnx.enabled", "false"]  # the export comes after the first step
+        settings |= {"trainer.max_steps": 1, "onnx.enabled": False}  # the export comes after the first step
+    # The command a user types, timed in a process of its own; the probe is appended to the default callbacks.
+    args = [sys.executable, "-m", "experiments.run", *command_line(plan["experiment"], settings)]
+    args += ["--trainer.callbacks+=experiments.benchmarks.real.TargetProbe"]
+    args += [f"--trainer.callbacks.init_args.target={plan['target'] if target is None else target}"]
     cache = cache_dir or tempfile.mkdtemp(prefix="zerotune-cache-", dir=work)
     return _spawn(args, {"ZEROTUNE_CACHE_DIR": cache})
 
 
 def setup_seconds(folder: str, cache_dir: str) -> dict[str, Any]:
     """``cifar10_fast``'s datamodule ``setup()`` on ``folder`` in a fresh process: seconds and peak RSS."""
-    return _spawn([sys.executable, "-m", "experiments.bench_real", "setup", folder], {"ZEROTUNE_CACHE_DIR": cache_dir})
+    command = [sys.executable, "-m", "experiments.benchmarks.real", "setup", folder]
+    return _spawn(command, {"ZEROTUNE_CACHE_DIR": cache_dir})
 
 
 def _setup_main(folder: str) -> None:
-    from experiments.cli import _import, read_recipe
+    from experiments.launcher.recipes import read_recipe
+    from lightning_models.checkpoints import import_class
 
     cfg = read_recipe("cifar10_fast")
-    dm = _import(cfg["data"]["class_path"])(**{**cfg["data"]["init_args"], "root": folder})
+    dm = import_class(cfg["data"]["class_path"])(**{**cfg["data"]["init_args"], "root": folder})
     start = time.perf_counter()
     dm.setup("fit")
     seconds = time.perf_counter() - start
@@ -298,5 +309,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "setup":
         _setup_main(sys.argv[2])
     else:
-        print("usage: python -m experiments.bench_real setup FOLDER (the benchmark: python -m experiments.bench)")
+        print("usage: python -m experiments.benchmarks.real setup FOLDER (the benchmark: python -m experiments.bench)")
         sys.exit(2)

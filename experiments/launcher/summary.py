@@ -1,13 +1,12 @@
-"""End-of-run bookkeeping: hparams with ``hp_metric`` for TensorBoard, and the short summary printed to the user."""
+"""End-of-run bookkeeping: hparams with ``hp_metric`` for TensorBoard, and the run report's summary printed."""
 
 from __future__ import annotations
 
-import shlex
-import sys
-from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+from experiments.callbacks.report import RunReport
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -43,8 +42,8 @@ def log_hparams(
     if logger is None:
         return best_value
     params = _flat(dict(model.hparams), "model/")
-    dm = getattr(trainer, "datamodule", None)
-    if dm is not None and getattr(dm, "hparams", None):
+    dm = trainer.datamodule
+    if dm is not None and dm.hparams:
         params.update(_flat(dict(dm.hparams), "data/"))
     # LightningCLI's bookkeeping entries (_class_path, _instantiator) are not hyperparameters.
     params = {k: v for k, v in params.items() if not k.rsplit("/", 1)[-1].startswith("_")}
@@ -55,27 +54,7 @@ def log_hparams(
     return best_value
 
 
-def finish_run(trainer: L.Trainer, model: L.LightningModule, test_metrics: dict[str, float]) -> None:
-    """Log hparams and print the summary: test metrics, best checkpoint, run folder and how to open it."""
-    best_value = log_hparams(trainer, model, test_metrics)
-    ckpt = trainer.checkpoint_callback
-    run_dir = Path(trainer.log_dir) if trainer.log_dir and trainer.logger else None
-    lines = ["", "=" * 72]
-    if test_metrics:
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items()))
-        lines.append(f"test       {shown}")
-    if ckpt is not None and ckpt.best_model_path:
-        score = f" ({ckpt.monitor}={best_value:.4f})" if best_value is not None else ""
-        lines.append(f"best ckpt  {ckpt.best_model_path}{score}")
-    for extra in getattr(trainer, "zerotune_summary", []):
-        lines.append(extra)
-    if run_dir is not None:
-        lines.append(f"run        {run_dir}")
-        lines.append(
-            f"tensorboard  {shlex.quote(sys.executable)} -m tensorboard.main --logdir {shlex.quote(str(run_dir))}"
-            " --host 127.0.0.1"
-        )
-        if any(run_dir.glob("*.onnx")):
-            lines.append(f"netron       {shlex.quote(sys.executable)} -m experiments.view {shlex.quote(str(run_dir))}")
-    lines.append("=" * 72)
-    print("\n".join(lines))
+def finish_run(trainer: L.Trainer, model: L.LightningModule, report: RunReport) -> None:
+    """Log hparams (``hp_metric``: the best monitored value) and print the run report's summary."""
+    log_hparams(trainer, model, report.test_metrics)
+    print(report.summary())

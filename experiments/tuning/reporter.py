@@ -14,8 +14,8 @@ import lightning as L
 import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
-from experiments.callbacks.safety import CleanStop
-from experiments.summary import log_hparams
+from experiments.launcher.summary import log_hparams
+from experiments.rundir.stops import CleanStop
 
 #: The objective that is the model's parameter count rather than a logged metric.
 PARAMS = "params"
@@ -44,6 +44,8 @@ class TrialReporter(PyTorchLightningPruningCallback):
         self.pruner = pruner
         #: Best value of every metric objective so far (validation runs, not the sanity check).
         self.best: dict[str, float] = {}
+        #: The epoch at which the pruner stopped the run (``None`` while it runs or if it was never pruned).
+        self.pruned_epoch: int | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -73,5 +75,6 @@ class TrialReporter(PyTorchLightningPruningCallback):
             value = float(logged[self.monitor])
             # The checkpoint callback has not seen this epoch yet: hp_metric is the best value including it.
             log_hparams(trainer, pl_module, {}, best_value=self.best.get(self.monitor))
+            self.pruned_epoch = trainer.current_epoch
             by = f" by the {self.pruner} pruner" if self.pruner else ""
             raise TrialPruned(f"stopped{by} at epoch {trainer.current_epoch} ({self.monitor}={value:.4f})") from None

@@ -1,6 +1,6 @@
 """The two loops zerotune is timed against on real data, written as a user would write them: plain PyTorch only.
 
-``python -m experiments.bench`` (real-data mode, :mod:`experiments.bench_real`) starts each loop in a fresh
+``python -m experiments.bench`` (real-data mode, :mod:`experiments.benchmarks.real`) starts each loop in a fresh
 process with a plan (JSON: data, network, recipe, target) and times it from process start to a target test
 accuracy. This module imports neither Lightning nor zerotune's packages, so a loop's startup is what a script of
 its own would pay:
@@ -410,10 +410,10 @@ def _tutorial_batches(plan: dict[str, Any], device: torch.device) -> tuple[Any, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m experiments.handloops {tutorial,hand} PLAN.json``."""
+    """``python -m experiments.benchmarks.handloops {tutorial,hand} PLAN.json``."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in ("tutorial", "hand"):
-        print("usage: python -m experiments.handloops {tutorial,hand} PLAN.json", file=sys.stderr)
+        print("usage: python -m experiments.benchmarks.handloops {tutorial,hand} PLAN.json", file=sys.stderr)
         return 2
     run(json.loads(Path(argv[1]).read_text()), argv[0])
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -26,31 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments import console
-from experiments.console import UsageError
+from experiments.rundir import console
+from experiments.rundir.console import UsageError
+from experiments.tuning.settings import TRIAL_ONLY
 
 if TYPE_CHECKING:
-    from experiments.sweep import StudyRef, Sweep
+    from experiments.launcher.launch import Config
+    from experiments.tuning.reporter import TrialReporter
+    from experiments.tuning.settings import StudyRef, Sweep
 
 LOCK_FILE = ".sweep.lock"
 #: Event file with the study's description for TensorBoard's HParams tab (see :func:`write_hparams_config`).
 STUDY_EVENTS = "events.out.tfevents.0.study"
 #: Trials in a row that end with an error (not a pruned or diverged run) before a worker gives up.
 MAX_FAILURES_IN_A_ROW = 3
-#: Settings of every trial that shape what it learns (``best.yaml`` keeps them); the sweep's own settings win.
-TRIAL_SETTINGS = ["--early_stopping.enabled", "true", "--trainer.devices", "1"]
-#: Settings of trials only (``best.yaml`` runs with the experiment's): one line per trial instead of a progress
-#: bar, no ONNX export or image dashboards, and no test: trials are compared on validation only.
-TRIAL_ONLY = [
-    "--trainer.enable_progress_bar",
-    "false",
-    "--onnx.enabled",
-    "false",
-    "--dashboards.enabled",
-    "false",
-    "--test_after_fit",
-    "false",
-]
 
 
 @dataclass
@@ -67,7 +55,7 @@ class TrialOutcome:
     error: bool = False  # a usage error or a bug (counts towards MAX_FAILURES_IN_A_ROW)
 
     def line(self, sweep: Sweep, best: float | None) -> str:
-        from experiments.search_space import format_value
+        from experiments.tuning.search_space import format_value
 
         metric = sweep.objectives[0][0]
         label = self.state if not self.note or self.state != "pruned" else self.note
@@ -107,28 +95,23 @@ def captured(path: Path) -> Iterator[None]:
 
 def run_trial(trial: Any, sweep: Sweep, ref: StudyRef) -> TrialOutcome:
     """Run ``trial`` as a launcher run in ``SWEEP_DIR/trial_N``; returns how it ended (the caller tells the study)."""
-    from experiments.callbacks.trial import PARAMS, TrialReporter
-    from experiments.search_space import SearchSpace, launcher_args
+    from experiments.launcher.launch import apply_overrides
+    from experiments.tuning.reporter import PARAMS, TrialReporter
+    from experiments.tuning.search_space import SearchSpace
 
     params = SearchSpace.parse(sweep.space).suggest(trial)
     folder = ref.folder / f"trial_{trial.number}"
     folder.mkdir(parents=True, exist_ok=True)
     write_hparams_config(folder, sweep)
     trial.set_user_attr("run_dir", str(folder))
-    args = [
-        *sweep.base_args(),
-        *TRIAL_SETTINGS,
-        *TRIAL_ONLY,
-        *sweep.fixed,
-        *launcher_args(params),
-        *["--runs_dir", str(ref.folder.parent), "--name", ref.folder.name, "--version", folder.name],
-    ]
+    placement = {"runs_dir": str(ref.folder.parent), "name": ref.folder.name, "version": folder.name}
+    config = apply_overrides(sweep.trial_config(params), {**TRIAL_ONLY, **placement})
     reporter = TrialReporter(trial, sweep.objectives, pruner=sweep.pruner if sweep.pruner != "none" else "")
     outcome = TrialOutcome(trial.number, "complete", None, params, 0.0)
     start = time.monotonic()
     log = folder / "output.log"
     with captured(log):
-        model = _launch(args, reporter, outcome)
+        model = _launch(config, reporter, outcome)
     outcome.seconds = time.monotonic() - start
     metric = sweep.objectives[0][0]
     if outcome.state == "complete":
@@ -166,7 +149,7 @@ def run_one(study: Any, sweep: Sweep, ref: StudyRef, lock: Any) -> TrialOutcome 
     """
     import optuna
 
-    from experiments.studies import GRACE_ENV, INTERRUPTED_ATTR, WORKER_ATTR, requeue, worker_identity
+    from experiments.tuning.studies import GRACE_ENV, INTERRUPTED_ATTR, WORKER_ATTR, requeue, worker_identity
 
     ended: list[tuple[TrialOutcome, int]] = []
 
@@ -216,23 +199,23 @@ def run_one(study: Any, sweep: Sweep, ref: StudyRef, lock: Any) -> TrialOutcome 
     return outcome
 
 
-def _launch(args: list[str], reporter: Any, outcome: TrialOutcome) -> Any:
+def _launch(config: Config, reporter: TrialReporter, outcome: TrialOutcome) -> Any:
     """Run the trial's launcher run; set how it ended on ``outcome``; return the trained model (``None`` if none).
 
     Ends: ``complete``; ``pruned``; ``interrupted`` (Ctrl+C, SIGTERM); ``diverged`` (a NaN loss: a result of its
     parameters, counted like any trial); ``failed`` with ``error`` set (a usage error, exit code 2, or a bug, 1).
     """
-    from experiments.callbacks.safety import TrainingStopped
-    from experiments.run import launch
+    from experiments.api import launch
+    from experiments.rundir.stops import TrainingStopped
 
     try:
-        return launch(args, callbacks=[reporter]).model
+        return launch(config, callbacks=[reporter]).model
     except TrainingStopped as stop:
         how = stop.outcome
         outcome.note, outcome.exit_code = how.message, how.exit_code
         if how.state == "pruned":
-            epoch = re.search(r"epoch (\d+)", how.message)
-            outcome.state, outcome.note = "pruned", f"pruned at epoch {epoch.group(1)}" if epoch else "pruned"
+            epoch = reporter.pruned_epoch
+            outcome.state, outcome.note = "pruned", "pruned" if epoch is None else f"pruned at epoch {epoch}"
         elif how.state == "interrupted":
             outcome.state = "interrupted"
         elif how.exception is None and how.exit_code != 2:
@@ -263,7 +246,7 @@ def work(ref: StudyRef, sweep: Sweep, rank: int | None = None, created: bool = F
     import optuna
     from optuna.trial import TrialState
 
-    from experiments.studies import counted, heartbeat_settings, make_pruner, make_sampler, open_storage, reap
+    from experiments.tuning.studies import counted, heartbeat_settings, make_pruner, make_sampler, open_storage, reap
 
     storage = open_storage(ref.url)
     n_before = len(optuna.load_study(study_name=ref.name, storage=storage).trials)
@@ -314,7 +297,7 @@ def work(ref: StudyRef, sweep: Sweep, rank: int | None = None, created: bool = F
 
 
 def _lock(ref: StudyRef) -> Any:
-    from experiments.studies import FileLock
+    from experiments.tuning.studies import FileLock
 
     return FileLock(ref.folder / LOCK_FILE)
 
@@ -424,7 +407,7 @@ def _study_done(ref: StudyRef) -> bool:
     import optuna
     from optuna.trial import TrialState
 
-    from experiments.studies import counted, open_storage, stored_settings
+    from experiments.tuning.studies import counted, open_storage, stored_settings
 
     study = optuna.load_study(study_name=ref.name, storage=open_storage(ref.url))
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -443,7 +426,7 @@ def write_hparams_config(folder: Path, sweep: Sweep) -> None:
     from tensorboard.plugins.hparams import summary_v2 as hp
     from torch.utils.tensorboard import SummaryWriter
 
-    from experiments.search_space import SearchSpace
+    from experiments.tuning.search_space import SearchSpace
 
     path = folder / STUDY_EVENTS
     if path.exists():

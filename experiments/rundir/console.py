@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from datamodules.errors import DataError
+from fileio.errors import DataError
 
 #: Messages Lightning prints that advertise products or restate the obvious; matched by substring, one by one.
 _NOISE_LOG_SUBSTRINGS = (
@@ -49,6 +49,10 @@ _NOISE_WARNINGS = (
     # `--ckpt_path` starts a new version folder by design; the summary names the checkpoint it started from.
     r".*The dirpath has changed from .* won't be reloaded\. Only `best_model_path` will be reloaded.*",
 )
+
+
+#: Exit code of a mistake the user can fix (a name, a setting, a file): one ``error:`` line, no traceback.
+USAGE_ERROR = 2
 
 
 class UsageError(Exception):
@@ -230,10 +234,12 @@ def _article(type_name: str) -> str:
 
 def _init_args(class_path: str) -> list[str]:
     """Argument names a class accepts, following ``**kwargs`` up its bases as jsonargparse does."""
-    module, _, name = class_path.rpartition(".")
+    # Imported here: PyTorch comes with it, and --help and --list must not wait for it.
+    from lightning_models.checkpoints import import_class
+
     try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+        cls = import_class(class_path)
+    except ImportError:
         return []
     names: list[str] = []
     for klass in cls.__mro__:

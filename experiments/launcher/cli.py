@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
@@ -25,36 +24,25 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import CheckpointIO
 
-from experiments.callbacks import (
-    AttentionMaps,
-    Dashboards,
-    ONNXExport,
-    SafeTensorBoardLogger,
-    TextSamples,
-    Throughput,
-)
+from datamodules.base import DataModule
+from experiments.callbacks import AttentionMaps, Dashboards, ONNXExport, TextSamples, Throughput
 from experiments.callbacks.checkpoint import ModelCheckpoint
 from experiments.callbacks.early_stopping import EarlyStopping
+from experiments.callbacks.geometry import BatchGeometry, BatchSized, GlobalBatch, plan_resize
 from experiments.callbacks.progress import AdaptiveProgressBar
-from experiments.callbacks.safety import AtomicCheckpointIO, FaultGuard, find_guard
-from experiments.console import UsageError, explain_config_error, parser_options
-from experiments.files import atomic_write_text
-from experiments.geometry import BatchGeometry, BatchSized, plan_resize
-from experiments.status import STATUS_FILE, write_status
-from lightning_models.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
+from experiments.callbacks.report import RunReport
+from experiments.callbacks.safety import FaultGuard
+from experiments.launcher.loggers import SafeTensorBoardLogger
+from experiments.launcher.recipes import DEFAULTS_FILE
+from experiments.rundir.checkpoint_io import AtomicCheckpointIO
+from experiments.rundir.console import UsageError, explain_config_error, parser_options
+from experiments.rundir.finder import newest_run, next_version, run_checkpoint
+from experiments.rundir.status import STATUS_FILE, write_status
+from fileio.atomic import atomic_write_text
+from fileio.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
+from lightning_models.base import TaskModule
+from lightning_models.checkpoints import import_class
 from lightning_models.finetune import FreezeSchedule
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DEFAULTS_FILE = CONFIG_DIR / "_defaults.yaml"
-
-
-def read_recipe(name: str) -> dict[str, Any]:
-    """Experiment ``name``'s YAML over ``_defaults.yaml`` (its ``trainer`` section key by key), as the launcher
-    layers them before any command-line override: for tools that read a recipe without launching it."""
-    defaults = yaml.safe_load(DEFAULTS_FILE.read_text()) or {}
-    cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()) or {}
-    return {**defaults, **cfg, "trainer": {**(defaults.get("trainer") or {}), **(cfg.get("trainer") or {})}}
-
 
 # Set by rank 0 before DDP launches its worker processes, so every rank logs into the same run folder.
 RUN_VERSION_ENV = "ZEROTUNE_RUN_VERSION"
@@ -100,9 +88,9 @@ class AtomicSaveConfig(SaveConfigCallback):
                 config.resume = None
                 config.version = None  # the folder this run got; a run started from this file gets its own
                 atomic_write_text(path, self.parser.dump(config, skip_unset=False))
-            describe = getattr(trainer.datamodule, "input_spec", None)
-            if callable(describe):
-                atomic_write_text(Path(log_dir) / INPUT_SPEC_FILE, json.dumps(describe(), indent=1) + "\n")
+            dm = trainer.datamodule
+            if isinstance(dm, DataModule) and (spec := dm.input_spec()) is not None:
+                atomic_write_text(Path(log_dir) / INPUT_SPEC_FILE, json.dumps(spec, indent=1) + "\n")
         self.already_saved = trainer.strategy.broadcast(True)
 
 
@@ -114,8 +102,7 @@ def allocate_run_dir(root: Path, name: str) -> tuple[Path, int]:
     """
     base = root / name
     base.mkdir(parents=True, exist_ok=True)
-    existing = [int(p.name.split("_", 1)[1]) for p in base.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
-    version = max(existing, default=-1) + 1
+    version = next_version(base)
     while True:
         try:
             (base / f"version_{version}").mkdir()
@@ -150,7 +137,7 @@ class ZeroTuneCLI(LightningCLI):
         self.new_run_dir = False
         #: Checkpoint the fit restores (from ``--resume`` or ``--ckpt_path``), resolved before the run folder exists.
         self.ckpt_path: str | None = None
-        #: The batch geometry that checkpoint recorded (see :mod:`experiments.geometry`).
+        #: The batch geometry that checkpoint recorded (see :mod:`experiments.callbacks.geometry`).
         self.ckpt_geometry: BatchGeometry | None = None
         super().__init__(*args, **kwargs)
 
@@ -158,7 +145,8 @@ class ZeroTuneCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            configs = [str(a) for flag, a in zip(args, args[1:], strict=False) if flag in ("--config", "-c")]
+            given = args if isinstance(args, list) else []
+            configs = [str(a) for flag, a in zip(given, given[1:], strict=False) if flag in ("--config", "-c")]
             raise UsageError(explain_config_error(str(err), parser_options(parser), configs)) from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -236,6 +224,16 @@ class ZeroTuneCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.block_size", "model.init_args.block_size", apply_on="instantiate")
 
+    def complete_config(self) -> None:
+        """Fill in what the config leaves to the classes it names: the checkpoint's metric (``monitor: auto``)."""
+        ckpt = self.config.checkpoint
+        if ckpt.monitor == "auto":
+            # The task class states which metric defines "best" (val/acc for classifiers, val/loss for regressors).
+            model_cls = import_class(self.config.model.class_path)
+            task = issubclass(model_cls, TaskModule)
+            ckpt.monitor = model_cls.monitor if task else "val/loss"
+            ckpt.mode = model_cls.monitor_mode if task else "min"
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config
         if not cfg.get("resume"):
@@ -243,12 +241,7 @@ class ZeroTuneCLI(LightningCLI):
         # Read by every checkpoint/weights load (resume, pretrained weights), which are weights-only unless trusted.
         os.environ[TRUST_ENV] = "1" if cfg.get("trust_checkpoint") else "0"
         torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
-        ckpt = cfg.checkpoint
-        if ckpt.monitor == "auto":
-            # The task class states which metric defines "best" (val/acc for classifiers, val/loss for regressors).
-            model_cls = _import(cfg.model.class_path)
-            ckpt.monitor = getattr(model_cls, "monitor", "val/loss")
-            ckpt.mode = getattr(model_cls, "monitor_mode", "min")
+        self.complete_config()
         self.ckpt_path = resolve_ckpt_path(cfg)
         if self.ckpt_path is not None:
             self.ckpt_geometry = BatchGeometry.from_checkpoint(load_checkpoint(self.ckpt_path))
@@ -256,9 +249,8 @@ class ZeroTuneCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         cfg = self.config
         # Bad data (a single class, an empty split, files missing) is found before a run folder exists.
-        check = getattr(self.datamodule, "check_data", None)
-        if self.check_data and callable(check) and is_global_zero():
-            check()
+        if self.check_data and isinstance(self.datamodule, DataModule) and is_global_zero():
+            self.datamodule.check_data()
         if cfg.trainer.fast_dev_run:
             kwargs["logger"] = False
         elif cfg.trainer.logger in (None, True):
@@ -283,8 +275,6 @@ class ZeroTuneCLI(LightningCLI):
                 if self.run_dir is not None and not cfg.get("resume"):
                     discard_fresh_run_dir(self.run_dir)
                 raise
-        # Where the fault guard and the launcher keep status.json, with or without a logger.
-        trainer.zerotune_run_dir = self.run_dir
         _precision_note(cfg, trainer)
         self._keep_global_batch(trainer)
         return trainer
@@ -317,9 +307,9 @@ class ZeroTuneCLI(LightningCLI):
             if isinstance(count, int) and not isinstance(count, bool) and resize.count_scale(count):
                 setattr(trainer, key, resize.count_scale(count))
                 setattr(cfg.trainer, key, resize.count_scale(count))
-        guard = find_guard(trainer)
-        if guard is not None:
-            guard.resize = resize
+        keeper = next((cb for cb in trainer.callbacks if isinstance(cb, GlobalBatch)), None)
+        if keeper is not None:
+            keeper.resize = resize
         if is_global_zero():
             print(f"note: {resize.note}", file=sys.stderr)
 
@@ -333,6 +323,9 @@ class ZeroTuneCLI(LightningCLI):
         if config.get("logger") is False:
             unwanted += (LearningRateMonitor,)
         callbacks = [c for c in callbacks if not isinstance(c, unwanted)]
+        # Not settings: every run records its batch geometry and can resume on another number of processes, and
+        # reports what it did (where status.json lives, with or without a logger).
+        callbacks += [GlobalBatch(), RunReport(self.run_dir)]
         return super()._instantiate_trainer(config, callbacks)
 
     def make_logger(self, cfg: Namespace) -> TensorBoardLogger:
@@ -470,10 +463,11 @@ def resolve_ckpt_path(cfg: Namespace) -> str | None:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "last":
         base = Path(cfg.runs_dir) / cfg.name
-        runs = [p for p in base.glob("version_*") if p.name[8:].isdigit() and (p / "checkpoints/last.ckpt").is_file()]
-        if not runs:
+        run = newest_run(base, has=lambda folder: run_checkpoint(folder, "last") is not None)
+        last = run_checkpoint(run, "last") if run is not None else None
+        if last is None:
             raise FileNotFoundError(f"--ckpt_path last: no earlier run in {base} has checkpoints/last.ckpt")
-        return str(max(runs, key=lambda p: int(p.name[8:])) / "checkpoints" / "last.ckpt")
+        return str(last)
     if ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path: no such checkpoint file '{ckpt_path}'")
     return ckpt_path
@@ -502,6 +496,11 @@ def is_global_zero() -> bool:
     return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
 
 
-def _import(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(__import__(module, fromlist=[name]), name)
+class ParseOnlyCLI(ZeroTuneCLI):
+    """Parses a run's settings like the launcher and builds nothing: no classes, no trainer, no run folder."""
+
+    def before_instantiate_classes(self) -> None:
+        self.complete_config()
+
+    def instantiate_classes(self) -> None:
+        pass
