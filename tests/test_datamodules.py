@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import TINY, run_launcher
+from conftest import TINY_SETTINGS
 from fakedata import MNIST_FILES, write_cifar10, write_image_folder, write_mnist
 
 from datamodules import (
@@ -26,6 +26,7 @@ from datamodules import (
     Split,
 )
 from datamodules.image_folder import random_resized_crop_flip
+from experiments.api import launch
 from fileio.errors import DataError
 
 VISION = {
@@ -393,16 +394,10 @@ def test_augmentation_ranges_are_checked() -> None:
 
 
 class ValBatchSizes(L.Callback):
-    """Records the size of every validation batch, and whether it came in the sanity check.
-
-    ``instances`` keeps every one made, so a test can read the one the launcher built from its config.
-    """
-
-    instances: list[ValBatchSizes] = []
+    """Records the size of every validation batch, and whether it came in the sanity check."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[bool, int]] = []
-        ValBatchSizes.instances.append(self)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self.seen.append((trainer.sanity_checking, len(batch[0])))
@@ -429,12 +424,10 @@ def test_sanity_check_batches_are_cut_and_validation_batches_are_whole(sanity_ba
     assert trainer.callback_metrics["val/acc"] > 0  # the sanity batches were not counted twice or left behind
 
 
-def test_launcher_default_sanity_check_is_one_cut_batch(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ValBatchSizes.instances.clear()
-    args = ["digits_mlp", "--runs_dir", str(runs_dir), *TINY, "--trainer.callbacks+=test_datamodules.ValBatchSizes"]
-    code, _, err = run_launcher(args, capsys)
-    assert code == 0, err
-    seen = ValBatchSizes.instances[-1].seen
+def test_launcher_default_sanity_check_is_one_cut_batch(runs_dir: Path) -> None:
+    sizes = ValBatchSizes()
+    launch("digits_mlp", TINY_SETTINGS, runs_dir=runs_dir, callbacks=[sizes])
+    seen = sizes.seen
     assert [n for checking, n in seen if checking] == [8]  # _defaults.yaml: one batch, of data.sanity_batch_size
     assert all(n > 8 for checking, n in seen if not checking)  # validation itself sees whole batches
 

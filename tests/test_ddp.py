@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, run_launcher
+from conftest import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules import DigitsDataModule
+from experiments.api import build, launch
 from experiments.callbacks.dashboards import confusion_matrix
 from lightning_models import SmallCNN
 
-FAST = ["--onnx.enabled", "false", "--dashboards.enabled", "false", "--progress_bar.refresh_rate", "0"]
+FAST: dict[str, Any] = {"onnx.enabled": False, "dashboards.enabled": False, "progress_bar.refresh_rate": 0}
 
 
 def predictions(model: SmallCNN, dm: DigitsDataModule, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,38 +121,19 @@ def test_ddp_with_default_callbacks_on_one_and_three_processes(runs_dir: Path, d
     assert_whole_split_figures(runs_dir / "digits_cnn" / "version_0", runs_dir / "marks", dm, proc.stdout)
 
 
-def test_bf16_mixed_on_cpu_trains(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["digits_cnn", "--runs_dir", str(runs_dir), "--trainer.accelerator", "cpu", *FAST]
-    code, out, err = run_launcher(
-        [*args, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5"],
-        capsys,
-    )
-    assert code == 0, err
+def test_bf16_mixed_on_cpu_trains(runs_dir: Path) -> None:
+    settings = {"trainer.accelerator": "cpu", **FAST, "trainer.precision": "bf16-mixed", "trainer.max_epochs": 1}
+    result = launch("digits_cnn", {**settings, "trainer.limit_train_batches": 5}, runs_dir=runs_dir)
     ckpt = torch.load(runs_dir / "digits_cnn/version_0/checkpoints/last.ckpt", weights_only=True)
     weights = ckpt["state_dict"]["backbone.0.weight"]
     assert weights.dtype == torch.float32 and torch.isfinite(weights).all()  # autocast: fp32 weights
-    assert "test/acc=" in out
+    assert result.report.epochs == 1 and math.isfinite(result.test_metrics["test/acc"])
 
 
-def test_fp16_on_cpu_says_bf16_up_front(
-    runs_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from experiments.launcher.cli import ZeroTuneCLI
-    from experiments.launcher.launch import build_args
-
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])
-
-    argv = [
-        "digits_cnn",
-        "--runs_dir",
-        str(runs_dir),
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.precision",
-        "16-mixed",
-    ]
-    cli = ZeroTuneCLI(args=build_args([*argv, "--trainer.fast_dev_run", "true"]), run=False)
-    assert cli.trainer.precision == "bf16-mixed"
+def test_fp16_on_cpu_says_bf16_up_front(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = {"trainer.accelerator": "cpu", "trainer.precision": "16-mixed", "trainer.fast_dev_run": True}
+    built = build("digits_cnn", settings, runs_dir=runs_dir)
+    assert built.trainer.precision == "bf16-mixed"
     out, err = capsys.readouterr()
     assert out.count("note: precision 16-mixed (float16 autocast) needs a GPU") == 1
     assert "AMP with fp16 is not supported" not in err  # Lightning's own warning is replaced by the note

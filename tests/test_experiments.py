@@ -10,42 +10,32 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from conftest import run_launcher
 from fakedata import write_cifar10, write_jpeg_folder, write_mnist, write_tinyshakespeare
 
+from experiments.api import launch
 from experiments.launcher.recipes import CONFIG_DIR
 
 CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_"))
 
 #: Keep every run to a couple of small batches; ONNX export and dashboards have tests of their own.
-FAST = [
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.limit_train_batches",
-    "2",
-    "--trainer.limit_val_batches",
-    "1",
-    "--trainer.limit_test_batches",
-    "1",
-    "--trainer.num_sanity_val_steps",
-    "0",
+FAST: dict[str, Any] = {
+    "trainer.max_epochs": 1,
+    "trainer.limit_train_batches": 2,
+    "trainer.limit_val_batches": 1,
+    "trainer.limit_test_batches": 1,
+    "trainer.num_sanity_val_steps": 0,
     # Validate after the second step: at the end of the 2-batch epoch, and in step-based (language model) configs.
-    "--trainer.val_check_interval",
-    "2",
-    "--data.batch_size",
-    "4",
-    "--data.eval_batch_size",
-    "8",
-    "--onnx.enabled",
-    "false",
-    "--dashboards.enabled",
-    "false",
-]
+    "trainer.val_check_interval": 2,
+    "data.batch_size": 4,
+    "data.eval_batch_size": 8,
+    "onnx.enabled": False,
+    "dashboards.enabled": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -84,31 +74,27 @@ def test_configs_are_discovered() -> None:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_experiment_runs_on_tiny_data(
-    config: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_experiment_runs_on_tiny_data(config: Path, data_dir: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    args = [config.stem, "--runs_dir", str(runs), *FAST]
+    settings = dict(FAST)
     if takes(datamodule_class(config), "data_dir"):
-        args += ["--data.data_dir", str(data_dir), "--data.download", "false"]
+        settings.update({"data.data_dir": str(data_dir), "data.download": False})
     if takes(datamodule_class(config), "verify_md5"):
-        args += ["--data.verify_md5", "false"]  # the fake CIFAR-10 files are not the official archive's
+        settings["data.verify_md5"] = False  # the fake CIFAR-10 files are not the official archive's
     if takes(datamodule_class(config), "root"):
-        args += ["--data.root", str(data_dir / "cifar10-train")]
-    code, out, err = run_launcher(args, capsys)
-    assert code == 0, f"{config.stem} failed:\n{err[-3000:]}"
+        settings["data.root"] = str(data_dir / "cifar10-train")
+    result = launch(config.stem, settings, runs_dir=runs)
 
     run = runs / config.stem / "version_0"
-    assert (run / "config.yaml").is_file()
+    assert result.run_dir == run and (run / "config.yaml").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["class_path"] == yaml.safe_load(config.read_text())["model"]["class_path"]
     ckpts = {p.name for p in (run / "checkpoints").iterdir()}
     assert "last.ckpt" in ckpts
     assert any(name.startswith("best-") for name in ckpts), ckpts
+    assert result.best_checkpoint is not None and result.best_checkpoint.name in ckpts
 
-    # The end-of-run summary prints the test metrics of the best checkpoint as "test  key=value ...".
-    line = next((ln for ln in out.splitlines() if ln.startswith("test ")), None)
-    assert line is not None, f"no test metrics in the output of {config.stem}:\n{out[-2000:]}"
-    metrics = {k: float(v) for k, v in re.findall(r"(test/\w+)=(\S+)", line)}
+    # The best checkpoint was tested: finite test metrics, the loss among them.
+    metrics = result.test_metrics
     assert "test/loss" in metrics and len(metrics) >= 2, metrics
     assert all(math.isfinite(v) for v in metrics.values()), metrics

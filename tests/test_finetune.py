@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -11,6 +12,7 @@ import torchvision
 from conftest import run_launcher
 
 from datamodules import DigitsDataModule
+from experiments.api import launch, resume
 from lightning_models import ResNet18Classifier, SmallCNN
 from lightning_models.finetune import FreezeSchedule, load_pretrained, match_keys
 
@@ -21,7 +23,7 @@ QUIET = {
     "enable_model_summary": False,
     "num_sanity_val_steps": 0,
 }
-FAST = ["--onnx.enabled", "false", "--dashboards.enabled", "false", "--progress_bar.refresh_rate", "0"]
+FAST: dict[str, Any] = {"onnx.enabled": False, "dashboards.enabled": False, "progress_bar.refresh_rate": 0}
 
 
 def small_cnn(num_classes: int = 5, **kwargs) -> SmallCNN:
@@ -112,21 +114,28 @@ def test_launcher_loads_pretrained_once_and_reports(
     torch.manual_seed(0)
     path = tmp_path / "ten.pt"
     torch.save(SmallCNN(num_classes=10, input_shape=(1, 8, 8)).state_dict(), path)
-    args = ["digits_cnn", "--runs_dir", str(runs_dir), "--data.classes", "[5,6,7]", *FAST]
-    code, out, _ = run_launcher(
-        [*args, "--model.pretrained", str(path), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"],
-        capsys,
+    settings = {"data.classes": [5, 6, 7], **FAST}
+    result = launch(
+        "digits_cnn",
+        {**settings, "model.pretrained": str(path), "trainer.max_epochs": 1, "trainer.limit_train_batches": 2},
+        runs_dir=runs_dir,
     )
-    assert code == 0
-    assert out.count("pretrained: loaded 24/26 tensors") == 1
+    out = capsys.readouterr().out
+    assert out.count("pretrained: loaded 24/26 tensors") == 1  # loaded once, saying so once
     assert "skipped head.1.weight: shape [10, 64] in file, [3, 64] in model (re-initialized)" in out
-    assert "pretrained loaded 24/26 tensors" in out  # the end-of-run summary line
+    loaded = result.report.pretrained
+    assert loaded is not None and loaded.path == str(path) and (len(loaded.loaded), loaded.total) == (24, 26)
+    assert [(n, list(a), list(b)) for n, a, b in loaded.mismatched] == [
+        ("head.1.weight", [10, 64], [3, 64]),
+        ("head.1.bias", [10], [3]),
+    ]
     # Resuming restores the checkpoint, never the pre-trained file (which may be gone by then).
     path.unlink()
     run = runs_dir / "digits_cnn" / "version_0"
-    code, out, err = run_launcher(["--resume", str(run), "--trainer.max_epochs", "2", *FAST], capsys)
-    assert code == 0, err
-    assert "pretrained:" not in out
+    assert result.run_dir == run
+    resumed = resume(run, {"trainer.max_epochs": 2, **FAST})
+    assert resumed.report.epochs == 2 and resumed.report.pretrained is None
+    assert "pretrained:" not in capsys.readouterr().out
     # Nor does a model made by load_from_checkpoint when it is trained further.
     model = SmallCNN.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert model.hparams.pretrained == str(path)

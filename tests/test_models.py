@@ -9,9 +9,9 @@ import lightning as L
 import pytest
 import torch
 import torchvision
-from conftest import run_launcher
 from torch.utils.data import DataLoader, TensorDataset
 
+from experiments.api import launch
 from lightning_models import (
     MNISTCNN,
     BinaryMLP,
@@ -98,15 +98,11 @@ def test_hand_backprop_rejects_other_optimizers() -> None:
         HandBackpropMLP(optimizer="adam")
 
 
-def test_digits_backprop_learns_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_digits_backprop_learns_digits(tmp_path: Path) -> None:
     """The experiment's own recipe, shortened to 10 epochs, through the launcher: no autograd in training."""
-    args = ["digits_backprop", "--runs_dir", str(tmp_path), "--trainer.max_epochs", "10"]
-    args += ["--onnx.enabled", "false", "--dashboards.enabled", "false"]
-    code, out, err = run_launcher(args, capsys)
-    assert code == 0, err[-2000:]
-    line = next(ln for ln in out.splitlines() if ln.startswith("test "))
-    acc = float(line.split("test/acc=")[1].split()[0])
-    assert acc >= 0.95, line
+    settings = {"trainer.max_epochs": 10, "onnx.enabled": False, "dashboards.enabled": False}
+    result = launch("digits_backprop", settings, runs_dir=tmp_path)
+    assert result.report.epochs == 10 and result.test_metrics["test/acc"] >= 0.95, result.test_metrics
     ckpt = torch.load(tmp_path / "digits_backprop/version_0/checkpoints/last.ckpt", weights_only=False)
     # Steps are counted (one per batch) and momentum buffers live in the optimizer state, so runs resume exactly.
     assert ckpt["global_step"] > 0

@@ -1,8 +1,10 @@
-"""Resume: an interrupted run continued with --resume ends with the weights of an uninterrupted run."""
+"""Resume: an interrupted run continued with --resume (or ``resume`` from Python) ends with the weights of an
+uninterrupted run."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -10,33 +12,24 @@ import yaml
 from conftest import run_launcher
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments.run import main
+from experiments.api import launch, resume
+from experiments.rundir.stops import TrainingStopped
+from tests.run_helpers import SigintAtStep
 
 # 4 batches per epoch, 3 epochs: 12 optimizer steps. Dropout, an epoch-based scheduler and AdamW moments make any
 # difference in restored state (RNG, scheduler, optimizer, data order) show in the final weights.
-ARGS = [
-    "digits_cnn",
-    "--trainer.limit_train_batches",
-    "4",
-    "--trainer.limit_val_batches",
-    "1",
-    "--trainer.deterministic",
-    "true",
-    "--model.scheduler",
-    "step",
-    "--model.step_size",
-    "1",
-    "--model.gamma",
-    "0.5",
-    "--test_after_fit",
-    "false",
-    "--onnx.enabled",
-    "false",
-    "--dashboards.enabled",
-    "false",
-    "--progress_bar.refresh_rate",
-    "0",
-]
+SETTINGS: dict[str, Any] = {
+    "trainer.limit_train_batches": 4,
+    "trainer.limit_val_batches": 1,
+    "trainer.deterministic": True,
+    "model.scheduler": "step",
+    "model.step_size": 1,
+    "model.gamma": 0.5,
+    "test_after_fit": False,
+    "onnx.enabled": False,
+    "dashboards.enabled": False,
+    "progress_bar.refresh_rate": 0,
+}
 
 
 def last_state(run: Path) -> dict:
@@ -47,8 +40,8 @@ def last_state(run: Path) -> dict:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``last.ckpt`` of the uninterrupted 3-epoch run."""
     runs = tmp_path_factory.mktemp("reference")
-    assert main([*ARGS, "--runs_dir", str(runs), "--trainer.max_epochs", "3"]) == 0
-    return last_state(runs / "digits_cnn" / "version_0")
+    result = launch("digits_cnn", {**SETTINGS, "trainer.max_epochs": 3}, runs_dir=runs)
+    return last_state(result.run_dir)
 
 
 def assert_same_training_state(resumed: dict, reference: dict) -> None:
@@ -67,10 +60,11 @@ def assert_same_training_state(resumed: dict, reference: dict) -> None:
 def test_resume_after_an_epoch_matches_uninterrupted_run(
     reference: dict, runs_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, _ = run_launcher([*ARGS, "--runs_dir", str(runs_dir), "--trainer.max_epochs", "1"], capsys)
-    assert code == 0
-    run = runs_dir / "digits_cnn" / "version_0"
-    # The saved config is used; the override extends it (and is saved for a later resume).
+    run = launch("digits_cnn", {**SETTINGS, "trainer.max_epochs": 1}, runs_dir=runs_dir).run_dir
+    assert run == runs_dir / "digits_cnn" / "version_0"
+    capsys.readouterr()
+    # The command line's --resume: the saved config is used; the override extends it (and is saved for a later
+    # resume).
     code, out, err = run_launcher(["--resume", str(run), "--trainer.max_epochs", "3"], capsys)
     assert code == 0, err
     assert_same_training_state(last_state(run), reference)
@@ -84,38 +78,23 @@ def test_resume_after_an_epoch_matches_uninterrupted_run(
     assert f"run        {run}" in out
 
 
-def test_resume_mid_epoch_after_ctrl_c_matches_uninterrupted_run(
-    reference: dict, runs_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, _, err = run_launcher(
-        [
-            *ARGS,
-            "--runs_dir",
-            str(runs_dir),
-            "--trainer.max_epochs",
-            "3",
-            "--trainer.callbacks+=tests.run_helpers.SigintAtStep",
-            "--trainer.callbacks.step",
-            "6",
-        ],
-        capsys,
-    )
-    assert code == 130, err
+def test_resume_mid_epoch_after_ctrl_c_matches_uninterrupted_run(reference: dict, runs_dir: Path) -> None:
+    # A callback given from Python runs after the run's fault guard, which sees the signal at the next step: a
+    # SIGINT after step 5 stops the run after step 6.
+    with pytest.raises(TrainingStopped) as info:
+        launch("digits_cnn", {**SETTINGS, "trainer.max_epochs": 3}, runs_dir=runs_dir, callbacks=[SigintAtStep(5)])
+    assert info.value.outcome.state == "interrupted" and info.value.outcome.exit_code == 130
     run = runs_dir / "digits_cnn" / "version_0"
     saved = last_state(run)
     assert (saved["epoch"], saved["global_step"]) == (1, 6)  # stopped in the middle of epoch 1
-    code, _, err = run_launcher(["--resume", str(run)], capsys)
-    assert code == 0, err
+    resumed = resume(run)
+    assert resumed.run_dir == run and resumed.report.epochs == 3
     assert_same_training_state(last_state(run), reference)
 
 
-def test_ckpt_path_last_starts_a_new_run_from_the_newest_checkpoint(
-    runs_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = [*ARGS, "--runs_dir", str(runs_dir)]
-    assert run_launcher([*args, "--trainer.max_epochs", "1"], capsys)[0] == 0
-    code, _, err = run_launcher([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"], capsys)
-    assert code == 0, err
+def test_ckpt_path_last_starts_a_new_run_from_the_newest_checkpoint(runs_dir: Path) -> None:
+    launch("digits_cnn", {**SETTINGS, "trainer.max_epochs": 1}, runs_dir=runs_dir)
+    launch("digits_cnn", {**SETTINGS, "trainer.max_epochs": 2}, runs_dir=runs_dir, ckpt_path="last")
     first, second = (last_state(runs_dir / "digits_cnn" / f"version_{i}") for i in (0, 1))
     assert (first["global_step"], second["global_step"]) == (4, 8)  # continued, not restarted
 
