@@ -11,9 +11,11 @@ import pytest
 import torch
 from conftest import run_launcher
 from fakedata import write_code_corpus
+from pretrained_fixtures import flags
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
+from experiments.api import launch
 from fileio.errors import DataError
 from lightning_models import GPT, SequenceClassifier
 from lightning_models.finetune import load_pretrained
@@ -145,20 +147,33 @@ def test_a_gpt2_file_of_another_shape_fails_with_the_mismatch_message(tmp_path: 
 def test_launcher_fine_tunes_from_a_gpt2_file_or_refuses_it_in_one_line(
     n_layer: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], runs_dir: Path
 ) -> None:
+    """A file that fits trains (from Python); one of another shape is refused on the command line in one line."""
     corpus = write_code_corpus(tmp_path / "corpus")
-    save_file(hf_gpt2_state(**{**SMALL, "n_layer": n_layer, "vocab_size": 256}), str(tmp_path / "model.safetensors"))
-    code, out, err = run_launcher(
-        ["stdlib_gpt", "--runs_dir", str(runs_dir), "--data.path", str(corpus), "--data.tokenizer", "byte",
-         "--data.block_size", "24", "--data.cache_dir", str(tmp_path / "tok"), "--model.n_layer", "2",
-         "--model.n_head", "2", "--model.n_embd", "32", "--model.bias", "true", "--trainer.max_steps", "2",
-         "--trainer.val_check_interval", "2", "--model.pretrained", str(tmp_path / "model.safetensors"),
-         "--onnx.enabled", "false", "--samples.enabled", "false", "--progress_bar.refresh_rate", "0"],
-        capsys,
-    )  # fmt: skip
+    weights = tmp_path / "model.safetensors"
+    save_file(hf_gpt2_state(**{**SMALL, "n_layer": n_layer, "vocab_size": 256}), str(weights))
+    settings = {
+        "data.path": str(corpus),
+        "data.tokenizer": "byte",
+        "data.block_size": 24,
+        "data.cache_dir": str(tmp_path / "tok"),
+        "model.n_layer": 2,
+        "model.n_head": 2,
+        "model.n_embd": 32,
+        "model.bias": True,
+        "trainer.max_steps": 2,
+        "trainer.val_check_interval": 2,
+        "model.pretrained": str(weights),
+        "onnx.enabled": False,
+        "samples.enabled": False,
+        "progress_bar.refresh_rate": 0,
+    }
     if n_layer == 2:
-        assert code == 0, err[-2000:]
-        assert "pretrained: loaded 29/29 tensors" in out  # every tensor, the tied output layer included
+        pretrained = launch("stdlib_gpt", settings, runs_dir=runs_dir).report.pretrained
+        assert pretrained is not None and pretrained.path == str(weights)
+        # Every tensor, the tied output layer included.
+        assert len(pretrained.loaded) == pretrained.total == 29, pretrained
         return
+    code, _, err = run_launcher(["stdlib_gpt", "--runs_dir", str(runs_dir), *flags(settings)], capsys)
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "not in model: h.2." in lines[0] and "Traceback" not in err, err[-2000:]

@@ -10,57 +10,52 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 from conftest import ROOT, run_launcher
 from fakedata import write_code_corpus
+from pretrained_fixtures import flags
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules import TextDataModule
 from datamodules.text import FixedBlocks
 from experiments import generate
+from experiments.api import launch, resume
 from experiments.launcher.recipes import CONFIG_DIR
+from experiments.rundir.stops import TrainingStopped
 from lightning_models import GPT
 from lightning_models.checkpoints import model_from_checkpoint
 
 #: A 2-layer, 32-wide GPT on a small code corpus with a 300-token BPE: 12 steps, validation every 6.
-TINY_LM = [
-    "--data.bpe_vocab_size",
-    "300",
-    "--data.block_size",
-    "32",
-    "--data.batch_size",
-    "8",
-    "--data.eval_batch_size",
-    "16",
-    "--data.val_blocks",
-    "null",
-    "--model.n_layer",
-    "2",
-    "--model.n_head",
-    "2",
-    "--model.n_embd",
-    "32",
-    "--model.warmup_steps",
-    "2",
-    "--trainer.max_steps",
-    "12",
-    "--trainer.val_check_interval",
-    "6",
-    "--trainer.log_every_n_steps",
-    "2",
-    "--samples.max_new_tokens",
-    "24",
-    "--progress_bar.refresh_rate",
-    "0",
-]
+TINY_LM: dict[str, Any] = {
+    "data.bpe_vocab_size": 300,
+    "data.block_size": 32,
+    "data.batch_size": 8,
+    "data.eval_batch_size": 16,
+    "data.val_blocks": None,
+    "model.n_layer": 2,
+    "model.n_head": 2,
+    "model.n_embd": 32,
+    "model.warmup_steps": 2,
+    "trainer.max_steps": 12,
+    "trainer.val_check_interval": 6,
+    "trainer.log_every_n_steps": 2,
+    "samples.max_new_tokens": 24,
+    "progress_bar.refresh_rate": 0,
+}
+
+
+def lm_settings(corpus: Path, runs: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:data:`TINY_LM` on ``corpus``, its tokens cached beside ``runs``, with ``extra`` settings on top."""
+    return {"data.path": str(corpus), "data.data_dir": str(runs.parent / "data"), **TINY_LM, **(extra or {})}
 
 
 def lm_args(corpus: Path, runs: Path, *extra: str) -> list[str]:
-    return ["stdlib_gpt", "--data.path", str(corpus), "--data.data_dir", str(runs.parent / "data"), "--runs_dir",
-            str(runs), *TINY_LM, *extra]  # fmt: skip
+    """The command line of :func:`lm_settings`, for tests of the command line itself."""
+    return ["stdlib_gpt", "--runs_dir", str(runs), *flags(lm_settings(corpus, runs)), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +67,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lm_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One run with every default on: ONNX export, text samples, throughput, dashboards, test after fit."""
     runs = tmp_path_factory.mktemp("lm") / "runs"
-    from experiments.run import main
-
-    code = main(lm_args(corpus, runs))
-    assert code == 0
-    return runs / "stdlib_gpt" / "version_0"
+    run = launch("stdlib_gpt", lm_settings(corpus, runs), runs_dir=runs).run_dir
+    assert run == runs / "stdlib_gpt" / "version_0"
+    return run
 
 
 def events(run: Path) -> EventAccumulator:
@@ -209,27 +202,33 @@ def test_generate_names_a_missing_run_and_a_model_that_cannot_generate(
     assert generate.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: no checkpoint in {tmp_path}")
     runs = tmp_path / "runs"
-    fast = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--onnx.enabled", "false"]
-    assert run_launcher(["digits_mlp", "--runs_dir", str(runs), *fast], capsys)[0] == 0
+    fast = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 2, "onnx.enabled": False}
+    launch("digits_mlp", fast, runs_dir=runs)
+    capsys.readouterr()
     assert generate.main([str(runs / "digits_mlp")]) == 2
     assert "holds a MLPClassifier, which does not generate text" in capsys.readouterr().err
 
 
-def test_resume_after_ctrl_c_continues_exactly(
-    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    quiet = ["--trainer.deterministic", "true", "--onnx.enabled", "false", "--samples.enabled", "false",
-             "--test_after_fit", "false", "--model.dropout", "0.1"]  # fmt: skip
+def test_resume_after_ctrl_c_continues_exactly(corpus: Path, tmp_path: Path) -> None:
+    from tests.run_helpers import SigintAtStep
+
+    quiet = {
+        "trainer.deterministic": True,
+        "onnx.enabled": False,
+        "samples.enabled": False,
+        "test_after_fit": False,
+        "model.dropout": 0.1,
+    }
     reference = tmp_path / "reference"
-    assert run_launcher(lm_args(corpus, reference, *quiet), capsys)[0] == 0
+    launch("stdlib_gpt", lm_settings(corpus, reference, quiet), runs_dir=reference)
     runs = tmp_path / "runs"
-    interrupt = ["--trainer.callbacks+=tests.run_helpers.SigintAtStep", "--trainer.callbacks.step", "4"]
-    code, _, err = run_launcher(lm_args(corpus, runs, *quiet, *interrupt), capsys)
-    assert code == 130, err
+    # Ctrl+C after step 3: callbacks given from Python run after the run's own, so it stops after step 4.
+    with pytest.raises(TrainingStopped) as stopped:
+        launch("stdlib_gpt", lm_settings(corpus, runs, quiet), runs_dir=runs, callbacks=[SigintAtStep(3)])
+    assert stopped.value.outcome.state == "interrupted" and stopped.value.outcome.exit_code == 130
     run = runs / "stdlib_gpt" / "version_0"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
-    code, _, err = run_launcher(["--resume", str(run)], capsys)
-    assert code == 0, err
+    assert resume(run).run_dir == run
     want = torch.load(reference / "stdlib_gpt" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     got = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert got["global_step"] == want["global_step"] == 12
@@ -267,16 +266,14 @@ def test_bad_language_model_runs_are_one_line(
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
-def test_bfloat16_trains_on_the_cpu(
-    precision: str, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    quick = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--onnx.enabled", "false"]
-    code, out, err = run_launcher(lm_args(corpus, tmp_path / "runs", "--trainer.precision", precision, *quick), capsys)
-    assert code == 0, err
-    ckpt = torch.load(tmp_path / "runs/stdlib_gpt/version_0/checkpoints/last.ckpt", weights_only=True)
+def test_bfloat16_trains_on_the_cpu(precision: str, corpus: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    quick = {"trainer.max_steps": 4, "trainer.val_check_interval": 4, "onnx.enabled": False}
+    result = launch("stdlib_gpt", lm_settings(corpus, runs, {**quick, "trainer.precision": precision}), runs_dir=runs)
+    ckpt = torch.load(runs / "stdlib_gpt/version_0/checkpoints/last.ckpt", weights_only=True)
     weights = ckpt["state_dict"]["transformer.h.0.attn.qkv.weight"]
     assert weights.dtype == (torch.bfloat16 if precision == "bf16-true" else torch.float32)
-    assert torch.isfinite(weights.float()).all() and "test/loss=" in out
+    assert torch.isfinite(weights.float()).all() and math.isfinite(result.test_metrics["test/loss"])
 
 
 def test_ddp_on_two_cpu_processes_reports_the_whole_validation_split(corpus: Path, tmp_path: Path) -> None:
@@ -336,13 +333,11 @@ def test_fsdp_trains_the_gpt_on_gpus(corpus: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_compiled_training_keeps_keys_and_generation_runs_eagerly(
-    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    quick = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--onnx.enabled", "false"]
-    code, _, err = run_launcher(lm_args(corpus, tmp_path / "runs", "--model.compile", "true", *quick), capsys)
-    assert code == 0, err
-    run = tmp_path / "runs" / "stdlib_gpt" / "version_0"
+def test_compiled_training_keeps_keys_and_generation_runs_eagerly(corpus: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    quick = {"model.compile": True, "trainer.max_steps": 4, "trainer.val_check_interval": 4, "onnx.enabled": False}
+    run = launch("stdlib_gpt", lm_settings(corpus, runs, quick), runs_dir=runs).run_dir
+    assert run == runs / "stdlib_gpt" / "version_0"
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert not any("_orig_mod" in k for k in state)
     samples = events(run).Tensors("samples/text/text_summary")  # generated by the compiled model, eagerly
@@ -358,31 +353,34 @@ def test_fine_tuning_uses_the_pretrained_models_tokenizer(
     for i in range(6):
         (other / f"notes_{i}.txt").write_text(f"Chapter {i}. The quick brown fox jumps over the lazy dog.\n" * 30)
     runs = tmp_path / "runs"
-    quick = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--onnx.enabled", "false"]
-    code, _, err = run_launcher(lm_args(other, runs, "--model.pretrained", str(ckpt), *quick), capsys)
+    quick = {"trainer.max_steps": 2, "trainer.val_check_interval": 2, "onnx.enabled": False}
+    code, _, err = run_launcher([*lm_args(other, runs), *flags({"model.pretrained": str(ckpt), **quick})], capsys)
     assert code == 2 and err.strip().startswith("error: model.pretrained") and "--data.tokenizer_path" in err
     assert list((runs / "stdlib_gpt").iterdir()) == []  # the mistake left no run folder
-    code, out, err = run_launcher(
-        lm_args(other, runs, "--model.pretrained", str(ckpt), "--data.tokenizer_path", str(ckpt), *quick), capsys
-    )
-    assert code == 0, err
-    assert "pretrained: loaded" in out
+    settings = lm_settings(other, runs, {**quick, "model.pretrained": str(ckpt), "data.tokenizer_path": str(ckpt)})
+    pretrained = launch("stdlib_gpt", settings, runs_dir=runs).report.pretrained
+    assert pretrained is not None and pretrained.path == str(ckpt) and pretrained.loaded
     tuned = torch.load(runs / "stdlib_gpt" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert tuned["tokenizer"] == torch.load(ckpt, weights_only=True)["tokenizer"]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
-def test_gpu_precisions_report_tokens_per_second_mfu_and_memory(
-    precision: str, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_gpu_precisions_report_tokens_per_second_mfu_and_memory(precision: str, corpus: Path, tmp_path: Path) -> None:
     torch.cuda.reset_peak_memory_stats()
-    size = ["--model.n_layer", "6", "--model.n_head", "6", "--model.n_embd", "384", "--data.block_size", "256",
-            "--data.batch_size", "32", "--trainer.max_steps", "60", "--trainer.val_check_interval", "60",
-            "--trainer.accelerator", "gpu", "--trainer.precision", precision]  # fmt: skip
-    code, _, err = run_launcher(lm_args(corpus, tmp_path / "runs", *size), capsys)
-    assert code == 0, err
-    acc = events(tmp_path / "runs" / "stdlib_gpt" / "version_0")
+    size = {
+        "model.n_layer": 6,
+        "model.n_head": 6,
+        "model.n_embd": 384,
+        "data.block_size": 256,
+        "data.batch_size": 32,
+        "trainer.max_steps": 60,
+        "trainer.val_check_interval": 60,
+        "trainer.accelerator": "gpu",
+        "trainer.precision": precision,
+    }
+    runs = tmp_path / "runs"
+    acc = events(launch("stdlib_gpt", lm_settings(corpus, runs, size), runs_dir=runs).run_dir)
     rate, mfu = acc.Scalars("perf/tokens_per_s")[-1].value, acc.Scalars("perf/mfu")[-1].value
     peak = torch.cuda.max_memory_allocated() / 2**20
     print(f"{precision}: {rate:.0f} tokens/s, MFU {mfu:.3f}, peak memory {peak:.0f} MiB")

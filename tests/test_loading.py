@@ -18,12 +18,12 @@ import pytest
 import torch
 from conftest import ROOT
 from PIL import Image
-from pretrained_fixtures import QUIET
+from pretrained_fixtures import QUIET_SETTINGS
 
 from datamodules import DigitsDataModule
 from experiments import merge_lora, predict
+from experiments.api import launch
 from experiments.inference.loading import TrainedModel, find_checkpoint, load_trained
-from experiments.run import main as run_main
 from experiments.rundir import finder
 from experiments.rundir.console import UsageError
 from fileio.checkpoints import load_checkpoint
@@ -32,9 +32,15 @@ from lightning_models.checkpoints import import_class, model_from_checkpoint
 from lightning_models.finetune import load_pretrained
 
 #: A one-block ViT, 16 wide, on the 8x8 digits: a few batches train it in a second.
-TINY_VIT = ["--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "16"]
-FAST = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
-        "--test_after_fit", "false", "--attention.enabled", "false", *QUIET]  # fmt: skip
+TINY_VIT = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16}
+FAST = {
+    "trainer.max_epochs": 1,
+    "trainer.limit_train_batches": 3,
+    "trainer.limit_val_batches": 1,
+    "test_after_fit": False,
+    "attention.enabled": False,
+    **QUIET_SETTINGS,
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +49,13 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     fine-tuned from it with LoRA for a few batches: checkpoints hold the adapters and the head only."""
     root = tmp_path_factory.mktemp("lora_vit")
     runs = root / "runs"
-    assert run_main(["digits_vit", "--runs_dir", str(runs), *TINY_VIT, *FAST, "--onnx.enabled", "false"]) == 0
+    pretraining = launch("digits_vit", {**TINY_VIT, **FAST, "onnx.enabled": False}, runs_dir=runs)
     base = root / "base.ckpt"
-    shutil.copy(finder.run_checkpoint(runs / "digits_vit" / "version_0"), base)
-    lora = ["--model.finetune", "lora", "--model.lora_targets", "[attn.qkv,mlp]", "--model.pretrained", str(base)]
-    assert run_main(["digits_vit", "--runs_dir", str(runs), "--name", "lora", *TINY_VIT, *FAST, *lora]) == 0
-    return runs / "lora" / "version_0", base
+    shutil.copy(finder.run_checkpoint(pretraining.run_dir), base)
+    lora = {"model.finetune": "lora", "model.lora_targets": ["attn.qkv", "mlp"], "model.pretrained": str(base)}
+    result = launch("digits_vit", {**TINY_VIT, **FAST, **lora}, runs_dir=runs, name="lora")
+    assert result.run_dir == runs / "lora" / "version_0"
+    return result.run_dir, base
 
 
 @pytest.fixture

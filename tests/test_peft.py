@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_launcher
-from pretrained_fixtures import QUIET, TINY_SHAPE, TINY_TEXT
+from pretrained_fixtures import QUIET_SETTINGS, SHAPE, TEXT
 
 from experiments import merge_lora
+from experiments.api import launch, resume
 from fileio.checkpoints import load_checkpoint
 from fileio.errors import DataError
 from lightning_models import GPT, LoRALinear, SequenceClassifier
@@ -95,22 +96,30 @@ def test_method_settings_are_checked() -> None:
 
 
 def test_partial_works_with_freeze_schedule_and_backbone_lr_factor(
-    tiny_gpt_ckpt: Path, labelled_csv: Path, runs_dir: Path, capsys: pytest.CaptureFixture[str]
+    tiny_gpt_ckpt: Path, labelled_csv: Path, runs_dir: Path
 ) -> None:
     """Embeddings and block 0 stay as pre-trained for good; block 1 joins after the head-only epoch, at a tenth of
     the head's learning rate."""
-    code, out, err = run_launcher(
-        ["stdlib_classifier", "--runs_dir", str(runs_dir), "--data.path", str(labelled_csv), "--data.block_size", "32",
-         "--data.tokenizer_path", str(tiny_gpt_ckpt), "--model.pretrained", str(tiny_gpt_ckpt), *TINY_SHAPE,
-         "--model.finetune", "partial", "--model.freeze_blocks", "1", "--freeze.unfreeze_at_epoch", "1",
-         "--model.backbone_lr_factor", "0.1", "--trainer.max_epochs", "2", "--data.batch_size", "16",
-         "--onnx.enabled", "false", *QUIET],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err[-3000:]
-    assert "params     " in out and "trainable" in out and "finetune partial (embeddings and 1 block(s) frozen)" in out
+    settings = {
+        "data.path": str(labelled_csv),
+        "data.block_size": 32,
+        "data.tokenizer_path": str(tiny_gpt_ckpt),
+        "model.pretrained": str(tiny_gpt_ckpt),
+        "model.finetune": "partial",
+        "model.freeze_blocks": 1,
+        "freeze.unfreeze_at_epoch": 1,
+        "model.backbone_lr_factor": 0.1,
+        "trainer.max_epochs": 2,
+        "data.batch_size": 16,
+        "onnx.enabled": False,
+        **SHAPE,
+        **QUIET_SETTINGS,
+    }
+    report = launch("stdlib_classifier", settings, runs_dir=runs_dir).report
+    assert report.parameters is not None and " trainable (" in report.parameters
+    assert report.parameters.endswith("finetune partial (embeddings and 1 block(s) frozen)"), report.parameters
     pre = load_checkpoint(tiny_gpt_ckpt)["state_dict"]
-    ckpt = load_checkpoint(runs_dir / "stdlib_classifier/version_0/checkpoints/last.ckpt")
+    ckpt = load_checkpoint(report.run_dir / "checkpoints/last.ckpt")
     state = ckpt["state_dict"]
     for key, value in state.items():
         if key.startswith(("backbone.wte.", "backbone.wpe.", "backbone.h.0.")):
@@ -121,21 +130,28 @@ def test_partial_works_with_freeze_schedule_and_backbone_lr_factor(
 
 
 def test_lora_adapters_only_checkpoints_load_resume_and_export(
-    tiny_gpt_ckpt: Path, code_corpus: Path, tmp_path: Path, runs_dir: Path, capsys: pytest.CaptureFixture[str]
+    tiny_gpt_ckpt: Path, code_corpus: Path, tmp_path: Path, runs_dir: Path
 ) -> None:
     base = tmp_path / "base.ckpt"
     shutil.copy(tiny_gpt_ckpt, base)
-    args = ["email_gpt_finetune", "--runs_dir", str(runs_dir), "--data.path", str(code_corpus),
-            "--data.cache_dir", str(tmp_path / "tokens"), "--data.tokenizer_path", str(base),
-            "--model.pretrained", str(base), "--model.finetune", "lora", "--model.lora_targets", "[attn.qkv,mlp]",
-            *TINY_SHAPE, *TINY_TEXT, "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
-            *QUIET]  # fmt: skip
-    code, out, err = run_launcher(args, capsys)
-    assert code == 0, err[-3000:]
-    assert "finetune lora (r 8, alpha 16, attn.qkv, mlp)" in out
-    onnx = next(line for line in out.splitlines() if line.startswith("onnx "))
-    assert "adapters merged" in onnx and "(ok" in onnx, onnx
+    settings = {
+        "data.path": str(code_corpus),
+        "data.cache_dir": str(tmp_path / "tokens"),
+        "data.tokenizer_path": str(base),
+        "model.pretrained": str(base),
+        "model.finetune": "lora",
+        "model.lora_targets": ["attn.qkv", "mlp"],
+        "trainer.max_steps": 4,
+        "trainer.val_check_interval": 2,
+        **SHAPE,
+        **TEXT,
+        **QUIET_SETTINGS,
+    }
+    report = launch("email_gpt_finetune", settings, runs_dir=runs_dir).report
+    assert report.parameters is not None and report.parameters.endswith("finetune lora (r 8, alpha 16, attn.qkv, mlp)")
+    assert report.onnx is not None and report.onnx.ok and report.onnx.source.endswith(", adapters merged"), report.onnx
     run = runs_dir / "email_gpt_finetune/version_0"
+    assert report.run_dir == run
     ckpt = load_checkpoint(run / "checkpoints/last.ckpt")
     assert ckpt["lora"] == {"adapters_only": True, "base": str(base)}
     assert ckpt["state_dict"] and all(".lora_" in k for k in ckpt["state_dict"])
@@ -158,8 +174,7 @@ def test_lora_adapters_only_checkpoints_load_resume_and_export(
     with torch.no_grad():
         torch.testing.assert_close(plain(x), best(x), rtol=1e-5, atol=1e-5)
 
-    code, out, err = run_launcher(["--resume", str(run), "--trainer.max_steps", "6"], capsys)
-    assert code == 0, err[-3000:]
+    assert resume(run, {"trainer.max_steps": 6}).run_dir == run
     assert load_checkpoint(run / "checkpoints/last.ckpt")["global_step"] == 6
 
     base.unlink()

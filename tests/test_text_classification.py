@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import torch
 from conftest import run_launcher
-from pretrained_fixtures import QUIET, TINY_SHAPE, TINY_TEXT, TOPICS
+from pretrained_fixtures import QUIET, QUIET_SETTINGS, SHAPE, TEXT, TINY_SHAPE, TOPICS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules import TextClassificationDataModule, TextDataModule
 from datamodules.text_classification import PAD_ID
 from datamodules.tokenizer import CharTokenizer
+from experiments.api import launch
 from fileio.errors import DataError
 from lightning_models import GPT, SequenceClassifier
 
@@ -93,19 +94,25 @@ def test_padding_never_changes_the_prediction(causal: bool, pooling: str) -> Non
 
 
 def test_classifier_fine_tunes_a_pretrained_gpt_with_dashboards_and_onnx(
-    tiny_gpt_ckpt: Path, labelled_csv: Path, runs_dir: Path, capsys: pytest.CaptureFixture[str]
+    tiny_gpt_ckpt: Path, labelled_csv: Path, runs_dir: Path
 ) -> None:
-    code, out, err = run_launcher(
-        ["stdlib_classifier", "--runs_dir", str(runs_dir), "--data.path", str(labelled_csv), "--data.block_size", "32",
-         "--data.tokenizer_path", str(tiny_gpt_ckpt), "--model.pretrained", str(tiny_gpt_ckpt), *TINY_SHAPE,
-         "--trainer.max_epochs", "2", "--data.batch_size", "16", "--progress_bar.refresh_rate", "0"],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err[-3000:]
-    assert "pretrained: loaded" in out and "lm_head.weight" in out  # the language-model head is not used
-    onnx = next(line for line in out.splitlines() if line.startswith("onnx "))
-    assert "(ok" in onnx and "sequence 16" in onnx, onnx
+    settings = {
+        "data.path": str(labelled_csv),
+        "data.block_size": 32,
+        "data.tokenizer_path": str(tiny_gpt_ckpt),
+        "model.pretrained": str(tiny_gpt_ckpt),
+        "trainer.max_epochs": 2,
+        "data.batch_size": 16,
+        "progress_bar.refresh_rate": 0,
+        **SHAPE,
+    }
+    report = launch("stdlib_classifier", settings, runs_dir=runs_dir).report
+    pretrained = report.pretrained
+    assert pretrained is not None and pretrained.path == str(tiny_gpt_ckpt) and pretrained.loaded
+    assert "lm_head.weight" in pretrained.unused  # the language-model head is not used
+    assert report.onnx is not None and report.onnx.ok and "sequence 16" in report.onnx.other_shapes, report.onnx
     run = runs_dir / "stdlib_classifier" / "version_0"
+    assert report.run_dir == run
     acc = EventAccumulator(str(run), size_guidance={"images": 0})
     acc.Reload()
     assert "val/confusion_matrix" in acc.Tags()["images"]
@@ -126,29 +133,37 @@ def test_pretrained_weights_with_another_tokenizer_are_refused(
     assert len(lines) == 1 and f"--data.tokenizer_path {tiny_gpt_ckpt}" in lines[0], err[-2000:]
 
 
-def test_encoder_classifier_from_a_bert_checkpoint(
-    code_corpus: Path, labelled_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_encoder_classifier_from_a_bert_checkpoint(code_corpus: Path, labelled_csv: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    code, _, err = run_launcher(
-        ["stdlib_bert", "--runs_dir", str(runs), "--data.path", str(code_corpus), "--data.cache_dir",
-         str(tmp_path / "tok"), "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--onnx.enabled",
-         "false", *TINY_SHAPE, *TINY_TEXT, *QUIET],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err[-3000:]
+    pretraining = {
+        "data.path": str(code_corpus),
+        "data.cache_dir": str(tmp_path / "tok"),
+        "trainer.max_steps": 3,
+        "trainer.val_check_interval": 3,
+        "onnx.enabled": False,
+        **SHAPE,
+        **TEXT,
+        **QUIET_SETTINGS,
+    }
+    launch("stdlib_bert", pretraining, runs_dir=runs)
     bert = runs / "stdlib_bert" / "version_0" / "checkpoints" / "last.ckpt"
-    code, out, err = run_launcher(
-        ["stdlib_classifier", "--runs_dir", str(runs), "--data.path", str(labelled_csv), "--data.block_size", "32",
-         "--data.tokenizer_path", str(bert), "--model.pretrained", str(bert), "--model.causal", "false",
-         "--model.bias", "true", "--model.finetune", "lora", *TINY_SHAPE, "--trainer.max_epochs", "1",
-         "--onnx.enabled", "false", *QUIET],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err[-3000:]
-    report = next(line for line in out.splitlines() if line.startswith("pretrained: loaded"))
+    settings = {
+        "data.path": str(labelled_csv),
+        "data.block_size": 32,
+        "data.tokenizer_path": str(bert),
+        "model.pretrained": str(bert),
+        "model.causal": False,
+        "model.bias": True,
+        "model.finetune": "lora",
+        "trainer.max_epochs": 1,
+        "onnx.enabled": False,
+        **SHAPE,
+        **QUIET_SETTINGS,
+    }
+    pretrained = launch("stdlib_classifier", settings, runs_dir=runs).report.pretrained
+    assert pretrained is not None and pretrained.path == str(bert)
     # Every body tensor of the encoder, its [MASK] row included, loads: 2 embeddings, 12 per block, 2 final norm.
-    assert report.startswith("pretrained: loaded 28/"), report
+    assert len(pretrained.loaded) == 28, pretrained
 
 
 def text_model_and_data(kind: str, tmp_path: Path, pretrained: str) -> tuple[Any, Any]:

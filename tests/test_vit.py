@@ -12,6 +12,7 @@ from conftest import run_launcher
 from fakedata import write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from experiments.api import launch
 from experiments.callbacks.attention_maps import attention_figure, attention_rollout
 from experiments.launcher.recipes import CONFIG_DIR
 from lightning_models import ViT
@@ -47,41 +48,46 @@ def test_attention_maps_are_what_the_blocks_attend_with(pooling: str) -> None:
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype.name == "uint8"
 
 
-def test_vit_run_logs_attention_maps_dashboards_and_exports_onnx(
-    runs_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, err = run_launcher(
-        ["digits_vit", "--runs_dir", str(runs_dir), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
-         "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--attention.every_n_epochs", "1",
-         "--progress_bar.refresh_rate", "0"],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err[-3000:]
+def test_vit_run_logs_attention_maps_dashboards_and_exports_onnx(runs_dir: Path) -> None:
+    settings = {
+        "trainer.max_epochs": 2,
+        "trainer.limit_train_batches": 3,
+        "trainer.limit_val_batches": 1,
+        "trainer.limit_test_batches": 1,
+        "attention.every_n_epochs": 1,
+        "progress_bar.refresh_rate": 0,
+    }
+    report = launch("digits_vit", settings, runs_dir=runs_dir).report
     run = runs_dir / "digits_vit" / "version_0"
+    assert report.run_dir == run
     acc = EventAccumulator(str(run), size_guidance={"images": 0})
     acc.Reload()
     assert {"val/attention", "val/confusion_matrix"} <= set(acc.Tags()["images"])
     assert [e.step for e in acc.Images("val/attention")] == [3, 6]
     assert acc.Images("val/attention")[-1].width > 3 * acc.Images("val/attention")[-1].height  # image, rollout, heads
-    onnx = next(line for line in out.splitlines() if line.startswith("onnx "))
-    assert "(ok" in onnx, onnx
-    assert "params     " in out and "finetune full" in out
+    assert report.onnx is not None and report.onnx.ok and report.onnx.path == run / "model.onnx", report.onnx
+    assert report.parameters is not None and report.parameters.endswith(" trainable (100%), finetune full")
 
 
-def test_vit_on_an_image_folder_with_the_cifar10_recipe(
-    tmp_path: Path, runs_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The command the CIFAR-10 JPEG figure is measured with: cifar10_vit with the image-folder datamodule."""
+def test_vit_on_an_image_folder_with_the_cifar10_recipe(tmp_path: Path, runs_dir: Path) -> None:
+    """The run the CIFAR-10 JPEG figure is measured with: cifar10_vit with the image-folder datamodule."""
     root = write_image_folder(tmp_path / "images", ["cat", "dog", "ship"], n_per_class=10, size=32)
-    code, out, err = run_launcher(
-        ["cifar10_vit", "--data", "datamodules.ImageFolderDataModule", "--data.root", str(root),
-         "--data.image_size", "32", "--data.val_fraction", "0.2", "--data.test_fraction", "0.2",
-         "--data.batch_size", "8", "--model.n_layer", "1", "--trainer.max_epochs", "1", "--runs_dir", str(runs_dir),
-         "--trainer.limit_train_batches", "2", "--onnx.enabled", "false", "--progress_bar.refresh_rate", "0"],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err[-3000:]
-    assert "test/acc=" in out
+    settings = {
+        "data": "datamodules.ImageFolderDataModule",
+        "data.root": str(root),
+        "data.image_size": 32,
+        "data.val_fraction": 0.2,
+        "data.test_fraction": 0.2,
+        "data.batch_size": 8,
+        "model.n_layer": 1,
+        "trainer.max_epochs": 1,
+        "trainer.limit_train_batches": 2,
+        "onnx.enabled": False,
+        "progress_bar.refresh_rate": 0,
+    }
+    result = launch("cifar10_vit", settings, runs_dir=runs_dir)
+    assert type(result.datamodule).__name__ == "ImageFolderDataModule"
+    assert 0.0 <= result.test_metrics["test/acc"] <= 1.0, result.test_metrics
 
 
 def test_patch_size_that_does_not_divide_the_image_is_one_error_line(
