@@ -6,6 +6,7 @@ from lightning_models.bert import BERT
 from lightning_models.binary_mlp import BinaryMLP
 from lightning_models.cnn import SmallCNN
 from lightning_models.gpt import GPT
+from lightning_models.hf_encoders import load_hf_encoder
 from lightning_models.language_model import CausalLMModule
 from lightning_models.lenet import LeNet
 from lightning_models.linear import LinearRegression
@@ -38,4 +39,5 @@ __all__ = [
     "SmallCNN",
     "TaskModule",
     "ViT",
+    "load_hf_encoder",
 ]

@@ -1,10 +1,16 @@
-"""The Transformer parts every zerotune Transformer shares: attention, MLP, the pre-LayerNorm block, the token backbone.
+"""The Transformer parts every zerotune Transformer shares: attention, MLP, the block, the token backbone.
 
 GPT (:mod:`lightning_models.gpt`) stacks them with a causal mask; a BERT-style encoder uses the same
 :class:`TransformerBackbone` with ``causal=False`` and a ViT the same :class:`Block` over patch embeddings. Module
 names follow GPT-2's layout (``wte``, ``wpe``, ``h.N.ln_1``, ``h.N.attn``, ``h.N.ln_2``, ``h.N.mlp``, ``ln_f``), so
 GPT-2 weights map onto them with a few renames, and adapter targets read naturally: ``attn.qkv``, ``attn.proj``,
 ``mlp.fc``, ``mlp.proj``.
+
+The defaults are GPT-2's (pre-LayerNorm, tanh GELU, LayerNorm epsilon 1e-5, a final ``ln_f``). BERT's encoders are
+options of the same parts, not a copy of them: ``norm_first=False`` (post-LayerNorm: the norm after the residual add,
+and no ``ln_f``), ``activation="gelu"`` (erf GELU), ``eps``, ``mlp_hidden`` (BERT's ``intermediate_size``),
+``embedding_norm`` (``ln_e``, a LayerNorm over the summed embeddings) and ``type_vocab_size`` (``wtype``, segment
+embeddings); :mod:`lightning_models.hf_encoders` maps Hugging Face BERT checkpoints onto them.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+
+#: The MLP's activations by name: GPT-2's tanh approximation of GELU, and the exact (erf) GELU of BERT.
+ACTIVATIONS = {"gelu_tanh": "tanh", "gelu": "none"}
 
 
 class KVCache:
@@ -102,13 +111,30 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: ``fc`` to ``hidden``, GELU (GPT-2's tanh form), ``proj`` back, dropout."""
+    """Position-wise feed-forward: ``fc`` to ``hidden``, GELU, ``proj`` back, dropout.
 
-    def __init__(self, n_embd: int, hidden: int | None = None, bias: bool = True, dropout: float = 0.0) -> None:
+    Args:
+        n_embd: Width.
+        hidden: Inner width (``4 * n_embd`` when ``None``).
+        bias: Biases in both layers.
+        dropout: Dropout on the output.
+        activation: ``gelu_tanh`` (GPT-2's tanh approximation) or ``gelu`` (the exact erf form, BERT's).
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        hidden: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        activation: str = "gelu_tanh",
+    ) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation '{activation}' is not one of {', '.join(ACTIVATIONS)}")
         hidden = hidden or 4 * n_embd
         self.fc = nn.Linear(n_embd, hidden, bias=bias)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate=ACTIVATIONS[activation])
         self.proj = nn.Linear(hidden, n_embd, bias=bias)
         self.drop = nn.Dropout(dropout)
 
@@ -117,26 +143,55 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``.
+    """Transformer block. Pre-LayerNorm (GPT-2, the default): ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``;
+    post-LayerNorm (BERT, ``norm_first=False``): ``ln_1(x + attn(x))``, then ``ln_2(x + mlp(x))``.
 
     The unit of activation checkpointing, FSDP wrapping and per-block compilation.
+
+    Args:
+        n_embd: Width.
+        n_head: Attention heads.
+        bias: Biases in the linear layers and LayerNorms.
+        dropout: Dropout on the attention weights and on both branches' outputs.
+        causal: Causal attention (decoder) or full attention (encoder).
+        norm_first: Normalize each branch's input (pre-LN) or the sum after each residual add (post-LN).
+        mlp_hidden: The MLP's inner width (``4 * n_embd`` when ``None``).
+        activation: The MLP's activation, see :class:`MLP`.
+        eps: The LayerNorms' epsilon.
     """
 
-    def __init__(self, n_embd: int, n_head: int, bias: bool = True, dropout: float = 0.0, causal: bool = True) -> None:
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        bias: bool = True,
+        dropout: float = 0.0,
+        causal: bool = True,
+        *,
+        norm_first: bool = True,
+        mlp_hidden: int | None = None,
+        activation: str = "gelu_tanh",
+        eps: float = 1e-5,
+    ) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.norm_first = norm_first
+        self.ln_1 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
         self.attn = Attention(n_embd, n_head, bias=bias, dropout=dropout, causal=causal)
-        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, bias=bias, dropout=dropout)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
+        self.mlp = MLP(n_embd, mlp_hidden, bias=bias, dropout=dropout, activation=activation)
 
     def forward(self, x: Tensor, cache: KVCache | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache=cache, attn_mask=attn_mask)
-        return x + self.mlp(self.ln_2(x))
+        if self.norm_first:
+            x = x + self.attn(self.ln_1(x), cache=cache, attn_mask=attn_mask)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, cache=cache, attn_mask=attn_mask))
+        return self.ln_2(x + self.mlp(x))
 
 
 class TransformerBackbone(nn.Module):
     """Token and learned position embeddings, ``n_layer`` blocks and a final LayerNorm: ``(B, T)`` ids to
-    ``(B, T, n_embd)`` hidden states (GPT-2's ``transformer`` module).
+    ``(B, T, n_embd)`` hidden states (GPT-2's ``transformer`` module; with BERT's options, ``BertModel`` without
+    its pooler).
 
     Args:
         vocab_size: Token ids are below this.
@@ -149,6 +204,14 @@ class TransformerBackbone(nn.Module):
         causal: Causal attention (decoder) or full attention (encoder).
         activation_checkpointing: Recompute each block's activations in the backward pass instead of keeping them
             (less memory, about a third more compute).
+        norm_first: Pre-LayerNorm blocks and a final ``ln_f`` (GPT-2), or post-LayerNorm blocks (BERT), whose
+            last norm ends the stack (``ln_f`` is then the identity and holds no weights).
+        mlp_hidden: The MLPs' inner width (``4 * n_embd`` when ``None``).
+        activation: The MLPs' activation: ``gelu_tanh`` or ``gelu`` (erf).
+        eps: Every LayerNorm's epsilon.
+        embedding_norm: A LayerNorm (``ln_e``) over the summed embeddings, before dropout (BERT).
+        type_vocab_size: Rows of the token-type (segment) embedding ``wtype`` added to the input (BERT: 2); 0 for
+            none.
     """
 
     def __init__(
@@ -162,21 +225,48 @@ class TransformerBackbone(nn.Module):
         bias: bool = True,
         causal: bool = True,
         activation_checkpointing: bool = False,
+        *,
+        norm_first: bool = True,
+        mlp_hidden: int | None = None,
+        activation: str = "gelu_tanh",
+        eps: float = 1e-5,
+        embedding_norm: bool = False,
+        type_vocab_size: int = 0,
     ) -> None:
         super().__init__()
         self.block_size = block_size
         self.activation_checkpointing = activation_checkpointing
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
+        self.wtype = nn.Embedding(type_vocab_size, n_embd) if type_vocab_size else None
+        self.ln_e = nn.LayerNorm(n_embd, eps=eps, bias=bias) if embedding_norm else None
         self.drop = nn.Dropout(dropout)
-        self.h = nn.ModuleList(Block(n_embd, n_head, bias, dropout, causal) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+        options = {"norm_first": norm_first, "mlp_hidden": mlp_hidden, "activation": activation, "eps": eps}
+        self.h = nn.ModuleList(Block(n_embd, n_head, bias, dropout, causal, **options) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, eps=eps, bias=bias) if norm_first else nn.Identity()
 
-    def forward(self, idx: Tensor, caches: list[KVCache] | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """``(B, T)`` token ids -> ``(B, T, n_embd)``; with ``caches``, ``idx`` continues the cached positions."""
+    def forward(
+        self,
+        idx: Tensor,
+        caches: list[KVCache] | None = None,
+        attn_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """``(B, T)`` token ids -> ``(B, T, n_embd)``; with ``caches``, ``idx`` continues the cached positions.
+
+        Args:
+            idx: Token ids.
+            caches: Key/value caches (incremental decoding), see :meth:`make_caches`.
+            attn_mask: Boolean, ``True`` where attending is allowed: ``(B, 1, 1, T)`` keeps padding out of every
+                real position's output (a Hugging Face ``attention_mask`` as ``mask.bool()[:, None, None, :]``).
+            token_type_ids: ``(B, T)`` segment ids when the model has ``wtype`` (all 0 when ``None``, as BERT).
+        """
         start = caches[0].length if caches else 0
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.wte(idx) + self.wpe(pos)
+        if self.wtype is not None:
+            x = x + (self.wtype.weight[0] if token_type_ids is None else self.wtype(token_type_ids))
+        x = self.drop(x if self.ln_e is None else self.ln_e(x))
         for i, block in enumerate(self.h):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, None, attn_mask, use_reentrant=False)
