@@ -180,3 +180,35 @@ def test_zerotune_never_imports_transformers() -> None:
                 if any(n.split(".")[0] == "transformers" for n in names):
                     importers.append(str(path.relative_to(ROOT)))
     assert not importers
+
+
+#: The real pre-trained encoder beside the project, where there is one (the suite never needs it).
+MINILM = ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"
+
+
+@pytest.mark.skipif(not (MINILM / "model.safetensors").is_file(), reason="no ../shared/models/all-MiniLM-L6-v2")
+def test_the_real_minilm_computes_what_transformers_computes() -> None:
+    """all-MiniLM-L6-v2 (22.7M parameters) on four sentences of different lengths, padded by its own tokenizer."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(MINILM / "tokenizer.json"))
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    sentences = [
+        "A man is playing a guitar.",
+        "The quick brown fox jumps over the lazy dog near the river bank.",
+        "Hello!",
+        "Transformers encode sentences into vectors; zerotune loads them.",
+    ]
+    encoded = tokenizer.encode_batch(sentences)
+    ids, mask, types = (torch.tensor([getattr(e, k) for e in encoded]) for k in ("ids", "attention_mask", "type_ids"))
+    reference = transformers.BertModel.from_pretrained(MINILM, add_pooling_layer=False).eval()
+    ours = load_hf_encoder(MINILM).eval()
+    with torch.no_grad():
+        want = reference(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        got = ours(ids, attn_mask=mask.bool()[:, None, None, :], token_type_ids=types)  # (4, T, 384)
+        n = int(mask[2].sum())
+        alone = ours(ids[2:3, :n], token_type_ids=types[2:3, :n])
+    real = mask.bool()
+    assert got.shape == want.shape and int(real.sum()) > 40
+    assert (got - want)[real].abs().max().item() < 1e-5
+    assert (alone[0] - got[2, :n]).abs().max().item() < 1e-5
