@@ -1,4 +1,4 @@
-"""Hugging Face encoder checkpoints (the BERT family) onto zerotune's shared Transformer blocks, and back.
+"""Hugging Face encoder checkpoints (BERT, RoBERTa, DistilBERT) onto zerotune's shared Transformer blocks, and back.
 
 A Hugging Face model folder holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``). Its BERT
 (``model_type`` ``bert``: BERT, MiniLM and the other BERT-shaped encoders) is a
@@ -13,7 +13,11 @@ from ``config.json`` (:func:`backbone_options`); the weights differ in three way
   ``BertForSequenceClassification`` (``classifier.*``) and ``BertForMaskedLM`` (``cls.*``), whose encoder keys sit
   under ``bert.``.
 
-The loaded backbone returns ``BertModel``'s ``last_hidden_state``.
+The loaded backbone returns ``BertModel``'s ``last_hidden_state``. RoBERTa and DistilBERT are the same blocks under
+other names (one :class:`Family` each, :data:`FAMILIES`): RoBERTa's keys are BERT's (under ``roberta.``) and its
+positions start at row ``pad_token_id + 1`` of its table (the backbone's ``position_offset``, exact for right-padded
+input, as RoBERTa skips padding ids when counting positions); DistilBERT has no token types, LayerNorm epsilon 1e-12
+and ``transformer.layer.N.attention.q_lin``-style names.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +38,69 @@ from fileio.errors import DataError
 from lightning_models.checkpoints import StateDictDiff
 from lightning_models.transformer import TransformerBackbone
 
-#: ``model_type`` values of ``config.json`` this module converts.
-SUPPORTED = ("bert",)
 #: Weights files of a model folder, the first found is read.
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
-#: ``hidden_act`` -> the MLP's activation.
+#: ``hidden_act`` (DistilBERT: ``activation``) -> the MLP's activation.
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
-#: BERT's defaults for what a ``config.json`` may leave out (``BertConfig``'s); sizes are always read from the file.
-DEFAULTS = {
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one Hugging Face encoder family's ``config.json`` and weights map onto a
+    :class:`~lightning_models.transformer.TransformerBackbone`.
+
+    Attributes:
+        prefix: The encoder's keys in a file with a task head sit under this (``bert.``).
+        sizes: Backbone argument -> the ``config.json`` key that must give it.
+        options: Backbone argument -> the ``config.json`` key that may give it (else from ``defaults``).
+        defaults: The family's ``PretrainedConfig`` defaults for the keys a ``config.json`` may leave out.
+        fixed: Backbone arguments the family does not configure.
+        required: ``config.json`` key -> (the only value zerotune converts, what zerotune's blocks have instead).
+        positions_after_padding: Position 0 reads row ``pad_token_id + 1`` of the position table (RoBERTa).
+        embeddings: zerotune embedding key -> the file's key (after ``prefix``).
+        layers: The file's blocks are ``{layers}N.``.
+        qkv: The file's query, key and value projections inside a block, fused into ``attn.qkv`` in this order.
+        layer: zerotune name inside block ``h.N.`` -> the file's name inside ``{layers}N.``.
+        not_encoder: The file's keys (after ``prefix``) that are not the encoder: poolers, buffers, task heads.
+    """
+
+    prefix: str
+    sizes: Mapping[str, str]
+    options: Mapping[str, str]
+    defaults: Mapping[str, Any]
+    fixed: Mapping[str, Any]
+    required: Mapping[str, tuple[Any, str]]
+    positions_after_padding: bool
+    embeddings: Mapping[str, str]
+    layers: str
+    qkv: tuple[str, str, str]
+    layer: Mapping[str, str]
+    not_encoder: tuple[str, ...]
+
+
+#: BERT's ``config.json`` keys for the backbone's sizes (RoBERTa's too).
+BERT_SIZES = {
+    "vocab_size": "vocab_size",
+    "block_size": "max_position_embeddings",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_embd": "hidden_size",
+    "mlp_hidden": "intermediate_size",
+}
+BERT_OPTIONS = {
+    "dropout": "hidden_dropout_prob",
+    "activation": "hidden_act",
+    "eps": "layer_norm_eps",
+    "type_vocab_size": "type_vocab_size",
+}
+BERT_DEFAULTS = {
     "type_vocab_size": 2,
     "layer_norm_eps": 1e-12,
     "hidden_act": "gelu",
     "hidden_dropout_prob": 0.1,
     "position_embedding_type": "absolute",
 }
+ABSOLUTE = {"position_embedding_type": ("absolute", "absolute (learned) positions only")}
 #: zerotune embedding key -> Hugging Face key (under ``BertModel``).
 EMBEDDINGS = {
     "wte.weight": "embeddings.word_embeddings.weight",
@@ -64,9 +118,79 @@ LAYER = {
     "ln_2.": "output.LayerNorm.",
 }
 #: The fused projection's parts, in its order.
-QKV = ("query", "key", "value")
-#: Hugging Face keys (after ``bert.``) that are not the encoder: the pooler, buffers and task heads.
-NOT_ENCODER = ("pooler.", "embeddings.position_ids", "cls.", "classifier.")
+QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
+BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+
+#: ``model_type`` -> its family. BERT (and MiniLM and the other BERT-shaped encoders); RoBERTa, BERT's layout whose
+#: positions start after its padding id; DistilBERT, BERT's blocks under other names, without token types.
+FAMILIES = {
+    "bert": Family(
+        prefix="bert.",
+        sizes=BERT_SIZES,
+        options=BERT_OPTIONS,
+        defaults=BERT_DEFAULTS,
+        fixed={},
+        required=ABSOLUTE,
+        positions_after_padding=False,
+        embeddings=EMBEDDINGS,
+        layers="encoder.layer.",
+        qkv=QKV,
+        layer=LAYER,
+        not_encoder=("pooler.", *BUFFERS, "cls.", "classifier."),
+    ),
+    "roberta": Family(
+        prefix="roberta.",
+        sizes=BERT_SIZES,
+        options=BERT_OPTIONS,
+        defaults={**BERT_DEFAULTS, "pad_token_id": 1},
+        fixed={},
+        required=ABSOLUTE,
+        positions_after_padding=True,
+        embeddings=EMBEDDINGS,
+        layers="encoder.layer.",
+        qkv=QKV,
+        layer=LAYER,
+        not_encoder=("pooler.", *BUFFERS, "lm_head.", "classifier."),
+    ),
+    "distilbert": Family(
+        prefix="distilbert.",
+        sizes={
+            "vocab_size": "vocab_size",
+            "block_size": "max_position_embeddings",
+            "n_layer": "n_layers",
+            "n_head": "n_heads",
+            "n_embd": "dim",
+            "mlp_hidden": "hidden_dim",
+        },
+        options={"dropout": "dropout", "activation": "activation"},
+        defaults={"dropout": 0.1, "activation": "gelu", "sinusoidal_pos_embds": False},
+        # DistilBERT's LayerNorms have BERT's epsilon written into the code, not the config.
+        fixed={"eps": 1e-12, "type_vocab_size": 0},
+        required={"sinusoidal_pos_embds": (False, "learned positions only (sinusoidal_pos_embds false)")},
+        positions_after_padding=False,
+        embeddings={k: v for k, v in EMBEDDINGS.items() if not k.startswith("wtype.")},
+        layers="transformer.layer.",
+        qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        layer={
+            "attn.proj.": "attention.out_lin.",
+            "ln_1.": "sa_layer_norm.",
+            "mlp.fc.": "ffn.lin1.",
+            "mlp.proj.": "ffn.lin2.",
+            "ln_2.": "output_layer_norm.",
+        },
+        not_encoder=(
+            *BUFFERS,
+            "pre_classifier.",
+            "classifier.",
+            "vocab_transform.",
+            "vocab_layer_norm.",
+            "vocab_projector.",
+            "qa_outputs.",
+        ),  # fmt: skip
+    ),
+}
+#: ``model_type`` values of ``config.json`` this module converts.
+SUPPORTED = tuple(FAMILIES)
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
@@ -92,91 +216,87 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def backbone_options(config: Mapping[str, Any], source: str = "config.json") -> dict[str, Any]:
-    """:class:`~lightning_models.transformer.TransformerBackbone`'s arguments for a BERT ``config.json``.
+    """:class:`~lightning_models.transformer.TransformerBackbone`'s arguments for a ``config.json`` of a supported
+    ``model_type`` (BERT's when it names none).
 
     Raises:
         DataError: a size missing, an activation or position embedding zerotune does not have.
     """
-    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                           "intermediate_size", "max_position_embeddings") if k not in config]  # fmt: skip
+    family = FAMILIES[config.get("model_type", "bert")]
+    missing = [k for k in family.sizes.values() if k not in config]
     if missing:
-        raise DataError(f"'{source}' does not give {', '.join(missing)}: not a complete BERT config")
-    get = {**DEFAULTS, **config}.get
-    if get("hidden_act") not in ACTIVATIONS:
         raise DataError(
-            f"'{source}' has hidden_act '{get('hidden_act')}'; zerotune's blocks have {', '.join(ACTIVATIONS)}"
+            f"'{source}' does not give {', '.join(missing)}: not a complete {config.get('model_type')} config"
         )
-    if get("position_embedding_type") != "absolute":
-        raise DataError(
-            f"'{source}' has position_embedding_type '{get('position_embedding_type')}'; zerotune's blocks have "
-            "absolute (learned) positions only"
-        )
-    return {
-        "vocab_size": get("vocab_size"),
-        "block_size": get("max_position_embeddings"),
-        "n_layer": get("num_hidden_layers"),
-        "n_head": get("num_attention_heads"),
-        "n_embd": get("hidden_size"),
-        "dropout": get("hidden_dropout_prob"),
-        "bias": True,
-        "causal": False,
-        "norm_first": False,
-        "mlp_hidden": get("intermediate_size"),
-        "activation": ACTIVATIONS[get("hidden_act")],
-        "eps": get("layer_norm_eps"),
-        "embedding_norm": True,
-        "type_vocab_size": get("type_vocab_size"),
-    }
+    get = {**family.defaults, **config}.get
+    for key, (value, instead) in family.required.items():
+        if get(key) != value:
+            shown = f"'{get(key)}'" if isinstance(get(key), str) else json.dumps(get(key))
+            raise DataError(f"'{source}' has {key} {shown}; zerotune's blocks have {instead}")
+    act = family.options["activation"]
+    if get(act) not in ACTIVATIONS:
+        raise DataError(f"'{source}' has {act} '{get(act)}'; zerotune's blocks have {', '.join(ACTIVATIONS)}")
+    options = {ours: get(theirs) for ours, theirs in {**family.sizes, **family.options}.items()}
+    options["activation"] = ACTIVATIONS[options["activation"]]
+    if family.positions_after_padding:
+        options["position_offset"] = get("pad_token_id") + 1
+    return {**options, **family.fixed, "bias": True, "causal": False, "norm_first": False, "embedding_norm": True}
 
 
-def to_hf(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
-    """A BERT-configured backbone's tensors (keys under ``prefix``) as ``BertModel`` keys, ``attn.qkv`` split."""
+def to_hf(state: Mapping[str, Tensor], prefix: str = "", model_type: str = "bert") -> dict[str, Tensor]:
+    """A backbone's tensors (keys under ``prefix``) as the Hugging Face keys of ``model_type``'s encoder
+    (``BertModel``'s, ...), ``attn.qkv`` split."""
+    family = FAMILIES[model_type]
     out: dict[str, Tensor] = {}
     for key, tensor in state.items():
         if not key.startswith(prefix) or ".lora_" in key:
             continue
         name = key[len(prefix) :]
         block = re.match(r"h\.(\d+)\.(.+)", name)
-        if name in EMBEDDINGS:
-            out[EMBEDDINGS[name]] = tensor
+        if name in family.embeddings:
+            out[family.embeddings[name]] = tensor
         elif block and block.group(2).startswith("attn.qkv."):
             kind = block.group(2).removeprefix("attn.qkv.")
             # (3 * C, ...) -> three (C, ...) in q, k, v order.
-            for part, piece in zip(QKV, tensor.chunk(3, dim=0), strict=True):
-                out[f"encoder.layer.{block.group(1)}.attention.self.{part}.{kind}"] = piece.contiguous()
+            for part, piece in zip(family.qkv, tensor.chunk(3, dim=0), strict=True):
+                out[f"{family.layers}{block.group(1)}.{part}.{kind}"] = piece.contiguous()
         elif block:
             inner = block.group(2)
-            ours = next((n for n in LAYER if inner.startswith(n)), None)
-            inner = LAYER[ours] + inner.removeprefix(ours) if ours else inner
-            out[f"encoder.layer.{block.group(1)}.{inner}"] = tensor
+            ours = next((n for n in family.layer if inner.startswith(n)), None)
+            inner = family.layer[ours] + inner.removeprefix(ours) if ours else inner
+            out[f"{family.layers}{block.group(1)}.{inner}"] = tensor
         else:
-            out[name] = tensor  # no BERT counterpart: named as it is, so a comparison reports it
+            out[name] = tensor  # no counterpart in the file: named as it is, so a comparison reports it
     return out
 
 
-def from_hf(state: Mapping[str, Tensor], backbone: TransformerBackbone, source: str) -> dict[str, Tensor]:
-    """Hugging Face BERT tensors (``BertModel``'s keys, or ``bert.``-prefixed ones with a task head) as
-    ``backbone``'s keys, ``query``/``key``/``value`` fused into ``attn.qkv``.
+def from_hf(
+    state: Mapping[str, Tensor], backbone: TransformerBackbone, source: str, model_type: str = "bert"
+) -> dict[str, Tensor]:
+    """Hugging Face tensors of ``model_type`` (the encoder's keys, or prefixed ones with a task head:
+    ``bert.``, ``roberta.``, ``distilbert.``) as ``backbone``'s keys, query/key/value fused into ``attn.qkv``.
 
     Args:
         state: The file's tensors.
-        backbone: The BERT-configured backbone (its keys and shapes are checked first).
+        backbone: The backbone configured from the file's ``config.json`` (its keys and shapes are checked first).
         source: The file, named in errors.
+        model_type: The family (:data:`FAMILIES`).
 
     Raises:
         DataError: when the file's keys or shapes do not fit ``backbone`` exactly, naming the differing keys (as
             the file names them) and both shapes.
     """
-    prefixed = any(k.startswith("bert.") for k in state)
+    family = FAMILIES[model_type]
+    prefixed = any(k.startswith(family.prefix) for k in state)
     found: dict[str, Tensor] = {}
     for key, tensor in state.items():
         # Checkpoints saved by the original BERT code name the LayerNorms' parameters gamma and beta.
         name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
-        name = name.removeprefix("bert.") if prefixed else name
-        if not name.startswith(NOT_ENCODER):
+        name = name.removeprefix(family.prefix) if prefixed else name
+        if not name.startswith(family.not_encoder):
             found[name] = tensor
     # Compared under the file's names, so an error names the keys as the user's file has them.
-    expected = {k: tuple(v.shape) for k, v in to_hf(backbone.state_dict()).items()}
+    expected = {k: tuple(v.shape) for k, v in to_hf(backbone.state_dict(), model_type=model_type).items()}
     shapes = {k: tuple(v.shape) for k, v in found.items()}
     diff = StateDictDiff(
         missing=[k for k in expected if k not in shapes],
@@ -189,16 +309,14 @@ def from_hf(state: Mapping[str, Tensor], backbone: TransformerBackbone, source: 
             f"configuration?): {diff.describe()}. The weights must be those of the config.json beside them"
         )
     out: dict[str, Tensor] = {}
-    for ours, theirs in EMBEDDINGS.items():
+    for ours, theirs in family.embeddings.items():
         if theirs in found:
             out[ours] = found[theirs]
     for i in range(len(backbone.h)):
-        layer = f"encoder.layer.{i}."
+        layer = f"{family.layers}{i}."
         for kind in ("weight", "bias"):
-            parts = [found[f"{layer}attention.self.{part}.{kind}"] for part in QKV]
-            out[f"h.{i}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
-        for new, old in LAYER.items():
-            for kind in ("weight", "bias"):
+            out[f"h.{i}.attn.qkv.{kind}"] = torch.cat([found[f"{layer}{part}.{kind}"] for part in family.qkv], dim=0)
+            for new, old in family.layer.items():
                 out[f"h.{i}.{new}{kind}"] = found[f"{layer}{old}{kind}"]
     return out
 
@@ -221,5 +339,5 @@ def load_hf_encoder(folder: str | os.PathLike) -> TransformerBackbone:
     if weights is None:
         raise DataError(f"'{folder}' holds no weights: expected {' or '.join(WEIGHTS_FILES)} beside config.json")
     state = load_state_dict_file(weights, trust=False)
-    backbone.load_state_dict(from_hf(state, backbone, str(weights)))
+    backbone.load_state_dict(from_hf(state, backbone, str(weights), config["model_type"]))
     return backbone.eval()

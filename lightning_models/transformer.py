@@ -9,8 +9,9 @@ GPT-2 weights map onto them with a few renames, and adapter targets read natural
 The defaults are GPT-2's (pre-LayerNorm, tanh GELU, LayerNorm epsilon 1e-5, a final ``ln_f``). BERT's encoders are
 options of the same parts, not a copy of them: ``norm_first=False`` (post-LayerNorm: the norm after the residual add,
 and no ``ln_f``), ``activation="gelu"`` (erf GELU), ``eps``, ``mlp_hidden`` (BERT's ``intermediate_size``),
-``embedding_norm`` (``ln_e``, a LayerNorm over the summed embeddings) and ``type_vocab_size`` (``wtype``, segment
-embeddings); :mod:`lightning_models.hf_encoders` maps Hugging Face BERT checkpoints onto them.
+``embedding_norm`` (``ln_e``, a LayerNorm over the summed embeddings), ``type_vocab_size`` (``wtype``, segment
+embeddings) and ``position_offset`` (RoBERTa's positions start at row 2 of its table);
+:mod:`lightning_models.hf_encoders` maps Hugging Face BERT, RoBERTa and DistilBERT checkpoints onto them.
 """
 
 from __future__ import annotations
@@ -212,6 +213,8 @@ class TransformerBackbone(nn.Module):
         embedding_norm: A LayerNorm (``ln_e``) over the summed embeddings, before dropout (BERT).
         type_vocab_size: Rows of the token-type (segment) embedding ``wtype`` added to the input (BERT: 2); 0 for
             none.
+        position_offset: Row of ``wpe`` that position 0 reads (RoBERTa: 2, its rows 0 and 1 belong to no real
+            position); ``block_size - position_offset`` positions fit.
     """
 
     def __init__(
@@ -232,9 +235,11 @@ class TransformerBackbone(nn.Module):
         eps: float = 1e-5,
         embedding_norm: bool = False,
         type_vocab_size: int = 0,
+        position_offset: int = 0,
     ) -> None:
         super().__init__()
         self.block_size = block_size
+        self.position_offset = position_offset
         self.activation_checkpointing = activation_checkpointing
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
@@ -261,7 +266,7 @@ class TransformerBackbone(nn.Module):
                 real position's output (a Hugging Face ``attention_mask`` as ``mask.bool()[:, None, None, :]``).
             token_type_ids: ``(B, T)`` segment ids when the model has ``wtype`` (all 0 when ``None``, as BERT).
         """
-        start = caches[0].length if caches else 0
+        start = (caches[0].length if caches else 0) + self.position_offset
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         if self.wtype is not None:

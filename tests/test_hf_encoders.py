@@ -12,8 +12,9 @@ import pytest
 import torch
 from conftest import ROOT
 
+from fileio.checkpoints import load_state_dict_file
 from fileio.errors import DataError
-from lightning_models.hf_encoders import from_hf, load_hf_encoder, to_hf
+from lightning_models.hf_encoders import backbone_options, from_hf, load_hf_encoder, to_hf
 from lightning_models.transformer import TransformerBackbone
 
 transformers = pytest.importorskip("transformers")
@@ -137,7 +138,9 @@ def test_an_unsupported_model_type_is_named(tmp_path: Path) -> None:
     save_tiny(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
-    with pytest.raises(DataError, match=r"model_type 't5', which zerotune cannot convert; supported: bert$"):
+    with pytest.raises(
+        DataError, match=r"model_type 't5', which zerotune cannot convert; supported: bert, roberta, distilbert$"
+    ):
         load_hf_encoder(tmp_path)
 
 
@@ -180,6 +183,106 @@ def test_zerotune_never_imports_transformers() -> None:
                 if any(n.split(".")[0] == "transformers" for n in names):
                     importers.append(str(path.relative_to(ROOT)))
     assert not importers
+
+
+#: Tiny RoBERTa and DistilBERT: BERT's sizes under each family's config keys (pad_token_id 1 is RoBERTa's own).
+TINY_ROBERTA = {**TINY, "type_vocab_size": 1, "pad_token_id": 1, "max_position_embeddings": 24 + 2}
+TINY_DISTILBERT = {
+    "vocab_size": 100,
+    "dim": 32,
+    "n_layers": 2,
+    "n_heads": 4,
+    "hidden_dim": 64,
+    "max_position_embeddings": 24,
+    "initializer_range": 0.2,
+}
+FAMILIES = {
+    "roberta": ("RobertaConfig", TINY_ROBERTA, "RobertaModel", "RobertaForSequenceClassification", "roberta"),
+    "distilbert": ("DistilBertConfig", TINY_DISTILBERT, "DistilBertModel", "DistilBertForSequenceClassification",
+                   "distilbert"),
+}  # fmt: skip
+
+
+def save_family(folder: Path, model_type: str, head: bool = False, **config: object) -> torch.nn.Module:
+    """A random tiny ``model_type`` (its encoder, or with a classification head) saved into ``folder``; returns the
+    encoder."""
+    config_cls, tiny, cls, head_cls, attribute = FAMILIES[model_type]
+    torch.manual_seed(0)
+    model = getattr(transformers, head_cls if head else cls)(getattr(transformers, config_cls)(**{**tiny, **config}))
+    with torch.no_grad():  # random LayerNorms, so a wrong mapping of them shows
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return (getattr(model, attribute) if head else model).eval()
+
+
+def right_padded() -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids (never the padding id 1 among the real tokens) and attention mask, the second sentence right-padded with
+    id 1 after 5 tokens (as RoBERTa's tokenizer pads)."""
+    ids = torch.randint(2, TINY["vocab_size"], (3, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    ids[1, 5:] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["encoder", "sequence-classification"])
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert"])
+def test_roberta_and_distilbert_compute_what_transformers_computes(tmp_path: Path, model_type: str, head: bool) -> None:
+    reference = save_family(tmp_path, model_type, head)
+    backbone = load_hf_encoder(tmp_path)
+    assert backbone.h[0].ln_1.eps == 1e-12 and backbone.h[0].mlp.act.approximate == "none"
+    ids, mask = right_padded()
+    with torch.no_grad():
+        unpadded = reference(input_ids=ids[[0, 2]]).last_hidden_state  # no padding id among them
+        padded = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(ours(backbone, ids[[0, 2]]), unpadded, atol=1e-5, rtol=0)
+    # Padded positions are nobody's output (RoBERTa gives them the padding id's position), the real ones must agree.
+    real = mask.bool()
+    got = ours(backbone, ids, mask)
+    torch.testing.assert_close(got[real], padded[real], atol=1e-5, rtol=0)
+    alone = ours(backbone, ids[1:2, :5])[0]
+    torch.testing.assert_close(got[1, :5], alone, atol=1e-5, rtol=0)
+    assert (ours(backbone, ids)[1, :5] - alone).abs().max() > 1e-3  # without the mask the padding would leak in
+
+
+def test_roberta_positions_start_after_the_padding_id(tmp_path: Path) -> None:
+    save_family(tmp_path, "roberta", pad_token_id=3)
+    backbone = load_hf_encoder(tmp_path)
+    assert backbone.position_offset == 4 and backbone.wpe.num_embeddings == 26
+    shifted = TransformerBackbone(**{**backbone_options(json.loads((tmp_path / "config.json").read_text())),
+                                     "position_offset": 0})  # fmt: skip
+    shifted.load_state_dict(backbone.state_dict())
+    ids = right_padded()[0]
+    assert (ours(shifted, ids) - ours(backbone, ids)).abs().max() > 1e-3  # the offset is what makes it agree
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert"])
+def test_to_hf_gives_back_the_file_of_each_family(tmp_path: Path, model_type: str) -> None:
+    reference = save_family(tmp_path, model_type)
+    back = to_hf(load_hf_encoder(tmp_path).state_dict(), model_type=model_type)
+    want = {k: v for k, v in reference.state_dict().items() if not k.startswith("pooler.")}
+    assert sorted(back) == sorted(want)
+    for key, tensor in want.items():
+        assert torch.equal(back[key], tensor), key
+
+
+def test_sinusoidal_distilbert_positions_are_refused(tmp_path: Path) -> None:
+    save_family(tmp_path, "distilbert")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["sinusoidal_pos_embds"] is False
+    (tmp_path / "config.json").write_text(json.dumps({**config, "sinusoidal_pos_embds": True}))
+    with pytest.raises(DataError, match=r"has sinusoidal_pos_embds true; zerotune's blocks have learned positions"):
+        load_hf_encoder(tmp_path)
+
+
+def test_distilbert_weights_do_not_fit_a_bert_config(tmp_path: Path) -> None:
+    save_family(tmp_path, "distilbert")
+    bert = TransformerBackbone(**backbone_options({"model_type": "bert", **TINY}))
+    state = load_state_dict_file(tmp_path / "model.safetensors", trust=False)
+    with pytest.raises(DataError, match="not in model: transformer.layer.0.attention.k_lin.bias"):
+        from_hf(state, bert, "model.safetensors")
 
 
 #: The real pre-trained encoder beside the project, where there is one (the suite never needs it).
