@@ -1,26 +1,5 @@
-"""Throughput benchmark: zerotune against the plain PyTorch loops it replaces, in one process.
-
-For each benchmarked experiment the same model trains on the same (synthetic, correctly shaped) data for the same
-number of steps in three ways, plus a fourth that splits zerotune's cost from Lightning's:
-
-(a) ``tutorial``: the classic loop, a ``Dataset`` that turns each sample into a PIL image, per-sample torchvision
-    transforms (``ToTensor``, ``Normalize``, and ``RandomCrop``/``RandomHorizontalFlip`` where the recipe augments) and
-    a ``DataLoader`` with worker processes;
-(b) ``hand``: the best hand-written loop, the whole split as one ``uint8`` tensor on the device, batches gathered by
-    index, normalized and augmented as a batch, the loss written to TensorBoard every ``log_every_n_steps`` steps;
-(c) ``zerotune``: the experiment's own config through :class:`~experiments.launcher.cli.ZeroTuneCLI` and the Lightning
-    Trainer, with its default logging, progress bar and callbacks;
-(L) ``bare Lightning``: the same LightningModule and datamodule in a plain ``lightning.Trainer`` with no logger,
-    progress bar, checkpoints or callbacks: (c)/(L) is what zerotune adds on top of Lightning's own loop.
-
-All four follow the recipe's precision (bf16 autocast for ``bf16-mixed``) and memory format (``channels_last``).
-Steady-state samples/s are timed after warm-up steps. It also times the launcher's startup (command to first
-training step), the default experiment's time to accuracy, and ONNX Runtime against PyTorch eager inference.
-
-Usage: ``python -m experiments.bench [--models mnist_mlp cifar10_lenet] [--seconds 4] [--out docs/benchmark.md]``
-
-Real-data mode (``--data_dir`` MNIST, ``--image_folder`` CIFAR-10 JPEGs): time to a target test accuracy against
-hand-written loops, and the image folder's start-up figures; see :mod:`experiments.benchmarks.real`.
+"""``python -m experiments.bench``: the throughput and time-to-accuracy benchmark's command line (what it measures:
+:mod:`experiments.benchmarks.synthetic`, whose description ``--help`` prints).
 """
 
 from __future__ import annotations
@@ -32,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from experiments.benchmarks import synthetic
 from experiments.benchmarks.synthetic import (
     BENCH_EXPERIMENTS,
     Case,
@@ -51,7 +31,9 @@ from experiments.benchmarks.synthetic import (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m experiments.bench",
+        description=synthetic.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", nargs="+", default=BENCH_EXPERIMENTS, help="experiment configs to benchmark")
     parser.add_argument("--seconds", type=float, default=4.0, help="target timed seconds per loop and model")

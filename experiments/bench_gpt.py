@@ -1,23 +1,5 @@
-"""GPT benchmarks: zerotune's tokens/s against a hand-written nanoGPT-style loop, and the race to validation loss 1.88
-on Tiny Shakespeare against nanoGPT's CPU recipe. Part of ``python -m experiments.bench``; runs alone too:
-
-    python -m experiments.bench_gpt [--shakespeare FILE] [--seconds 8] [--skip speed race] [--out FILE]
-
-**Speed.** The same GPT (each language-model config's model and batch) trains on the same data two ways:
-(b) ``hand``: nanoGPT's training loop written out: the token array in memory, random windows gathered by
-index, forward, loss, backward, clipping at 1.0, AdamW, the learning rate set by hand each step, the loss read every
-``log_every_n_steps`` steps; (c) ``zerotune``: the experiment's config through the launcher's CLI and Trainer with
-its default callbacks (validation off). Steady-state tokens/s after warm-up steps.
-
-**Race.** Two commands, each timed from its start to each validation and to its exit, one after the other:
-
-1. ``python -m experiments.benchmarks.nanogpt``: nanoGPT's published CPU recipe for Tiny Shakespeare, re-implemented
-   line by line in plain PyTorch (see that module); nanoGPT itself cannot be fetched without a network.
-2. ``python -m experiments.run shakespeare_char_gpt``: zerotune's recipe, exact validation loss over the whole
-   validation split every 250 steps, with every default feature (checkpoints, TensorBoard, samples, ONNX export
-   and test at the end).
-
-Run the benchmark alone on the machine (``flock -x``): the figures are wall-clock times.
+"""``python -m experiments.bench_gpt``: the GPT benchmarks' command line (what they measure:
+:mod:`experiments.benchmarks.gpt`, whose description ``--help`` prints).
 """
 
 from __future__ import annotations
@@ -29,13 +11,14 @@ from pathlib import Path
 
 import torch
 
+from experiments.benchmarks import gpt as gpt_bench
 from experiments.benchmarks.gpt import SHAKESPEARE, section
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.bench_gpt",
-        description=__doc__,
+        description=gpt_bench.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--shakespeare", default=SHAKESPEARE, help="Tiny Shakespeare's input.txt")

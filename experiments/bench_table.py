@@ -1,11 +1,5 @@
-"""Table loading benchmark: ``python -m experiments.bench_table [--rows 1000000] [--columns 30] [--keep DIR]``.
-
-Writes a CSV file of the given size into a temporary folder (removed afterwards; ``--keep DIR`` writes it there
-and keeps it): a binary target, numeric columns (some with 10% gaps), integer columns, text category columns of 3 to
-40 values (some with gaps) and an identifier column, about what a real table holds. Then it times what a run does
-before its first training step, through the real code: ``CSVDataModule`` reading the file with pyarrow, typing the
-columns, splitting, fitting the scikit-learn preprocessing on the training split, transforming every row (and
-checking the saved preprocessing against scikit-learn), as the launcher's ``input_shape`` link triggers it.
+"""``python -m experiments.bench_table``: the table loading benchmark's command line (what it times:
+:mod:`experiments.benchmarks.table`, whose first line ``--help`` prints).
 """
 
 from __future__ import annotations
@@ -18,11 +12,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from experiments.benchmarks import table
 from experiments.benchmarks.table import write_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench_table", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench_table", description=table.__doc__.splitlines()[0]
+    )
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the file (default 1,000,000)")
     parser.add_argument("--columns", type=int, default=30, help="columns in the file, the target included")
     parser.add_argument("--keep", default=None, help="write the CSV into this folder and keep it")
