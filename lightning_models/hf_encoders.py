@@ -26,7 +26,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,35 +121,30 @@ LAYER = {
 QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
-#: ``model_type`` -> its family. BERT (and MiniLM and the other BERT-shaped encoders); RoBERTa, BERT's layout whose
-#: positions start after its padding id; DistilBERT, BERT's blocks under other names, without token types.
+#: BERT (and MiniLM and the other BERT-shaped encoders).
+BERT = Family(
+    prefix="bert.",
+    sizes=BERT_SIZES,
+    options=BERT_OPTIONS,
+    defaults=BERT_DEFAULTS,
+    fixed={},
+    required=ABSOLUTE,
+    positions_after_padding=False,
+    embeddings=EMBEDDINGS,
+    layers="encoder.layer.",
+    qkv=QKV,
+    layer=LAYER,
+    not_encoder=("pooler.", *BUFFERS, "cls.", "classifier."),
+)
+#: ``model_type`` -> its family: BERT; RoBERTa, BERT's layout whose positions start after its padding id;
+#: DistilBERT, BERT's blocks under other names, without token types.
 FAMILIES = {
-    "bert": Family(
-        prefix="bert.",
-        sizes=BERT_SIZES,
-        options=BERT_OPTIONS,
-        defaults=BERT_DEFAULTS,
-        fixed={},
-        required=ABSOLUTE,
-        positions_after_padding=False,
-        embeddings=EMBEDDINGS,
-        layers="encoder.layer.",
-        qkv=QKV,
-        layer=LAYER,
-        not_encoder=("pooler.", *BUFFERS, "cls.", "classifier."),
-    ),
-    "roberta": Family(
+    "bert": BERT,
+    "roberta": replace(
+        BERT,
         prefix="roberta.",
-        sizes=BERT_SIZES,
-        options=BERT_OPTIONS,
         defaults={**BERT_DEFAULTS, "pad_token_id": 1},
-        fixed={},
-        required=ABSOLUTE,
         positions_after_padding=True,
-        embeddings=EMBEDDINGS,
-        layers="encoder.layer.",
-        qkv=QKV,
-        layer=LAYER,
         not_encoder=("pooler.", *BUFFERS, "lm_head.", "classifier."),
     ),
     "distilbert": Family(
