@@ -35,7 +35,7 @@ __all__ = ["Built", "build", "config", "launch", "resume"]
 
 
 def config(
-    experiment: str | os.PathLike = DEFAULT_EXPERIMENT,
+    experiment: str | os.PathLike | Config = DEFAULT_EXPERIMENT,
     settings: Mapping[str, Any] | None = None,
     *,
     runs_dir: str | os.PathLike | None = None,
@@ -47,7 +47,8 @@ def config(
     the defaults (:func:`launch` takes it, as do the sweep and the demos).
 
     Args:
-        experiment: A named experiment (``digits_cnn``: ``experiments/configs/digits_cnn.yaml``) or a YAML file.
+        experiment: A named experiment (``digits_cnn``: ``experiments/configs/digits_cnn.yaml``), a YAML file, or
+            a config from an earlier call (``settings`` and the placement then apply on top of it).
         settings: Dotted keys and values, e.g. ``{"model.lr": 0.01, "trainer.max_epochs": 3}``.
         runs_dir: Root of the run folders (default ``runs``).
         name: The run's name, the folder under ``runs_dir`` (default: the experiment's).
@@ -59,9 +60,10 @@ def config(
     """
     from experiments.launcher.launch import apply_overrides, experiment_config
 
+    base = experiment if isinstance(experiment, dict) else experiment_config(experiment)
     placement = {"runs_dir": runs_dir, "name": name, "version": version, "ckpt_path": ckpt_path}
     given = {k: str(v) for k, v in placement.items() if v is not None}
-    return apply_overrides(experiment_config(experiment), {**(settings or {}), **given})
+    return apply_overrides(base, {**(settings or {}), **given})
 
 
 def launch(
@@ -93,17 +95,11 @@ def launch(
         UsageError: a setting, experiment or file the user can fix (one line).
         TrainingStopped: the run was interrupted or failed; it has said so and marked its run folder.
     """
-    from experiments.launcher.launch import apply_overrides
     from experiments.launcher.launch import launch as launch_config
     from experiments.rundir import console
 
     console.quiet()
-    if isinstance(experiment, dict):
-        placement = {"runs_dir": runs_dir, "name": name, "version": version, "ckpt_path": ckpt_path}
-        given = {k: str(v) for k, v in placement.items() if v is not None}
-        run_config = apply_overrides(experiment, {**(settings or {}), **given})
-    else:
-        run_config = config(experiment, settings, runs_dir=runs_dir, name=name, version=version, ckpt_path=ckpt_path)
+    run_config = config(experiment, settings, runs_dir=runs_dir, name=name, version=version, ckpt_path=ckpt_path)
     return launch_config(run_config, callbacks)
 
 
@@ -145,14 +141,9 @@ def build(
     Raises:
         UsageError: a setting, experiment or file the user can fix (one line).
     """
-    from experiments.launcher.launch import apply_overrides, make_cli
+    from experiments.launcher.launch import make_cli
 
-    if isinstance(experiment, dict):
-        placement = {"runs_dir": runs_dir, "name": name}
-        run_config = apply_overrides(experiment, {**(settings or {}), **{k: str(v) for k, v in placement.items() if v}})
-    else:
-        run_config = config(experiment, settings, runs_dir=runs_dir, name=name)
-    cli = make_cli(run_config, callbacks, check_data=check_data)
+    cli = make_cli(config(experiment, settings, runs_dir=runs_dir, name=name), callbacks, check_data=check_data)
     return Built(cli.model, cli.datamodule, cli.trainer)
 
 
