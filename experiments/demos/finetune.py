@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from experiments.demos.common import launch_shown
 from experiments.rundir import console
 
 if TYPE_CHECKING:
@@ -139,16 +140,6 @@ def _rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _launch(experiment: str, settings: Mapping[str, Any], runs_dir: str, name: str | None = None) -> RunResult:
-    """Run ``experiment`` with ``settings`` through the Python API, first printing the command that runs it alone."""
-    from experiments.api import launch
-    from experiments.launcher.launch import command_line
-
-    shown = command_line(experiment, {**settings, "runs_dir": runs_dir, **({"name": name} if name else {})})
-    print(f"\n$ python -m experiments.run {' '.join(shown)}", flush=True)
-    return launch(experiment, settings, runs_dir=runs_dir, name=name)
-
-
 def _cuda() -> bool:
     import torch
 
@@ -158,7 +149,7 @@ def _cuda() -> bool:
 def pretrain(steps: int, runs_dir: str, extra: Mapping[str, Any]) -> Path:
     """Pre-train ``stdlib_gpt`` (the held-out package left out by its data settings); returns its last checkpoint."""
     settings = {"trainer.max_steps": steps, "data.exclude": ["email"], **QUIET, **extra}
-    result = _launch("stdlib_gpt", settings, runs_dir)
+    result = launch_shown("stdlib_gpt", settings, runs_dir)
     ckpt = result.run_dir / "checkpoints" / "last.ckpt" if result.run_dir is not None else None
     if ckpt is None or not ckpt.is_file():
         raise console.UsageError("the pre-training run saved no last.ckpt to fine-tune from")
@@ -183,7 +174,7 @@ def finetune(
     }
     start = time.perf_counter()
     with PeakMemory(_cuda()) as memory:
-        result = _launch("email_gpt_finetune", settings, runs_dir, name=f"email_gpt_{method}")
+        result = launch_shown("email_gpt_finetune", settings, runs_dir, name=f"email_gpt_{method}")
     seconds = time.perf_counter() - start
     trainable, total = count_parameters(result.model)
     best = result.report.best
@@ -210,10 +201,10 @@ def classify(seed: int, weights: Path, per_class: int, runs_dir: str, extra: Map
         **QUIET,
         **extra,
     }
-    tuned = _launch(
+    tuned = launch_shown(
         "stdlib_classifier", {**common, "model.pretrained": str(weights)}, runs_dir, "stdlib_classifier_pretrained"
     )
-    scratch = _launch("stdlib_classifier", common, runs_dir, "stdlib_classifier_scratch")
+    scratch = launch_shown("stdlib_classifier", common, runs_dir, "stdlib_classifier_scratch")
     return ClassifyResult(
         seed=seed,
         pretrained=tuned.test_metrics["test/acc"],

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from experiments.demos.common import launch_shown
 from experiments.rundir import console
 
 if TYPE_CHECKING:
@@ -59,18 +59,6 @@ class TransferResult:
     seconds: float
 
 
-def _launch(experiment: str, settings: Mapping[str, Any], runs_dir: str) -> RunResult:
-    """Run ``experiment`` with ``settings`` through the Python API, first printing the command that runs it alone."""
-    from experiments.api import launch
-    from experiments.launcher.launch import command_line
-
-    print(
-        f"\n$ python -m experiments.run {' '.join(command_line(experiment, {**settings, 'runs_dir': runs_dir}))}",
-        flush=True,
-    )
-    return launch(experiment, settings, runs_dir=runs_dir)
-
-
 def transfer(k: int, seed: int, runs_dir: str) -> TransferResult:
     """Run the three runs for one seed (data split, initialization and batch order all follow it)."""
     start = time.perf_counter()
@@ -82,13 +70,13 @@ def transfer(k: int, seed: int, runs_dir: str) -> TransferResult:
         "dashboards.enabled": False,
     }
     few = {**common, "data.train_per_class": k}
-    pre = _launch("digits_pretrain", common, runs_dir)
+    pre = launch_shown("digits_pretrain", common, runs_dir)
     # The end of pre-training, not its best validation epoch: validation accuracy on digits 0-4 saturates early.
     weights = pre.run_dir / "checkpoints" / "last.ckpt" if pre.run_dir is not None else None
     if weights is None or not weights.is_file():
         raise console.UsageError("the pre-training run saved no last.ckpt to fine-tune from")
-    tuned = _launch("digits_transfer", {**few, "model.pretrained": str(weights)}, runs_dir)
-    scratch = _launch(
+    tuned = launch_shown("digits_transfer", {**few, "model.pretrained": str(weights)}, runs_dir)
+    scratch = launch_shown(
         "digits_transfer", {**few, "freeze.unfreeze_at_epoch": 0, "model.backbone_lr_factor": 1.0}, runs_dir
     )
     probe_pretrained, probe_random = probe(weights, scratch, seed)
