@@ -36,7 +36,7 @@ from experiments.launcher.loggers import SafeTensorBoardLogger
 from experiments.launcher.recipes import DEFAULTS_FILE
 from experiments.rundir.checkpoint_io import AtomicCheckpointIO
 from experiments.rundir.console import UsageError, explain_config_error, parser_options
-from experiments.rundir.finder import newest_run, next_version, run_checkpoint
+from experiments.rundir.finder import newest_run, next_version, run_checkpoint, version_number
 from experiments.rundir.status import STATUS_FILE, write_status
 from fileio.atomic import atomic_write_text
 from fileio.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
@@ -341,8 +341,8 @@ class ZeroTuneCLI(LightningCLI):
             self.run_dir = Path(cfg.resume)
             root, version = self.run_dir.parent.parent, self.run_dir.name
             # version_N as the number N, as for a new run (the progress bar shows it as v_num).
-            number = version.removeprefix("version_")
-            version = int(number) if number.isdigit() else version
+            number = version_number(self.run_dir)
+            version = number if number is not None else version
             cfg.name = self.run_dir.parent.name
             if is_global_zero():
                 write_status(self.run_dir, "starting")
