@@ -8,8 +8,10 @@ until a batch is gathered; normalization and augmentation then run on the whole 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor
 
 from datamodules.augment import random_affine, random_crop_flip
+from fileio.atomic import atomic_write_text
 from fileio.errors import DataError
 
 if TYPE_CHECKING:
@@ -45,16 +48,20 @@ class Split:
     Attributes:
         x: Samples, ``(N, *sample_shape)``; ``uint8`` for images (scaled to [0, 1] per batch), float otherwise.
         y: Targets, ``(N,)`` int64 class indices or ``(N,)`` float32 regression targets.
+        lengths: For right-padded sequences, ``(N,)`` int64 real tokens of each; a batch is then cut to its longest
+            sequence (dynamic padding), and training batches can be drawn by length (:class:`BatchLoader`).
     """
 
     x: Tensor
     y: Tensor
+    lengths: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     def to(self, device: torch.device) -> Split:
-        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
+        lengths = None if self.lengths is None else self.lengths.to(device, non_blocking=True)
+        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True), lengths)
 
 
 class BatchLoader:
@@ -78,6 +85,10 @@ class BatchLoader:
         epoch_fn: Returns the current epoch (the trainer's), so permutations follow resumed runs.
         pad_shards: Under DDP, pad the shards to equal size by repeating samples; without it their sizes differ
             by at most one.
+        bucket_batches: Length bucketing of a shuffled split with ``lengths``: each run of this many batches of
+            the epoch's permutation is sorted by length and cut into batches, whose order is then shuffled, so a
+            batch holds texts of similar length and little of it is padding (0 or 1: off). Every sample is still
+            seen once per epoch, in an order drawn from the seed.
     """
 
     def __init__(
@@ -92,8 +103,10 @@ class BatchLoader:
         world_size: int = 1,
         epoch_fn=None,
         pad_shards: bool = True,
+        bucket_batches: int = 0,
     ) -> None:
         self.split = split
+        self.bucket_batches = bucket_batches
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -139,6 +152,18 @@ class BatchLoader:
             order = order[self.rank : total : self.world_size]
         return order.to(device)
 
+    def _bucketed(self, order: Tensor, stop: int, lengths: Tensor, epoch: int) -> tuple[Tensor, list[int]]:
+        """``order`` with each run of ``bucket_batches`` batches sorted by length, and the batch starts shuffled."""
+        chunk = self.batch_size * self.bucket_batches
+        kept = order[:stop]
+        pieces = []
+        for start in range(0, stop, chunk):
+            piece = kept[start : start + chunk]
+            pieces.append(piece[torch.argsort(lengths.index_select(0, piece).cpu(), stable=True).to(piece.device)])
+        starts = torch.arange(0, stop, self.batch_size)
+        g = torch.Generator().manual_seed(self.seed + 7919 * (epoch + 1) + self.rank)
+        return torch.cat(pieces), starts[torch.randperm(len(starts), generator=g)].tolist()
+
     def state_dict(self) -> dict[str, int]:
         """Epoch and batches served so far; Lightning stores it in checkpoints (mid-epoch resume)."""
         return {"epoch": self._epoch, "batches": self._yielded}
@@ -160,10 +185,16 @@ class BatchLoader:
         self._resume_from = None
         self._epoch, self._yielded = epoch, 0
         stop = len(self) * self.batch_size if self.drop_last else len(order)
-        for i, start in enumerate(range(0, stop, self.batch_size)):
+        starts = list(range(0, stop, self.batch_size))
+        lengths = self.split.lengths
+        if lengths is not None and self.shuffle and self.bucket_batches > 1:
+            order, starts = self._bucketed(order, stop, lengths, epoch)
+        for i, start in enumerate(starts):
             idx = order[start : start + self.batch_size]
             x = self.split.x.index_select(0, idx)
             y = self.split.y.index_select(0, idx)
+            if lengths is not None:  # dynamic padding: the batch's columns past its longest sequence are all padding
+                x = x[:, : max(1, int(lengths.index_select(0, idx).max()))]
             if self.transform is not None:
                 # Skipped batches still draw their augmentation, so the generator is where it was.
                 x = self.transform(x, gen)
@@ -201,6 +232,18 @@ class DataModule(L.LightningDataModule):
         Raises:
             DataError: in subclasses, naming the file or setting at fault.
         """
+
+    def save_tokenizer(self) -> None:
+        """Save :attr:`tokenizer` as ``tokenizer.json`` in the run folder, beside the checkpoints (rank 0; nothing for
+        data that is not text, or without a trainer)."""
+        trainer = self.trainer
+        if self.tokenizer is None or trainer is None or not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        logger = trainer.loggers[0] if trainer.loggers else None
+        folder = logger.log_dir if logger is not None else trainer.default_root_dir
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(folder) / "tokenizer.json", json.dumps(self.tokenizer.to_dict()))
 
     def input_spec(self) -> dict[str, Any] | None:
         """What one raw input is and how it becomes the model's input, as plain data (JSON-able), or ``None`` when
@@ -246,6 +289,8 @@ class InMemoryDataModule(DataModule):
     #: Classes (or regression targets) and the shape of one sample: linked into the model by the launcher.
     num_classes: int = 0
     input_shape: tuple[int, ...] = ()
+    #: Length bucketing of training batches (see :class:`BatchLoader`); for splits with ``lengths`` only.
+    bucket_batches: int = 0
 
     def __init__(
         self,
@@ -463,6 +508,7 @@ class InMemoryDataModule(DataModule):
             epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
             # Validation/test shards are not padded: a repeated sample would count twice in the DDP-synced metrics.
             pad_shards=train,
+            bucket_batches=self.bucket_batches if train else 0,
         )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -471,18 +471,7 @@ class TextDataModule(DataModule):
                     f"block_size + 1 = {need}: use a longer corpus or a smaller --data.block_size"
                 )
             self.tokens[split] = np.memmap(folder / f"{split}.bin", dtype=dtype, mode="r", shape=(n,))
-        self._write_tokenizer()
-
-    def _write_tokenizer(self) -> None:
-        """Save the tokenizer as ``tokenizer.json`` in the run folder (rank 0), beside the checkpoints."""
-        trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or trainer.fast_dev_run:
-            return
-        logger = trainer.loggers[0] if trainer.loggers else None
-        folder = logger.log_dir if logger is not None else trainer.default_root_dir
-        if folder:
-            _mkdir(Path(folder))
-            (Path(folder) / "tokenizer.json").write_text(json.dumps(self.tokenizer.to_dict()))
+        self.save_tokenizer()
 
     def _split_tokens(self, split: str) -> Tensor | np.ndarray:
         """A split's tokens: an int32 tensor on the training device, or the memory map with ``on_device: false``."""

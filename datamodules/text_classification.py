@@ -2,10 +2,14 @@
 
 :class:`TextClassificationDataModule` reads a ``text`` and a ``label`` column (names configurable), splits the rows
 into train/val/test (stratified by class, by ``seed``; or separate files), tokenizes every text once with the
-tokenizer of a pre-trained model (``tokenizer_path``) or one fitted to the training texts, truncates it to
-``block_size`` tokens and right-pads it with :data:`PAD_ID` (:func:`encode_texts`). Splits are in-memory tensors
-served by the shared :class:`~datamodules.base.BatchLoader`. :meth:`~TextClassificationDataModule.input_spec`
-describes that encoding for ``experiments.predict``, which encodes new texts with the same function.
+tokenizer of a pre-trained model (``tokenizer_path``: a zerotune checkpoint, or a Hugging Face model's own
+``tokenizer.json`` with its special tokens) or one fitted to the training texts, truncates it to ``block_size``
+tokens and right-pads it with :data:`PAD_ID` (:func:`encode_texts`). Splits are in-memory tensors served by the
+shared :class:`~datamodules.base.BatchLoader`, each batch cut to its longest text (dynamic padding) and training
+batches drawn by length (``bucket_batches``), so little compute goes to padding. ``data_dir`` reads a folder in
+GLUE's layout (``train.tsv``, ``dev.tsv``: ``sentence<TAB>label`` with a header), such as SST-2's.
+:meth:`~TextClassificationDataModule.input_spec` describes that encoding for ``experiments.predict``, which
+encodes new texts with the same function.
 
 **The offline default** (no ``path``): snippets of the running Python's standard library source, labelled with the
 top-level package they come from. Each ``.py`` file of eight packages present in every CPython install
@@ -51,11 +55,16 @@ TEXT_TABLE_FORMATS = (".csv", ".tsv", ".jsonl")
 
 
 class TextClassificationDataModule(InMemoryDataModule):
-    """``(x, y)`` batches: ``(B, block_size)`` int64 token ids (``-1`` = padding) and ``(B,)`` class indices.
+    """``(x, y)`` batches: ``(B, T)`` int64 token ids (``-1`` = padding; ``T`` the batch's longest text, at most
+    ``block_size``) and ``(B,)`` class indices.
 
     Args:
         path: A ``.csv``, ``.tsv`` or ``.jsonl`` file with a header (CSV/TSV) or one JSON object per line; ``null``
-            uses the standard-library snippets described above.
+            uses ``data_dir`` or, without it, the standard-library snippets described above.
+        data_dir: A folder in GLUE's layout: ``train``, ``dev`` (or ``validation``) and optionally a labelled
+            ``test`` file, each ``.tsv``, ``.csv`` or ``.jsonl``; dev is the validation split. Without a labelled
+            test file (GLUE's test labels are not public) the test stage measures the dev split again, and every
+            training row trains. GLUE names the text column ``sentence`` (``text_column: sentence``).
         text_column: Column (key) holding the text.
         label_column: Column (key) holding the label (any string; numbers sort numerically).
         val_path: Separate validation file (same format); default: ``val_fraction`` of ``path``.
@@ -67,7 +76,10 @@ class TextClassificationDataModule(InMemoryDataModule):
         bpe_vocab_size: Vocabulary size of a ``bpe`` tokenizer.
         tokenizer_path: The tokenizer of the model being fine-tuned: its checkpoint (``.ckpt``), its run folder, a
             ``tokenizer.json`` (GPT-2's included). Required to fine-tune a pre-trained model.
-        block_size: Tokens per text: longer texts are cut, shorter ones padded.
+        block_size: Most tokens per text (special tokens included): longer texts are cut (keeping a pre-trained
+            tokenizer's closing token), shorter ones padded.
+        bucket_batches: Length bucketing of training batches: each run of this many batches is sorted by length
+            before it is cut (see :class:`~datamodules.base.BatchLoader`); 0 draws batches at random.
         packages: Default task only: the standard-library packages to tell apart.
         snippet_lines: Default task only: lines per snippet.
         min_chars: Default task only: fewest non-blank characters a snippet needs.
@@ -78,6 +90,7 @@ class TextClassificationDataModule(InMemoryDataModule):
     def __init__(
         self,
         path: str | None = None,
+        data_dir: str | None = None,
         text_column: str = "text",
         label_column: str = "label",
         val_path: str | None = None,
@@ -89,6 +102,7 @@ class TextClassificationDataModule(InMemoryDataModule):
         bpe_vocab_size: int = 4096,
         tokenizer_path: str | None = None,
         block_size: int = 128,
+        bucket_batches: int = 50,
         packages: list[str] = list(STDLIB_PACKAGES),  # noqa: B006
         snippet_lines: int = 12,
         min_chars: int = 120,
@@ -100,13 +114,21 @@ class TextClassificationDataModule(InMemoryDataModule):
             raise ValueError("data.val_fraction and data.test_fraction must be in [0, 1) and sum to less than 1")
         if (val_path is None and val_fraction == 0) or (test_path is None and test_fraction == 0):
             raise ValueError("data.val_fraction/test_fraction must be positive unless data.val_path/test_path is given")
+        if path is not None and data_dir is not None:
+            raise ValueError("give data.path or data.data_dir, not both")
+        if bucket_batches < 0:
+            raise ValueError(f"data.bucket_batches must be >= 0, got {bucket_batches}")
         if block_size < 1 or snippet_lines < 1 or max_per_class < 1:
             raise ValueError("data.block_size, snippet_lines and max_per_class must be >= 1")
         if train_per_class is not None and train_per_class < 1:
             raise ValueError(f"data.train_per_class must be >= 1 (or null for all), got {train_per_class}")
         if tokenizer == "bpe" and bpe_vocab_size < 257:
             raise ValueError(f"data.bpe_vocab_size must be above 256 (the bytes, then merges), got {bpe_vocab_size}")
+        self.data_dir = data_dir
+        if data_dir is not None:
+            path, val_path, test_path = glue_files(Path(data_dir), label_column, val_path, test_path)
         self.path, self.val_path, self.test_path = path, val_path, test_path
+        self.bucket_batches = bucket_batches
         self.text_column, self.label_column = text_column, label_column
         self.val_fraction, self.test_fraction, self.train_per_class = val_fraction, test_fraction, train_per_class
         self.tokenizer_kind, self.bpe_vocab_size, self.tokenizer_path = tokenizer, bpe_vocab_size, tokenizer_path
@@ -207,8 +229,13 @@ class TextClassificationDataModule(InMemoryDataModule):
                 x = encode_texts(self.tokenizer, texts, self.block_size)
             except UnknownCharacterError:
                 raise self._unknown_characters(split, texts) from None
-            splits[split] = Split(x, torch.tensor([index[label] for label in labels], dtype=torch.long))
+            y = torch.tensor([index[label] for label in labels], dtype=torch.long)
+            splits[split] = Split(x, y, lengths=(x != PAD_ID).sum(dim=1))
         return splits
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        self.save_tokenizer()
 
     def _unknown_characters(self, split: str, texts: list[str]) -> DataError:
         """The error for texts with characters the ``char`` tokenizer has no token for (a given one, or the one
@@ -253,17 +280,44 @@ class TextClassificationDataModule(InMemoryDataModule):
 
 
 def encode_texts(tokenizer: Tokenizer, texts: list[str], block_size: int) -> torch.Tensor:
-    """``(N, block_size)`` int64 ids of ``texts``: each cut to its first ``block_size`` tokens, right-padded with
-    :data:`PAD_ID`. Training and prediction both encode with this.
+    """``(N, block_size)`` int64 ids of ``texts``: each cut to ``block_size`` tokens (a pre-trained tokenizer keeps its
+    closing special token), right-padded with :data:`PAD_ID`. Training and prediction both encode with this.
 
     Raises:
         ValueError: a ``char`` tokenizer meets a character outside its alphabet.
     """
     x = torch.full((len(texts), block_size), PAD_ID, dtype=torch.long)
-    for i, ids in enumerate(tokenizer.encode_batch(texts)):
-        ids = torch.as_tensor(ids[:block_size], dtype=torch.long)
+    for i, ids in enumerate(tokenizer.encode_batch(texts, block_size)):
+        ids = torch.as_tensor(ids, dtype=torch.long)
         x[i, : len(ids)] = ids
     return x
+
+
+def glue_files(
+    folder: Path, label_column: str, val_path: str | None = None, test_path: str | None = None
+) -> tuple[str, str | None, str | None]:
+    """The training, validation and (labelled) test files of a folder in GLUE's layout; given paths win.
+
+    Raises:
+        DataError: no such folder, or no training or validation file in it.
+    """
+    if not folder.is_dir():
+        raise DataError(f"data.data_dir '{folder}' is not a folder; pass one holding train.tsv and dev.tsv")
+
+    def find(*stems: str) -> Path | None:
+        files = (folder / f"{stem}{ext}" for stem in stems for ext in TEXT_TABLE_FORMATS)
+        return next((f for f in files if f.is_file()), None)
+
+    train, val, test = find("train"), find("dev", "validation", "val"), find("test")
+    if train is None or (val is None and val_path is None):
+        raise DataError(
+            f"data.data_dir '{folder}' needs a train and a dev (or validation) file ({', '.join(TEXT_TABLE_FORMATS)})"
+            f"; it has {sorted(p.name for p in folder.iterdir())[:8]}"
+        )
+    if test is not None:  # GLUE's test files are unlabelled: held out of training, never read as a test split
+        test = test if label_column in next((row for _, row in read_rows(test)), {}) else None
+    val_path = val_path or str(val)
+    return str(train), val_path, test_path or (str(test) if test else val_path)
 
 
 def read_rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fileio.errors import DataError
+from fileio.hub import resolve_source
 
 TokenizerKind = Literal["byte", "char", "bpe"]
 
@@ -48,9 +49,10 @@ class Tokenizer:
         """Token ids of ``text``, a 1-D integer array."""
         raise NotImplementedError
 
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Token ids of several texts (faster than one by one where the backend batches)."""
-        return [self.encode(t) for t in texts]
+    def encode_batch(self, texts: Sequence[str], max_length: int | None = None) -> list[np.ndarray]:
+        """Token ids of several texts (faster than one by one where the backend batches), each cut to its first
+        ``max_length`` tokens when given."""
+        return [self.encode(t)[:max_length] for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of ``ids``; incomplete or invalid UTF-8 byte sequences become U+FFFD."""
@@ -193,8 +195,8 @@ class BPETokenizer(Tokenizer):
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text).ids, dtype=np.int32)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return [np.asarray(e.ids, dtype=np.int32) for e in self._tok.encode_batch_fast(list(texts))]
+    def encode_batch(self, texts: Sequence[str], max_length: int | None = None) -> list[np.ndarray]:
+        return [np.asarray(e.ids[:max_length], dtype=np.int32) for e in self._tok.encode_batch_fast(list(texts))]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -207,6 +209,68 @@ class BPETokenizer(Tokenizer):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "bpe", "tokenizer": json.loads(self.spec)}
+
+
+class PretrainedTokenizer(BPETokenizer):
+    """A pre-trained model's own ``tokenizer.json`` (WordPiece, byte-level BPE or Unigram, through ``tokenizers``):
+    its normalizer (lower-casing, accents), its vocabulary and its special tokens, added as the model was trained
+    (``[CLS] text [SEP]``, ``<s> text </s>``).
+
+    Padding and truncation settings stored in the file are switched off: zerotune pads per batch (to the longest
+    text, not to a fixed length) and truncates with :meth:`encode_batch`'s ``max_length``, which keeps the closing
+    special token.
+
+    Args:
+        spec: The ``tokenizer.json`` text.
+        special_tokens: Role -> token (``cls_token: [CLS]``, ``pad_token: [PAD]`` ...) from the model folder's
+            ``special_tokens_map.json``; by default the file's special tokens whose text names a role.
+    """
+
+    kind = "pretrained"
+
+    def __init__(self, spec: str, special_tokens: Mapping[str, str] | None = None) -> None:
+        super().__init__(spec)
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        added = [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
+        if special_tokens is None:
+            roles = {"cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"), "pad": ("[PAD]", "<pad>"),
+                     "mask": ("[MASK]", "<mask>"), "unk": ("[UNK]", "<unk>")}  # fmt: skip
+            special_tokens = {f"{r}_token": t for r, names in roles.items() for t in names if t in added}
+        self.special_tokens = {role: str(token) for role, token in special_tokens.items() if isinstance(token, str)}
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """Role -> token id of each special token (``pad_token: 0`` ...)."""
+        ids = {role: self._tok.token_to_id(token) for role, token in self.special_tokens.items()}
+        return {role: i for role, i in ids.items() if i is not None}
+
+    def encode_batch(self, texts: Sequence[str], max_length: int | None = None) -> list[np.ndarray]:
+        """Ids of each text with the model's special tokens, at most ``max_length`` of them in all."""
+        if max_length is None:
+            return super().encode_batch(texts)
+        self._tok.enable_truncation(max_length)
+        try:
+            return super().encode_batch(texts, max_length)
+        finally:
+            self._tok.no_truncation()
+
+    def token_bytes(self) -> list[int]:
+        # Not byte-level: a token's text (WordPiece's "##" continuation marks left out) stands for its UTF-8 bytes.
+        special = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special}
+        tokens = [self._tok.id_to_token(i) or "" for i in range(self._size)]
+        return [0 if t in special else len(t.removeprefix("##").encode("utf-8")) for t in tokens]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "pretrained", "tokenizer": json.loads(self.spec), "special_tokens": dict(self.special_tokens)}
+
+
+def is_pretrained_spec(data: Mapping[str, Any]) -> bool:
+    """Whether a ``tokenizers`` library ``tokenizer.json`` is a pre-trained model's (anything but the bare byte-level
+    BPE that GPT-2 ships and zerotune trains): another model, or special tokens its post-processor adds."""
+    model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
+    post = data.get("post_processor") if isinstance(data.get("post_processor"), Mapping) else {}
+    return model.get("type", "BPE") != "BPE" or post.get("type") not in (None, "ByteLevel")
 
 
 def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
@@ -224,8 +288,10 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
             return CharTokenizer(data["chars"])
         if kind == "bpe" and isinstance(data.get("tokenizer"), dict):
             return BPETokenizer(json.dumps(data["tokenizer"]))
+        if kind == "pretrained" and isinstance(data.get("tokenizer"), dict):
+            return PretrainedTokenizer(json.dumps(data["tokenizer"]), data.get("special_tokens"))
         if isinstance(data, dict) and isinstance(data.get("model"), dict):  # the tokenizers library's own format
-            return BPETokenizer(json.dumps(data))
+            return (PretrainedTokenizer if is_pretrained_spec(data) else BPETokenizer)(json.dumps(data))
     except Exception as err:  # the tokenizers library raises a bare Exception for a description it cannot build
         reason = " ".join(str(err).split())[:160] or type(err).__name__
         raise DataError(f"a malformed {kind or 'bpe'} tokenizer ({reason})") from None
@@ -252,13 +318,15 @@ def checkpoint_tokenizer(checkpoint: Any) -> Tokenizer | None:
 
 def read_tokenizer(path: str | Path, setting: str = "data.tokenizer_path") -> Tokenizer:
     """The tokenizer saved at ``path``: a run folder or its ``tokenizer.json``, a ``tokenizers`` library
-    ``tokenizer.json`` (GPT-2's), or a checkpoint of a model trained on text by zerotune.
+    ``tokenizer.json`` (GPT-2's), a Hugging Face model folder or Hub name (``hf:ORG/NAME``, its ``tokenizer.json``
+    with the special tokens of its ``special_tokens_map.json``), or a checkpoint of a model trained on text by
+    zerotune.
 
     Raises:
         DataError: a missing file, or one that holds no usable tokenizer (malformed, not JSON, fewer than two
             tokens); the message names the file and ``setting``, the option it was given as.
     """
-    path = Path(path)
+    path = resolve_source(path, setting)
     if path.is_dir() and (path / "tokenizer.json").is_file():
         path = path / "tokenizer.json"
     if not path.is_file():
@@ -283,12 +351,31 @@ def read_tokenizer(path: str | Path, setting: str = "data.tokenizer_path") -> To
         tokenizer = tokenizer_from_dict(data)
     except DataError as err:
         raise DataError(f"{path} ({setting}) holds {err}; {fix}") from None
+    roles = path.parent / "special_tokens_map.json"
+    if isinstance(tokenizer, PretrainedTokenizer) and path.suffix == ".json" and roles.is_file():
+        tokenizer = PretrainedTokenizer(tokenizer.spec, read_special_tokens(roles))
     if tokenizer.vocab_size < 2:
         raise DataError(
             f"{path} ({setting}) holds a {tokenizer.kind} tokenizer of {tokenizer.vocab_size} token: a language model "
             f"needs at least two; {fix}"
         )
     return tokenizer
+
+
+def read_special_tokens(path: Path) -> dict[str, str]:
+    """Role -> token of a ``special_tokens_map.json`` (values are strings, or objects with a ``content``).
+
+    Raises:
+        DataError: a file that is not a JSON object.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not a JSON object of special tokens")
+    roles = {role: v.get("content") if isinstance(v, dict) else v for role, v in data.items()}
+    return {role: token for role, token in roles.items() if isinstance(token, str)}
 
 
 def missing_characters(tokenizer: Tokenizer, texts: Iterable[str]) -> list[str]:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from experiments.launcher.launch import Config, RunResult
 
-__all__ = ["Built", "build", "config", "launch", "resume"]
+__all__ = ["Built", "build", "config", "export_hf", "launch", "resume"]
 
 
 def config(
@@ -176,3 +176,21 @@ def resume(
     saved = yaml.safe_load(resumable_config(run_dir, force).read_text()) or {}
     run_config = apply_overrides(saved, {**(settings or {}), "resume": str(Path(run_dir))})
     return launch_config(run_config, callbacks)
+
+
+def export_hf(source: str | os.PathLike, out: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+    """Write a run fine-tuned from a Hugging Face encoder in the Hugging Face layout (``config.json``,
+    ``model.safetensors``, tokenizer files) that ``transformers.AutoModelForSequenceClassification`` loads.
+
+    Args:
+        source: A run folder (its best checkpoint) or a ``.ckpt`` file.
+        out: The folder to write (default ``RUN/hf``).
+        force: Replace an earlier export there.
+
+    Raises:
+        UsageError: a run that did not start from a Hugging Face model or does not pool with its pooler, or an
+            output folder that exists.
+    """
+    from experiments.inference.hf_export import export_hf as write
+
+    return write(source, out, force=force)

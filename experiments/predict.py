@@ -318,12 +318,17 @@ def predict(args: argparse.Namespace) -> Path:
         files = kind.collect(args.inputs)
         # Checked before any prediction is made: nothing the command reads, no file of a run, no existing file
         # without --force, and a folder it can write.
-        output = check_output_path(
-            Path(args.output) if args.output else default_output(loaded.home),
-            "--output" if args.output else "the predictions file (--output)",
-            inputs=[Path(args.run), *loaded.files, *files],
-            force=args.force,
-            example=f"{OUTPUT_NAME}.csv",
+        to_stdout = args.output == "-"
+        output = (
+            Path("-")
+            if to_stdout
+            else check_output_path(
+                Path(args.output) if args.output else default_output(loaded.home),
+                "--output" if args.output else "the predictions file (--output)",
+                inputs=[Path(args.run), *loaded.files, *files],
+                force=args.force,
+                example=f"{OUTPUT_NAME}.csv",
+            )
         )
         skipped: list[tuple[Path, str]] = []
 
@@ -350,11 +355,16 @@ def predict(args: argparse.Namespace) -> Path:
     import pandas as pd
 
     frame = pd.DataFrame({key: np.concatenate(parts) for key, parts in columns.items()})
+    unit = "rows" if kind.name == "table" else kind.unit
+    if to_stdout:  # one line per input on standard output, the summary beside it on standard error
+        frame.to_csv(sys.stdout, index=False)
+        sys.stdout.flush()
+        print(summary(frame, loaded, unit, skipped, seconds, Path("standard output")), file=sys.stderr, flush=True)
+        return output
     try:
         atomic_write(output, lambda tmp: frame.to_csv(tmp, index=False))
     except OSError as err:  # the disk filled up, or the folder changed since it was checked; nothing was replaced
         raise console.UsageError(f"cannot write {output}: {err.strerror or err}; nothing was written") from None
-    unit = "rows" if kind.name == "table" else kind.unit
     print(summary(frame, loaded, unit, skipped, seconds, output, target=kind.target), flush=True)
     return output
 
@@ -427,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ckpt_path", default=None, help="checkpoint to use instead of the run's best")
     parser.add_argument(
-        "--output", default=None, help="predictions CSV (default: RUN/predictions.csv, never replacing one)"
+        "--output",
+        default=None,
+        help="predictions CSV (default: RUN/predictions.csv, never replacing one); - prints it on standard output",
     )
     parser.add_argument(
         "--force",

@@ -23,14 +23,14 @@ from torch import Tensor, nn
 from datamodules.base import DataModule
 from datamodules.tokenizer import CHECKPOINT_KEY as TOKENIZER_KEY
 from datamodules.tokenizer import checkpoint_tokenizer
-from lightning_models.schedules import warmup_cosine_scheduler
+from lightning_models.schedules import warmup_cosine_scheduler, warmup_linear_scheduler
 
 if TYPE_CHECKING:
     from datamodules.tokenizer import Tokenizer
     from lightning_models.finetune import LoadReport
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
-SchedulerName = Literal["none", "cosine", "onecycle", "step"]
+SchedulerName = Literal["none", "cosine", "linear", "onecycle", "step"]
 Stage = Literal["train", "val", "test"]
 
 
@@ -71,7 +71,8 @@ class TaskModule(L.LightningModule):
         weight_decay: L2 penalty (decoupled for ``adamw``).
         momentum: Momentum for ``sgd`` (``beta1`` is not changed for Adam).
         nesterov: Nesterov momentum for ``sgd``.
-        scheduler: ``none``, ``cosine`` (per-step cosine decay after warmup), ``onecycle`` or ``step``.
+        scheduler: ``none``, ``cosine`` (per-step cosine decay after warmup), ``linear`` (BERT's: linear decay to 0
+            after warmup), ``onecycle`` or ``step``.
         warmup_epochs: Linear warmup length for ``cosine``.
         step_size: Epochs between decays for ``step``.
         gamma: Decay factor for ``step``.
@@ -390,6 +391,8 @@ class TaskModule(L.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = int(hp.warmup_epochs * steps_per_epoch)
+        if hp.scheduler == "linear":
+            return {"optimizer": opt, "lr_scheduler": warmup_linear_scheduler(opt, warmup, total)}
         return {"optimizer": opt, "lr_scheduler": warmup_cosine_scheduler(opt, warmup, total, peak_in_warmup=True)}
 
 

@@ -20,9 +20,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from datamodules.tokenizer import Tokenizer, char_gap_message, checkpoint_tokenizer
+from datamodules.tokenizer import Tokenizer, char_gap_message, checkpoint_tokenizer, read_tokenizer
 from fileio.checkpoints import load_checkpoint, load_state_dict_file
 from fileio.errors import DataError
+from fileio.hub import is_model_folder, resolve_source, weights_file
 
 
 @dataclass
@@ -72,8 +73,8 @@ def _short(names: list[str], limit: int = 6) -> str:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a zerotune/Lightning checkpoint (its ``state_dict``), a plain ``state_dict`` file or a
-    ``.safetensors`` file.
+    """The tensors of a zerotune/Lightning checkpoint (its ``state_dict``), a plain ``state_dict`` file, a
+    ``.safetensors`` file, or a Hugging Face model folder or Hub name (``hf:ORG/NAME``).
 
     Read with ``weights_only=True`` (see :mod:`fileio.checkpoints`): a weights file from elsewhere cannot
     run code when it is loaded, unless the user passed ``--trust_checkpoint true``.
@@ -82,6 +83,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         FileNotFoundError: if ``path`` does not exist.
         DataError: if the file is not a checkpoint or holds no tensors.
     """
+    if is_model_folder(path):  # a Hugging Face model: its folder (or Hub name) holds the weights file
+        return load_state_dict_file(weights_file(resolve_source(path)))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -218,6 +221,14 @@ def check_pretrained_tokenizer(path: str | Path, tokenizer: Tokenizer) -> None:
         DataError: naming the file and the setting that makes the data use the model's own tokenizer, or, when not
             even that could work (a ``char`` model without tokens for some of this text's characters), why not.
     """
+    if is_model_folder(path):  # a Hugging Face model's tokenizer is the tokenizer.json of its folder
+        folder = resolve_source(path)
+        if (folder / "tokenizer.json").is_file() and read_tokenizer(folder, "model.pretrained") != tokenizer:
+            raise DataError(
+                f"model.pretrained '{path}' comes with its own tokenizer.json, and this run's data uses another, so "
+                f"its token ids would mean other text; pass --data.tokenizer_path {path} (or leave it unset)"
+            )
+        return
     file = Path(path)
     if file.suffix == ".safetensors" or not file.is_file():
         return

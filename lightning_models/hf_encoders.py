@@ -35,11 +35,10 @@ from torch import Tensor
 
 from fileio.checkpoints import load_state_dict_file
 from fileio.errors import DataError
+from fileio.hub import weights_file
 from lightning_models.checkpoints import StateDictDiff
 from lightning_models.transformer import TransformerBackbone
 
-#: Weights files of a model folder, the first found is read.
-WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 #: ``hidden_act`` (DistilBERT: ``activation``) -> the MLP's activation.
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
@@ -62,6 +61,11 @@ class Family:
         qkv: The file's query, key and value projections inside a block, fused into ``attn.qkv`` in this order.
         layer: zerotune name inside block ``h.N.`` -> the file's name inside ``{layers}N.``.
         not_encoder: The file's keys (after ``prefix``) that are not the encoder: poolers, buffers, task heads.
+        pooler: The pooler's dense layer (after ``prefix``), read with tanh from the first token; ``None``: none.
+        classifier: The sequence-classification head's output layer (no prefix), the one after the pooler.
+        pooler_in_classifier: The pooler sits in the classification head (``classifier.dense``, RoBERTa's) rather
+            than in the encoder model.
+        architecture: ``config.json``'s ``architectures`` entry of the sequence classifier.
     """
 
     prefix: str
@@ -76,6 +80,10 @@ class Family:
     qkv: tuple[str, str, str]
     layer: Mapping[str, str]
     not_encoder: tuple[str, ...]
+    pooler: str | None = "pooler.dense."
+    classifier: str | None = "classifier."
+    pooler_in_classifier: bool = False
+    architecture: str = "BertForSequenceClassification"
 
 
 #: BERT's ``config.json`` keys for the backbone's sizes (RoBERTa's too).
@@ -146,6 +154,11 @@ FAMILIES = {
         defaults={**BERT_DEFAULTS, "pad_token_id": 1},
         positions_after_padding=True,
         not_encoder=("pooler.", *BUFFERS, "lm_head.", "classifier."),
+        # RobertaClassificationHead: dense and tanh on <s> (BERT's pooler, inside the head), then out_proj.
+        pooler="classifier.dense.",
+        classifier="classifier.out_proj.",
+        pooler_in_classifier=True,
+        architecture="RobertaForSequenceClassification",
     ),
     "distilbert": Family(
         prefix="distilbert.",
@@ -182,6 +195,10 @@ FAMILIES = {
             "vocab_projector.",
             "qa_outputs.",
         ),  # fmt: skip
+        # DistilBERT's classifier reads pre_classifier with ReLU: no pooler zerotune's head can stand for.
+        pooler=None,
+        classifier=None,
+        architecture="DistilBertForSequenceClassification",
     ),
 }
 #: ``model_type`` values of ``config.json`` this module converts.
@@ -316,6 +333,54 @@ def from_hf(
     return out
 
 
+def from_hf_head(state: Mapping[str, Tensor], model_type: str = "bert") -> dict[str, Tensor]:
+    """The pooler (``pooler.weight``, ``pooler.bias``) and classification head (``head.*``) of a Hugging Face file,
+    as :class:`~lightning_models.SequenceClassifier` names them; those the file or family lacks are left out."""
+    family = FAMILIES[model_type]
+    out: dict[str, Tensor] = {}
+    for ours, theirs in (("pooler.", family.pooler), ("head.", family.classifier)):
+        if theirs is None:
+            continue
+        prefixes = (theirs,) if family.pooler_in_classifier or ours == "head." else (theirs, family.prefix + theirs)
+        for kind in ("weight", "bias"):
+            key = next((p + kind for p in prefixes if p + kind in state), None)
+            if key is not None:
+                out[ours + kind] = state[key]
+    return out
+
+
+def to_hf_classifier(
+    state: Mapping[str, Tensor], config: Mapping[str, Any], class_names: list[str]
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A :class:`~lightning_models.SequenceClassifier`'s tensors (``backbone.``, ``pooler.``, ``head.``) and its
+    body's ``config.json`` as a Hugging Face ``...ForSequenceClassification``'s weights and config.
+
+    Raises:
+        DataError: a family whose classification head is not a pooler and a linear layer (DistilBERT's).
+    """
+    model_type = config.get("model_type", "bert")
+    family = FAMILIES[model_type]
+    if family.pooler is None or family.classifier is None:
+        raise DataError(
+            f"a {model_type} classifier has no Hugging Face counterpart of zerotune's pooler and head; export BERT "
+            "or RoBERTa bodies (or export to ONNX)"
+        )
+    out = {family.prefix + k: v for k, v in to_hf(state, "backbone.", model_type).items()}
+    pooler = family.pooler if family.pooler_in_classifier else family.prefix + family.pooler
+    for kind in ("weight", "bias"):
+        out[pooler + kind] = state[f"pooler.{kind}"]
+        out[family.classifier + kind] = state[f"head.{kind}"]
+    labels = {str(i): name for i, name in enumerate(class_names)}
+    hf_config = {
+        **config,
+        "architectures": [family.architecture],
+        "num_labels": len(class_names),
+        "id2label": labels,
+        "label2id": {name: int(i) for i, name in labels.items()},
+    }
+    return out, hf_config
+
+
 def load_hf_encoder(folder: str | os.PathLike) -> TransformerBackbone:
     """The encoder of a Hugging Face model folder as a zerotune backbone with its weights, in eval mode on the CPU.
 
@@ -330,9 +395,7 @@ def load_hf_encoder(folder: str | os.PathLike) -> TransformerBackbone:
     folder = Path(folder)
     config = read_config(folder)
     backbone = TransformerBackbone(**backbone_options(config, str(folder / "config.json")))
-    weights = next((folder / name for name in WEIGHTS_FILES if (folder / name).is_file()), None)
-    if weights is None:
-        raise DataError(f"'{folder}' holds no weights: expected {' or '.join(WEIGHTS_FILES)} beside config.json")
+    weights = weights_file(folder)
     state = load_state_dict_file(weights, trust=False)
     backbone.load_state_dict(from_hf(state, backbone, str(weights), config["model_type"]))
     return backbone.eval()

@@ -1,4 +1,4 @@
-"""The warmup-cosine learning-rate schedule: one implementation for every model.
+"""The warmup-cosine learning-rate schedule, one implementation for every model, and BERT's warmup-linear one.
 
 :meth:`~lightning_models.base.TaskModule.configure_optimizers` uses it for ``scheduler: cosine`` (warmup in epochs,
 decay to zero at the run's last step) and :class:`~lightning_models.language_model.CausalLMModule` for its default
@@ -51,4 +51,22 @@ def warmup_cosine_scheduler(
     """Lightning's ``lr_scheduler`` entry for :func:`warmup_cosine` (same arguments), stepped after every optimizer
     step, scaling each parameter group's own learning rate."""
     factor = warmup_cosine(warmup, decay_steps, min_ratio, peak_in_warmup=peak_in_warmup)
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+
+
+def warmup_linear(warmup: int, decay_steps: int) -> Callable[[int], float]:
+    """BERT's fine-tuning schedule (Hugging Face's ``get_linear_schedule_with_warmup``): the multiplier rises
+    linearly from 0 over ``warmup`` steps, then falls linearly to 0 at ``decay_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (decay_steps - step) / max(1, decay_steps - warmup))
+
+    return factor
+
+
+def warmup_linear_scheduler(optimizer: torch.optim.Optimizer, warmup: int, decay_steps: int) -> dict[str, Any]:
+    """Lightning's ``lr_scheduler`` entry for :func:`warmup_linear`, stepped after every optimizer step."""
+    factor = warmup_linear(warmup, decay_steps)
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}

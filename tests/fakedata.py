@@ -6,6 +6,7 @@ so a small model learns the classes within a few epochs. All functions are deter
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from pathlib import Path
@@ -263,3 +264,59 @@ def write_jpeg_folder(
         for i, img in enumerate(blob_images(np.full(n_per_class, k % 10), size, 3, rng)):
             Image.fromarray(img).save(root / name / f"{i:04d}.jpg", quality=90)
     return root
+
+
+#: Words of the fake sentiment data and the tiny WordPiece vocabulary (the special tokens first, as BERT's).
+POSITIVE = ("good", "great", "fun", "moving", "brilliant", "funny", "warm")
+NEGATIVE = ("bad", "dull", "boring", "awful", "flat", "tedious", "cold")
+FILLER = ("the", "a", "film", "movie", "plot", "is", "was", "and", "very", "it", "story", "cast", ".", ",", "!")
+WORDPIECE = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, "##s", "##ly", "##ing")
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """``n`` short phrases of filler words with one sentiment word each, labelled 1 (positive) or 0."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = list(rng.choice(FILLER, size=int(rng.integers(1, 9))))
+        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(POSITIVE if label else NEGATIVE)))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_sst2(root: str | Path, n_train: int = 80, n_dev: int = 24, seed: int = 0) -> Path:
+    """Write ``root/sst2`` as GLUE distributes SST-2: ``train.tsv`` and ``dev.tsv`` (``sentence<TAB>label`` with a
+    header) and an unlabelled ``test.tsv`` (``index<TAB>sentence``).
+
+    Returns:
+        The folder.
+    """
+    folder = Path(root) / "sst2"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n, offset in (("train", n_train, 0), ("dev", n_dev, 1)):
+        lines = [f"{s} \t{y}" for s, y in sentiment_rows(n, seed + offset)]
+        (folder / f"{name}.tsv").write_text("sentence\tlabel\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    test = [f"{i}\t{s}" for i, (s, _) in enumerate(sentiment_rows(10, seed + 2))]
+    (folder / "test.tsv").write_text("index\tsentence\n" + "\n".join(test) + "\n", encoding="utf-8")
+    return folder
+
+
+def write_wordpiece_tokenizer(folder: str | Path) -> Path:
+    """Write a lower-casing WordPiece ``tokenizer.json`` of :data:`WORDPIECE` with BERT's ``[CLS] ... [SEP]``
+    template, and the ``special_tokens_map.json`` and ``tokenizer_config.json`` a Hugging Face model folder has.
+
+    Returns:
+        The folder.
+    """
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = BertWordPieceTokenizer({w: i for i, w in enumerate(WORDPIECE)}, lowercase=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    roles = {f"{r}_token": f"[{r.upper()}]" for r in ("cls", "sep", "pad", "mask", "unk")}
+    (folder / "special_tokens_map.json").write_text(json.dumps(roles))
+    settings = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 64, **roles}
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    return folder

@@ -47,7 +47,7 @@ BAD_ARGS = [
     ),
     (
         ["digits_mlp", "--model.scheduler", "cosin"],
-        ["one of none, cosine, onecycle, step", "did you mean 'cosine'"],
+        ["one of none, cosine, linear, onecycle, step", "did you mean 'cosine'"],
     ),
     (["digits_mlp", "--model", "MLPClassifer"], ["did you mean lightning_models.MLPClassifier?"]),
     (["digits_mlp", "--trainer.max_epochs", "-5"], ["`max_epochs` must be a non-negative integer or -1"]),

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fakedata import write_cifar10, write_jpeg_folder, write_mnist, write_tinyshakespeare
+from fakedata import write_cifar10, write_jpeg_folder, write_mnist, write_sst2, write_tinyshakespeare
 
 from experiments.api import launch
 from experiments.launcher.recipes import CONFIG_DIR
@@ -47,6 +47,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_mnist(root, n_train=60, n_test=20, fashion=True)
     write_cifar10(root, n_per_batch=12, n_test=20)
     write_tinyshakespeare(root)
+    write_sst2(root)
     write_jpeg_folder(root / "cifar10-train", n_per_class=4)
     return root
 
@@ -77,7 +78,9 @@ def test_configs_are_discovered() -> None:
 def test_experiment_runs_on_tiny_data(config: Path, data_dir: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     settings = dict(FAST)
-    if takes(datamodule_class(config), "data_dir"):
+    if takes(datamodule_class(config), "text_column"):  # text classification: SST-2 in GLUE's layout
+        settings.update({"data.data_dir": str(data_dir / "sst2"), "data.text_column": "sentence"})
+    elif takes(datamodule_class(config), "data_dir"):
         settings.update({"data.data_dir": str(data_dir), "data.download": False})
     if takes(datamodule_class(config), "verify_md5"):
         settings["data.verify_md5"] = False  # the fake CIFAR-10 files are not the official archive's

@@ -173,15 +173,20 @@ def test_bert_weights_do_not_fit_a_gpt_shaped_backbone(tmp_path: Path) -> None:
 
 
 def test_zerotune_never_imports_transformers() -> None:
-    # Lightning itself may import it when installed, so the check reads zerotune's own imports.
+    # Lightning itself may import it when installed, so the check reads zerotune's own imports. The one exception is
+    # the race against a plain transformers loop (bench_hf), whose side (a) is that loop: it imports transformers
+    # inside its functions, and the command refuses to start without it.
+    race = {"experiments/bench_hf.py", "experiments/benchmarks/hf_race.py"}
     importers = []
     for package in ("fileio", "lightning_models", "datamodules", "experiments"):
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
                 names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-                if any(n.split(".")[0] == "transformers" for n in names):
+                if any(n.split(".")[0] == "transformers" for n in names) and node.col_offset == 0:
                     importers.append(str(path.relative_to(ROOT)))
+                elif any(n.split(".")[0] == "transformers" for n in names):
+                    importers += [] if str(path.relative_to(ROOT)) in race else [str(path.relative_to(ROOT))]
     assert not importers
 
 

@@ -8,6 +8,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -227,9 +228,11 @@ def test_a_text_is_cut_before_tokenizing_and_keeps_the_tokens_of_the_whole_line(
         seen: list[int] = []
         original = type(kind.tokenizer).encode_batch
 
-        def recording(self: object, batch: list[str], seen: list[int] = seen, original=original) -> list[np.ndarray]:
+        def recording(
+            self: object, batch: list[str], *args: Any, seen: list[int] = seen, original=original
+        ) -> list[np.ndarray]:
             seen.extend(map(len, batch))
-            return original(self, batch)
+            return original(self, batch, *args)
 
         monkeypatch.setattr(type(kind.tokenizer), "encode_batch", recording)
         got = kind.encode([str(i) for i in range(len(texts))], texts)

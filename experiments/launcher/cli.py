@@ -40,9 +40,11 @@ from experiments.rundir.finder import newest_run, next_version, run_checkpoint, 
 from experiments.rundir.status import STATUS_FILE, write_status
 from fileio.atomic import atomic_write_text
 from fileio.checkpoints import TRUST_ENV, load_checkpoint, readable_checkpoint
+from fileio.hub import is_model_folder, resolve_source
 from lightning_models.base import TaskModule
 from lightning_models.checkpoints import import_class
 from lightning_models.finetune import FreezeSchedule
+from lightning_models.hf_encoders import read_config
 
 # Set by rank 0 before DDP launches its worker processes, so every rank logs into the same run folder.
 RUN_VERSION_ENV = "ZEROTUNE_RUN_VERSION"
@@ -109,6 +111,26 @@ def allocate_run_dir(root: Path, name: str) -> tuple[Path, int]:
             return base / f"version_{version}", version
         except FileExistsError:
             version += 1
+
+
+def link_model_tokenizer(cfg: Namespace) -> None:
+    """A Hugging Face model given as ``model.pretrained`` brings its tokenizer: it becomes ``data.tokenizer_path``
+    when the data takes a tokenizer and none was given (the config saved with the run then names it).
+
+    The model's ``config.json`` is read first (a Hub name fetched), so a model zerotune cannot convert is named as
+    such before the data looks for its tokenizer.
+
+    Raises:
+        DataError: a Hub name that cannot be fetched, a folder without a readable ``config.json`` of a supported
+            ``model_type``.
+    """
+    pretrained = cfg.model.init_args.get("pretrained") if cfg.get("model") else None
+    if not is_model_folder(pretrained):
+        return
+    read_config(resolve_source(pretrained))
+    data = cfg.data.init_args if cfg.get("data") else None
+    if data is not None and "tokenizer_path" in data and not data.tokenizer_path:
+        data.tokenizer_path = pretrained
 
 
 class ZeroTuneCLI(LightningCLI):
@@ -242,6 +264,7 @@ class ZeroTuneCLI(LightningCLI):
         os.environ[TRUST_ENV] = "1" if cfg.get("trust_checkpoint") else "0"
         torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
         self.complete_config()
+        link_model_tokenizer(cfg)
         self.ckpt_path = resolve_ckpt_path(cfg)
         if self.ckpt_path is not None:
             self.ckpt_geometry = BatchGeometry.from_checkpoint(load_checkpoint(self.ckpt_path))
