@@ -69,6 +69,9 @@ class TaskModule(L.LightningModule):
         optimizer: ``adam``, ``adamw`` or ``sgd``.
         lr: Peak learning rate.
         weight_decay: L2 penalty (decoupled for ``adamw``).
+        fused: Adam's and AdamW's fused kernel (one kernel for the whole update: a third of the time of the
+            per-tensor one for a 22M-parameter encoder on the CPU); ``None`` picks it where the device has one
+            (CUDA, and the CPU) unless float16's loss scaling must unscale before clipping.
         momentum: Momentum for ``sgd`` (``beta1`` is not changed for Adam).
         nesterov: Nesterov momentum for ``sgd``.
         scheduler: ``none``, ``cosine`` (per-step cosine decay after warmup), ``linear`` (BERT's: linear decay to 0
@@ -129,6 +132,7 @@ class TaskModule(L.LightningModule):
         optimizer: OptimizerName = "adam",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        fused: bool | None = None,
         momentum: float = 0.9,
         nesterov: bool = False,
         scheduler: SchedulerName = "none",
@@ -372,9 +376,42 @@ class TaskModule(L.LightningModule):
             return torch.optim.SGD(
                 groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
             )
-        if hp.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        fused = self.use_fused([p for g in groups for p in g["params"]]) or None
+        return cls(groups, lr=hp.lr, betas=self.adam_betas, weight_decay=hp.weight_decay, fused=fused)
+
+    @property
+    def adam_betas(self) -> tuple[float, float]:
+        """Adam's ``(beta1, beta2)``: PyTorch's defaults; a model with a ``betas`` setting returns it."""
+        return (0.9, 0.999)
+
+    def use_fused(self, params: list[nn.Parameter]) -> bool:
+        """Whether Adam/AdamW over ``params`` uses the fused kernel (``fused``; ``None``: where the device has one)."""
+        fused = self.hparams.get("fused")
+        if fused is not None:
+            return bool(fused)
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        supported = _get_fused_kernels_supported_devices()
+        trainer = self._trainer
+        if trainer is not None and trainer.precision == "16-mixed" and trainer.gradient_clip_val:
+            return False  # float16's loss scaling must unscale before clipping, outside the optimizer
+        return bool(params) and all(p.device.type in supported and p.is_floating_point() for p in params)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip as configured. Under ``bf16-mixed`` the gradients are clipped directly: Lightning's mixed-precision
+        plugin refuses any optimizer that unscales inside its step (fused Adam), a check for float16's loss
+        scaling, which bfloat16 does not use."""
+        if gradient_clip_val and self.trainer.precision == "bf16-mixed":
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

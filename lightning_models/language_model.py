@@ -76,7 +76,6 @@ class CausalLMModule(TaskModule):
         weight_decay: Decoupled weight decay, applied to the weight matrices of linear layers only (not to
             embeddings, LayerNorms or biases).
         betas: Adam's ``(beta1, beta2)``; GPT-2 used ``(0.9, 0.95)``.
-        fused: Use the fused AdamW kernel; ``None`` picks it where the device has one (CUDA, and the CPU).
         scheduler: ``cosine`` is warmup-cosine by optimizer steps (``warmup_steps``, ``lr_decay_steps``,
             ``min_lr_ratio``); ``none``, ``onecycle`` and ``step`` as for every model.
         warmup_steps: Linear warmup length, in optimizer steps.
@@ -101,7 +100,6 @@ class CausalLMModule(TaskModule):
         lr: float = 6e-4,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
-        fused: bool | None = None,
         scheduler: SchedulerName = "cosine",
         warmup_steps: int = 0,
         lr_decay_steps: int | None = None,
@@ -278,38 +276,9 @@ class CausalLMModule(TaskModule):
             groups.append({**group, "name": f"{prefix}no_decay", "params": rest, "weight_decay": 0.0})
         return [g for g in groups if g["params"]]
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        if hp.optimizer == "sgd":
-            return super().build_optimizer()
-        groups = self.param_groups()
-        params = [p for g in groups for p in g["params"]]
-        fused = hp.fused
-        if fused is None:
-            from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-            supported = _get_fused_kernels_supported_devices()
-            fused = bool(params) and all(p.device.type in supported and p.is_floating_point() for p in params)
-            trainer = self._trainer
-            if trainer is not None and trainer.precision == "16-mixed" and trainer.gradient_clip_val:
-                fused = False  # float16's loss scaling must unscale before clipping, outside the optimizer
-        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        return cls(groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, fused=fused or None)
-
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
-    ) -> None:
-        """Clip as configured. Under ``bf16-mixed`` the gradients are clipped directly: Lightning's mixed-precision
-        plugin refuses any optimizer that unscales inside its step (fused AdamW), a check for float16's loss
-        scaling, which bfloat16 does not use."""
-        if gradient_clip_val and self.trainer.precision == "bf16-mixed":
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+    @property
+    def adam_betas(self) -> tuple[float, float]:
+        return tuple(self.hparams.betas)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fileio.errors import DataError
+from fileio.hub import is_model_folder
 from lightning_models.hf_gpt2 import from_hf, is_hf_gpt2
 
 FinetuneMethod = Literal["full", "partial", "lora"]
@@ -305,14 +306,15 @@ class FinetuneMethods:
         """An adapters-only checkpoint gets its base weights from the file it names, before the weights load."""
         info = checkpoint.get("lora") or {}
         if info.get("adapters_only"):
-            base = Path(info["base"])
-            if base.is_dir():
+            base = str(info["base"])
+            # A Hugging Face model folder or Hub name is read as the run read it; a weights file must be in place.
+            if not is_model_folder(base) and Path(base).is_dir():
                 raise DataError(
                     f"this checkpoint holds LoRA adapters only; their base weights '{base}' (model.pretrained of the "
                     "run) is now a folder, not a weights file. Put the file back at that path, or fine-tune with "
                     "--model.lora_checkpoint full"
                 )
-            if not base.is_file():
+            if not is_model_folder(base) and not Path(base).is_file():
                 raise DataError(
                     f"this checkpoint holds LoRA adapters only; their base weights file '{base}' (model.pretrained "
                     "of the run) is gone. Put it back at that path, or fine-tune with --model.lora_checkpoint full"

@@ -102,9 +102,9 @@ class SequenceClassifier(FinetuneMethods, ClassifierModule):
             n_layer, n_head, n_embd, causal = body["n_layer"], body["n_head"], body["n_embd"], False
         if n_embd % n_head:
             raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
-        if pooling == "first" and causal:
+        if pooling in ("first", "pooler") and causal:
             raise ValueError(
-                "model.pooling first with a causal body: the first token has read nothing else; use last or mean"
+                f"model.pooling {pooling} with a causal body: the first token has read nothing else; use last or mean"
             )
         kwargs.setdefault("input_shape", (block_size,))
         super().__init__(**kwargs)

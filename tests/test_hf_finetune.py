@@ -344,3 +344,45 @@ def test_the_mistakes_of_fine_tuning_a_hub_model_are_one_line_each(
     assert not any(runs.rglob("config.yaml"))
     assert export_main([str(tmp_path / "nowhere")]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+def test_the_last_layers_or_lora_train_on_a_hugging_face_body(minibert: Path) -> None:
+    def trains(**method: object) -> set[str]:
+        model = SequenceClassifier(len(WORDPIECE), 16, pooling="pooler", pretrained=str(minibert), **method)
+        return {n.split(".weight")[0].split(".bias")[0] for n, p in model.named_parameters() if p.requires_grad}
+
+    # The embeddings (tokens, positions, token types, their LayerNorm) and the first block are frozen.
+    last = trains(finetune="partial", freeze_blocks=1)
+    assert not any(n.startswith(("backbone.w", "backbone.ln_e", "backbone.h.0.")) for n in last)
+    assert {"backbone.h.1.attn.qkv", "pooler", "head"} <= last
+    lora = trains(finetune="lora")
+    assert {n for n in lora if "lora_" not in n} == {"pooler", "head"} and any("attn.qkv" in n for n in lora)
+
+
+def test_an_adapters_only_lora_run_reads_its_base_from_the_model_folder(
+    minibert: Path, sst2: Path, tmp_path: Path
+) -> None:
+    from experiments.api import export_hf, launch
+    from experiments.inference.loading import load_trained
+
+    settings = {**QUICK, "model.pretrained": str(minibert), "data.data_dir": str(sst2), "model.finetune": "lora"}
+    result = launch("sst2_minilm_quick", settings, runs_dir=tmp_path)
+    assert result.report.onnx is not None and result.report.onnx.ok
+    ckpt = torch.load(result.best_checkpoint, weights_only=True)
+    assert ckpt["lora"] == {"adapters_only": True, "base": str(minibert)}
+    assert not any(k.startswith("backbone.wte") for k in ckpt["state_dict"])  # the base stays in the folder
+    trained = load_trained(result.run_dir)
+    x = encode_texts(trained.tokenizer, SENTENCES, 16)
+    folder = export_hf(result.run_dir)  # adapters merged
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        ours = trained.model(x)
+        want = theirs(input_ids=x.clamp(min=0), attention_mask=(x >= 0).long()).logits
+    assert (ours - want).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_adam_takes_the_fused_kernel_by_default(minibert: Path, fused: bool | None) -> None:
+    model = SequenceClassifier(len(WORDPIECE), 16, pretrained=str(minibert), optimizer="adamw", fused=fused)
+    optimizer = model.build_optimizer()
+    assert isinstance(optimizer, torch.optim.AdamW) and bool(optimizer.defaults["fused"]) is (fused is None)
