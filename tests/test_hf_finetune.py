@@ -19,6 +19,7 @@ import torch
 import yaml
 from conftest import ROOT, run_launcher
 from fakedata import WORDPIECE, write_sst2, write_wordpiece_tokenizer
+from test_hf_encoders import TINY as ENCODER_TINY
 
 from datamodules.base import BatchLoader, Split
 from datamodules.text_classification import PAD_ID, TextClassificationDataModule, encode_texts
@@ -30,13 +31,10 @@ from lightning_models.schedules import warmup_linear
 
 transformers = pytest.importorskip("transformers")
 
+#: test_hf_encoders' tiny BERT with room for 40 positions (the recipe's texts, special tokens included).
 TINY = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
+    **{k: v for k, v in ENCODER_TINY.items() if k not in ("vocab_size", "type_vocab_size")},
     "max_position_embeddings": 40,
-    "initializer_range": 0.2,
 }
 #: A run of the SST-2 recipe kept to a few small batches.
 QUICK = {
