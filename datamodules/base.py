@@ -159,7 +159,7 @@ class BatchLoader:
         pieces = []
         for start in range(0, stop, chunk):
             piece = kept[start : start + chunk]
-            pieces.append(piece[torch.argsort(lengths.index_select(0, piece).cpu(), stable=True).to(piece.device)])
+            pieces.append(piece[torch.argsort(lengths.index_select(0, piece), stable=True)])
         starts = torch.arange(0, stop, self.batch_size)
         g = torch.Generator().manual_seed(self.seed + 7919 * (epoch + 1) + self.rank)
         return torch.cat(pieces), starts[torch.randperm(len(starts), generator=g)].tolist()

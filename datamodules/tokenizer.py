@@ -347,13 +347,14 @@ def read_tokenizer(path: str | Path, setting: str = "data.tokenizer_path") -> To
         data = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
         if not data:
             raise DataError(f"checkpoint '{path}' holds no tokenizer (it was not trained on text by zerotune)")
+    roles = path.parent / "special_tokens_map.json"
+    if isinstance(data, dict) and isinstance(data.get("model"), dict) and is_pretrained_spec(data) and roles.is_file():
+        # A model folder's tokenizer.json: the roles of its special tokens come from the file beside it.
+        data = {"kind": "pretrained", "tokenizer": data, "special_tokens": read_special_tokens(roles)}
     try:
         tokenizer = tokenizer_from_dict(data)
     except DataError as err:
         raise DataError(f"{path} ({setting}) holds {err}; {fix}") from None
-    roles = path.parent / "special_tokens_map.json"
-    if isinstance(tokenizer, PretrainedTokenizer) and path.suffix == ".json" and roles.is_file():
-        tokenizer = PretrainedTokenizer(tokenizer.spec, read_special_tokens(roles))
     if tokenizer.vocab_size < 2:
         raise DataError(
             f"{path} ({setting}) holds a {tokenizer.kind} tokenizer of {tokenizer.vocab_size} token: a language model "

@@ -9,6 +9,7 @@ folder or a Hub name; :func:`resolve_source` turns either into the local folder.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -47,11 +48,11 @@ def resolve_source(source: str | os.PathLike, setting: str = "model.pretrained")
     repo, _, revision = name.partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise DataError(f"{setting} '{source}' is not a Hub name: write hf:ORG/NAME (or hf:ORG/NAME@REVISION)")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants
     from huggingface_hub.errors import HFValidationError
 
     try:
-        folder = snapshot_download(repo, revision=revision or None, allow_patterns=list(HUB_FILES))
+        folder = _snapshot(repo, revision or None, constants.HF_HUB_CACHE)
     except HFValidationError as err:
         raise DataError(f"{setting} '{source}': {err}") from None
     except Exception as err:  # no network, no such repository, a gated one: huggingface_hub has many error types
@@ -61,6 +62,16 @@ def resolve_source(source: str | os.PathLike, setting: str = "model.pretrained")
             f"({reason}); download it where the Hub is reachable, or pass the model's local folder"
         ) from None
     return Path(folder)
+
+
+@functools.cache
+def _snapshot(repo: str, revision: str | None, cache_dir: str) -> str:
+    """The local snapshot folder of ``repo`` at ``revision`` in ``cache_dir``, fetched once per process: a run asks
+    for its model from the launcher, the model, the data and the weights loader, and each ask would otherwise be a
+    round trip to the Hub."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo, revision=revision, allow_patterns=list(HUB_FILES), cache_dir=cache_dir)
 
 
 def weights_file(folder: str | os.PathLike) -> Path:

@@ -239,7 +239,7 @@ def test_the_recipe_fine_tunes_the_folder_with_its_tokenizer(finetuned: Path, mi
     assert json.loads((finetuned / "tokenizer.json").read_text()) == ckpt["tokenizer"]  # in the run folder too
 
 
-def test_the_export_loads_in_transformers_with_the_same_logits(finetuned: Path, tmp_path: Path) -> None:
+def test_the_export_loads_in_transformers_with_the_same_logits(finetuned: Path, minibert: Path, tmp_path: Path) -> None:
     from experiments.api import export_hf
     from experiments.inference.loading import load_trained
     from experiments.rundir.console import UsageError
@@ -259,6 +259,12 @@ def test_the_export_loads_in_transformers_with_the_same_logits(finetuned: Path, 
     with pytest.raises(UsageError, match="exists; pass --force"):
         export_hf(finetuned, folder)
     assert export_hf(finetuned, folder, force=True) == folder
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["hf"]  # nothing left beside it
+    # A model folder it did not write, the run's own base model among them, is never replaced, even with --force.
+    before = {p.name: p.read_bytes() for p in minibert.iterdir()}
+    with pytest.raises(UsageError, match="exists; pass a new folder with --out"):
+        export_hf(finetuned, minibert, force=True)
+    assert {p.name: p.read_bytes() for p in minibert.iterdir()} == before
 
 
 def test_predict_on_sentences_from_both_backends(finetuned: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from experiments.inference.loading import load_trained
@@ -24,6 +25,8 @@ from lightning_models.hf_encoders import to_hf_classifier
 
 #: The folder a run's export goes to by default, inside the run folder.
 EXPORT_FOLDER = "hf"
+#: Metadata key of an export's ``model.safetensors``: the checkpoint it was exported from.
+EXPORT_MARK = "zerotune_export_of"
 
 
 def export_hf(source: str | os.PathLike, out: str | os.PathLike | None = None, force: bool = False) -> Path:
@@ -32,7 +35,8 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike | None = None, f
     Args:
         source: A run folder (its best checkpoint) or a ``.ckpt`` file.
         out: The folder to write; it must not exist, or be an earlier export when ``force``.
-        force: Replace an existing export (a folder holding ``config.json`` and ``model.safetensors`` only).
+        force: Replace an earlier export there (a folder whose ``model.safetensors`` this function wrote), never
+            another folder.
 
     Returns:
         The folder written.
@@ -59,21 +63,21 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike | None = None, f
         )
     folder = Path(out) if out is not None else trained.run / EXPORT_FOLDER
     if folder.exists():
-        earlier = folder.is_dir() and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+        earlier = is_export(folder)
         if not (force and earlier):
             why = "pass --force to replace that earlier export" if earlier else "pass a new folder with --out"
             raise UsageError(f"{folder} exists; {why}")
-        shutil.rmtree(folder)
     names = (trained.input_spec or {}).get("class_names") or [str(i) for i in range(model.num_classes)]
     state = {k: v.detach().cpu().contiguous() for k, v in model.export_module().state_dict().items()}
     try:
         tensors, hf_config = to_hf_classifier(state, config, [str(n) for n in names])
     except DataError as err:  # a family without a pooler and a linear head (DistilBERT)
         raise UsageError(f"{trained.checkpoint}: {err}") from None
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    # Written beside the target under a name of its own, then swapped in: an earlier export is replaced only once
+    # the new one is complete, and no other folder is ever touched.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", EXPORT_MARK: str(trained.checkpoint)})
     atomic_write_text(tmp / "config.json", json.dumps(hf_config, indent=2) + "\n")
     tokenizer = trained.tokenizer
     if isinstance(tokenizer, PretrainedTokenizer):
@@ -87,5 +91,26 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike | None = None, f
             **tokenizer.special_tokens,
         }
         atomic_write_text(tmp / "tokenizer_config.json", json.dumps(settings, indent=2) + "\n")
-    tmp.rename(folder)
+    if folder.exists():
+        old = folder.rename(Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent)) / folder.name)
+        tmp.rename(folder)
+        shutil.rmtree(old.parent)
+    else:
+        tmp.rename(folder)
     return folder
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier :func:`export_hf` (its ``model.safetensors`` says so in its metadata), the
+    only kind of folder ``force`` replaces: a model folder from anywhere else, the run's own base model included,
+    never is."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return False
+    try:
+        with safe_open(str(weights), "pt") as f:
+            return EXPORT_MARK in (f.metadata() or {})
+    except (OSError, SafetensorError):
+        return False
